@@ -1,0 +1,1 @@
+"""Thin Typer front-ends over the library: `sak-cache` and `sak-train`."""

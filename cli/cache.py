@@ -1,0 +1,36 @@
+"""`sak-cache`: index datasets, extract teacher features once, inspect and maintain stores."""
+
+from __future__ import annotations
+
+import typer
+
+from . import cache_extract, cache_index, cache_inspect
+from .common import _main
+
+app = typer.Typer(
+    name="sak-cache",
+    help=(
+        "Run each vision foundation-model teacher ONCE and cache its multi-layer features.\n\n"
+        "Typical use:\n\n"
+        "  sak-cache demo-data ./demo            # a small procedural NYUD-v2-format dataset\n\n"
+        "  sak-cache index ./demo --cache ./cache --name nyud\n\n"
+        "  sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache\n\n"
+        "  sak-cache ls --cache ./cache\n\n"
+        "Then train students from the cache with `sak-train --cache ./cache`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+cache_index.register(app)
+cache_extract.register(app)
+cache_inspect.register(app)
+
+
+def main() -> None:
+    _main(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Teachers, image decoding, datasets, the Zarr feature store and the extraction runner."""

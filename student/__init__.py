@@ -1,0 +1,1 @@
+"""The SAK student: model, losses, metrics, cached-target data, trainer."""
