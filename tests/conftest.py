@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny procedural NYUD-v2 dataset and a cache with it indexed.
+
+Tests run on a shared CPU, so torch gets one thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:  # torch is heavy; set the thread count once if it is importable
+    import torch
+
+    torch.set_num_threads(1)
+except Exception:  # pragma: no cover - torch missing or broken must not stop non-torch tests
+    pass
+
+DEMO_N = 12
+DEMO_SIZE = (64, 80)
+
+
+@pytest.fixture(scope="session")
+def demo_nyud(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A procedural NYUD-v2-layout dataset (12 images, 64x80, seed 0), made once per session. Do not modify it."""
+    from sak.pipeline.demo_data import make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo") / "nyud"
+    return make_demo_dataset(out, n=DEMO_N, size=DEMO_SIZE, seed=0)
+
+
+@pytest.fixture()
+def demo_cache(tmp_path: Path, demo_nyud: Path) -> tuple[Path, Path]:
+    """A fresh cache dir with the demo dataset indexed under the name "nyud": returns (cache_path, dataset_root)."""
+    from sak.pipeline.datasets import index_dataset, write_dataset_index
+
+    cache = tmp_path / "cache"
+    table = index_dataset(demo_nyud, name="nyud", fmt="nyud", workers=2)
+    write_dataset_index(cache, "nyud", table, demo_nyud)
+    return cache, demo_nyud
