@@ -100,13 +100,21 @@ def table_from_rows(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> 
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike[str], schema: pa.Schema) -> Path:
+def write_table_atomic(
+    table: pa.Table,
+    path: str | os.PathLike[str],
+    schema: pa.Schema,
+    metadata: Mapping[bytes, bytes] | None = None,
+) -> Path:
     """Validate and write ``table`` to ``path`` via a temporary file and ``os.replace``.
 
     A reader either sees the whole file or no file, even if the writer is killed.
+    ``metadata`` adds keys to the schema's Parquet metadata (e.g. b"sak.root").
     """
     path = Path(path)
     table = validate_table(table, schema, str(path))
+    if metadata:
+        table = table.replace_schema_metadata({**(schema.metadata or {}), **metadata})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -140,8 +148,10 @@ def read_tables(paths: Iterable[str | os.PathLike[str]], schema: pa.Schema) -> p
     return pa.concat_tables(tables)
 
 
-def write_dataset_manifest(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    return write_table_atomic(table, path, DATASET_SCHEMA)
+def write_dataset_manifest(
+    table: pa.Table, path: str | os.PathLike[str], *, metadata: Mapping[bytes, bytes] | None = None
+) -> Path:
+    return write_table_atomic(table, path, DATASET_SCHEMA, metadata)
 
 
 def read_dataset_manifest(path: str | os.PathLike[str]) -> pa.Table:
