@@ -1,0 +1,120 @@
+"""Low-level reads of segment arrays: contiguous runs, stored-dtype decoding, sample checksums.
+
+Rules every reader here follows (measured in DESIGN.md: orthogonal fancy indexing
+across chunks ran at 15 MB/s against 1.2 GB/s for contiguous slices):
+
+* requested rows are sorted, grouped into contiguous runs, and each run is read as
+  one ``array[a:b]`` slice; the result is put back into the requested order;
+* bf16 stores keep uint16 bit patterns (attribute ``sak_dtype = "bfloat16"``) and
+  are widened to float32 here;
+* a sample's checksum is sha256 over its stored bytes (little-endian, C order,
+  the on-disk dtype: float16, uint16 bf16 bits or float32), for ``layer_<i>`` in the
+  spec's layer order, then ``prefix_<i>`` in the same order when the spec keeps
+  prefix tokens. Any plain-zarr reader can recompute it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Sequence
+
+import numpy as np
+
+BF16_ATTR = "sak_dtype"
+BF16 = "bfloat16"
+SAMPLE_AXES = ("sample", "y", "x", "channel")
+PREFIX_AXES = ("sample", "token", "channel")
+
+
+def layer_array_name(layer: int) -> str:
+    return f"layer_{layer}"
+
+
+def prefix_array_name(layer: int) -> str:
+    return f"prefix_{layer}"
+
+
+def contiguous_runs(rows: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted unique rows -> half-open runs [(start, stop), ...]: ``[4, 1, 2, 3, 9]`` -> ``[(1, 5), (9, 10)]``."""
+    runs: list[tuple[int, int]] = []
+    for r in sorted(set(int(r) for r in rows)):
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
+
+
+def read_rows_contiguous(array, rows: Sequence[int]) -> np.ndarray:
+    """Read ``array[rows]`` along axis 0 with one slice per contiguous run, in the order of ``rows``."""
+    rows = [int(r) for r in rows]
+    n = array.shape[0]
+    bad = [r for r in rows if not 0 <= r < n]
+    if bad:
+        raise IndexError(f"rows {bad[:5]} are outside 0..{n - 1} of {array.path or 'array'}")
+    if not rows:
+        return np.empty((0, *array.shape[1:]), dtype=array.dtype)
+    runs = contiguous_runs(rows)
+    if len(runs) == 1 and rows == list(range(*runs[0])):
+        return np.asarray(array[runs[0][0] : runs[0][1]])
+    blocks = [np.asarray(array[a:b]) for a, b in runs]
+    stacked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+    order = np.concatenate([np.arange(a, b) for a, b in runs])
+    position = {int(r): i for i, r in enumerate(order)}
+    return stacked[[position[r] for r in rows]]
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (uint16), NaN kept NaN (same as torch)."""
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    bits = x.view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((bits + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out
+
+
+def storage_numpy_dtype(spec_dtype: str) -> np.dtype:
+    """The dtype an array of a store of ``spec_dtype`` has on disk."""
+    return np.dtype({"float16": "float16", "bfloat16": "uint16", "float32": "float32"}[spec_dtype])
+
+
+def to_storage(values: np.ndarray, spec_dtype: str) -> np.ndarray:
+    """Convert float values to the on-disk dtype; arrays already in it pass through unchanged."""
+    target = storage_numpy_dtype(spec_dtype)
+    values = np.asarray(values)
+    if values.dtype == target:
+        return np.ascontiguousarray(values)
+    if spec_dtype == BF16:
+        return float32_to_bf16_bits(values.astype(np.float32, copy=False))
+    return np.ascontiguousarray(values.astype(target))
+
+
+def decode_stored(values: np.ndarray, spec_dtype: str) -> np.ndarray:
+    """On-disk values -> what readers get: float16 stays float16, bf16 bits become float32, float32 stays."""
+    if spec_dtype == BF16:
+        return bf16_bits_to_float32(values)
+    return values
+
+
+def sample_checksum(parts: Sequence[np.ndarray]) -> str:
+    """sha256 over the stored bytes of one sample's arrays, in the given order (see module doc)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        arr = np.ascontiguousarray(part)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        digest.update(memoryview(arr).cast("B"))
+    return digest.hexdigest()
+
+
+def batch_checksums(arrays: Sequence[np.ndarray]) -> list[str]:
+    """Per-sample checksums of a batch: ``arrays`` are (n, ...) blocks in checksum order."""
+    n = arrays[0].shape[0] if arrays else 0
+    return [sample_checksum([a[i] for a in arrays]) for i in range(n)]

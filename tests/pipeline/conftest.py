@@ -1,0 +1,51 @@
+"""Store/extraction test helpers: a small FeatureSpec and a one-call segment writer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sak.pipeline.spec import FeatureSpec
+from sak.pipeline.store import FeatureStore
+from sak.pipeline.store_writer import SampleKey, WriteReport
+
+
+def make_spec(**overrides) -> FeatureSpec:
+    """A test:tiny-shaped spec (grid 8x8, width 32, 1 prefix token, layers 1 and 3)."""
+    base = dict(
+        teacher="test:tiny", weights="random-init:0", layers=(1, 3), resolution=(64, 64), resize="squash",
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), patch_size=8, width=32, grid=(8, 8), num_prefix_tokens=1,
+    )
+    base.update(overrides)
+    return FeatureSpec(**base)
+
+
+def random_features(spec: FeatureSpec, n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Float32 (n, h, w, c) per layer and (n, p, c) prefix per layer."""
+    rng = np.random.default_rng(seed)
+    h, w = spec.grid
+    layers = [rng.standard_normal((n, h, w, spec.width)).astype(np.float32) * (1 + i) for i in range(len(spec.layers))]
+    prefix = [rng.standard_normal((n, spec.num_prefix_tokens, spec.width)).astype(np.float32) for _ in spec.layers]
+    return layers, prefix
+
+
+def write_segment(
+    store: FeatureStore, shas: list[str], *, seed: int = 0, batch: int = 3, failed: dict[str, str] | None = None, capacity=None
+) -> tuple[WriteReport, list[np.ndarray], list[np.ndarray]]:
+    """Write one committed segment with random features for ``shas`` (+ failed rows); returns the float32 inputs."""
+    layers, prefix = random_features(store.spec, len(shas), seed)
+    writer = store.writer(capacity or max(1, len(shas)))
+    for i in range(0, len(shas), batch):
+        keys = [SampleKey(s, f"id-{s}", "src") for s in shas[i : i + batch]]
+        writer.append(keys, [a[i : i + batch] for a in layers], [p[i : i + batch] for p in prefix] if store.spec.keep_prefix else None)
+    for sha, err in (failed or {}).items():
+        writer.add_failed(SampleKey(sha, f"id-{sha}", "src"), err)
+    return writer.commit(), layers, prefix
+
+
+@pytest.fixture()
+def st():
+    """The helpers above as one namespace (test modules cannot import conftest)."""
+    return SimpleNamespace(make_spec=make_spec, random_features=random_features, write_segment=write_segment)

@@ -1,0 +1,197 @@
+"""FeatureStore: round trips per dtype, plain-zarr readability, spec refusal, dedup, read-only, verify."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from sak.manifests.errors import SakError, SpecMismatch
+from sak.pipeline.store import FeatureStore, list_stores, resolve_store
+from sak.pipeline.store_reader import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
+from sak.pipeline.store_writer import SampleKey, new_segment_id, parse_segment_id
+
+
+PLAIN_READER = textwrap.dedent(
+    """
+    import glob, hashlib, json, sys
+    import numpy as np, pyarrow.parquet as pq, zarr
+    root, out = sys.argv[1], sys.argv[2]
+    spec = json.load(open(root + "/spec.json"))
+    names = [f"layer_{i}" for i in spec["layers"]] + ([f"prefix_{i}" for i in spec["layers"]] if spec["keep_prefix"] else [])
+    result = {}
+    for part in sorted(glob.glob(root + "/manifest/part-*.parquet")):
+        for r in pq.read_table(part).to_pylist():
+            if r["status"] != "ok":
+                continue
+            g = zarr.open_group(root + "/segments/" + r["segment_id"], mode="r")
+            stored = [np.asarray(g[n][r["row"]]) for n in names]
+            h = hashlib.sha256()
+            for a in stored:
+                h.update(np.ascontiguousarray(a).tobytes())
+            assert h.hexdigest() == r["checksum"], "checksum differs"
+            assert g[names[0]].metadata.dimension_names == ("sample", "y", "x", "channel")
+            for n, a in zip(names, stored):
+                if g[n].attrs["sak_dtype"] == "bfloat16":
+                    a = (a.astype(np.uint32) << 16).view(np.float32)
+                result[r["image_sha256"] + "/" + n] = a.astype(np.float32)
+    assert not [m for m in sys.modules if m == "sak" or m.startswith("sak.")], "sak was imported"
+    np.savez(out, **result)
+    """
+)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float16", 5e-3), ("bfloat16", 3e-2), ("float32", 0.0)])
+def test_round_trip_is_readable_with_plain_zarr_and_pyarrow(st, tmp_path: Path, dtype: str, tol: float) -> None:
+    spec = st.make_spec(dtype=dtype, keep_prefix=True)
+    store = FeatureStore.create(tmp_path / "cache", spec)
+    shas = [f"{i:064x}" for i in range(7)]
+    report, layers, prefix = st.write_segment(store, shas, capacity=10, failed={"f" * 64: "BadImage: broken"})
+    assert (report.n_ok, report.n_failed) == (7, 1)
+
+    ro = FeatureStore.open(store.path)
+    got = ro.read_rows(report.segment_id, [6, 0, 1, 2, 5])
+    pre = ro.read_prefix(report.segment_id, [3])
+    for j, layer in enumerate(spec.layers):
+        assert got[layer].dtype == (np.float16 if dtype == "float16" else np.float32)
+        assert got[layer].shape == (5, 8, 8, 32)
+        rel = np.abs(got[layer].astype(np.float32) - layers[j][[6, 0, 1, 2, 5]]) / (np.abs(layers[j][[6, 0, 1, 2, 5]]) + 1e-3)
+        assert rel.max() <= tol
+        np.testing.assert_allclose(pre[layer][0].astype(np.float32), prefix[j][3], rtol=tol, atol=1e-6)
+
+    out = tmp_path / "plain.npz"
+    subprocess.run([sys.executable, "-c", PLAIN_READER, str(store.path), str(out)], check=True, cwd=tmp_path)
+    plain = np.load(out)
+    assert len(plain.files) == 7 * 4
+    for j, layer in enumerate(spec.layers):
+        mine = ro.read_rows(report.segment_id, [4])[layer][0].astype(np.float32)
+        np.testing.assert_array_equal(plain[f"{shas[4]}/layer_{layer}"], mine)
+
+
+def test_bf16_bits_match_torch_rounding() -> None:
+    x = np.random.default_rng(1).standard_normal(10_000).astype(np.float32) * 100
+    x[:3] = [np.inf, -np.inf, 0.0]
+    ours = float32_to_bf16_bits(x)
+    theirs = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_contiguous_runs_exact() -> None:
+    assert contiguous_runs([4, 1, 2, 3, 9, 9, 11, 10]) == [(1, 5), (9, 12)]
+    assert contiguous_runs([]) == []
+
+
+class _CountingArray:
+    """An array stand-in that records the slices it is read with."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.reads, self.path = data, [], "fake"
+        self.shape, self.dtype = data.shape, data.dtype
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice), "only slice reads are allowed"
+        self.reads.append((key.start, key.stop))
+        return self.data[key]
+
+
+@settings(max_examples=60, deadline=None)
+@given(hst.lists(hst.integers(0, 39), min_size=1, max_size=25))
+def test_read_rows_uses_one_slice_per_run_and_keeps_order(rows: list[int]) -> None:
+    arr = _CountingArray(np.arange(40 * 3).reshape(40, 3))
+    got = read_rows_contiguous(arr, rows)
+    np.testing.assert_array_equal(got, arr.data[rows])
+    assert arr.reads == contiguous_runs(rows)
+
+
+def test_spec_mismatch_is_refused_with_the_fields_and_flags(st, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    a, b = st.make_spec(layers=(1, 3)), st.make_spec(layers=(3,), dtype="bfloat16")
+    FeatureStore.create(cache, a)
+    assert FeatureStore.create(cache, a).spec == a  # idempotent for an equal spec
+    # A directory named for spec b that holds spec a (renamed by hand) must be refused.
+    FeatureStore.path_for(cache, a).rename(FeatureStore.path_for(cache, b))
+    with pytest.raises(SpecMismatch) as err:
+        FeatureStore.create(cache, b)
+    msg = str(err.value)
+    assert "layers [1, 3] (you asked for [3]; pass --layers" in msg
+    assert "dtype 'float16' (you asked for 'bfloat16'; pass --dtype" in msg
+    store = FeatureStore.open(FeatureStore.path_for(cache, b))
+    with pytest.raises(SpecMismatch, match=r"you asked for \[11\]: pass --layers 1,3"):
+        store.read_rows("x", [0], layers=[11])
+    with pytest.raises(SpecMismatch, match="keep_prefix False"):
+        store.require(keep_prefix=True)
+
+
+def test_unknown_format_version_is_refused(st, tmp_path: Path) -> None:
+    store = FeatureStore.create(tmp_path, st.make_spec())
+    data = json.loads((store.path / "spec.json").read_text())
+    data["format_version"] = 99
+    (store.path / "spec.json").write_text(json.dumps(data))
+    with pytest.raises(SpecMismatch, match="format version 99 is not supported"):
+        FeatureStore.open(store.path)
+
+
+def test_read_only_store_cannot_write(st, tmp_path: Path) -> None:
+    store = FeatureStore.create(tmp_path, st.make_spec())
+    report, _, _ = st.write_segment(store, ["a" * 64, "b" * 64])
+    ro = FeatureStore.open(store.path, read_only=True)
+    with pytest.raises(SakError, match="read-only"):
+        ro.writer(4)
+    ro.read_rows(report.segment_id, [0])
+    arr = ro._array(report.segment_id, "layer_1")
+    with pytest.raises(ValueError, match="read-only"):
+        arr[0] = np.zeros(arr.shape[1:], arr.dtype)
+
+
+def test_read_time_dedup_rule(st, tmp_path: Path) -> None:
+    store = FeatureStore.create(tmp_path, st.make_spec())
+    s1, _, _ = st.write_segment(store, ["a" * 64, "b" * 64], failed={"c" * 64: "first error", "d" * 64: "old"}, seed=1)
+    s2, _, _ = st.write_segment(store, ["b" * 64, "c" * 64], failed={"d" * 64: "new"}, seed=2)
+    assert s1.segment_id < s2.segment_id
+    assert store.raw_commits().num_rows == 7
+    ok = store.commits()
+    got = {(r["image_sha256"][0], r["segment_id"]) for r in ok.to_pylist()}
+    assert got == {("a", s1.segment_id), ("b", s1.segment_id), ("c", s2.segment_id)}
+    failed = store.commits("failed").to_pylist()
+    assert [(r["image_sha256"][0], r["error"]) for r in failed] == [("d", "new")]
+    assert store.commits(None).num_rows == 4
+
+
+def test_segment_ids_sort_by_time_and_name_their_writer() -> None:
+    a, b = new_segment_id(), new_segment_id()
+    assert a < b
+    host, pid = parse_segment_id(a)
+    import os
+
+    assert pid == os.getpid() and host
+
+
+def test_list_and_resolve_stores(st, tmp_path: Path) -> None:
+    a = FeatureStore.create(tmp_path, st.make_spec())
+    b = FeatureStore.create(tmp_path, st.make_spec(dtype="float32"))
+    assert [s.name for s in list_stores(tmp_path)] == sorted([a.name, b.name])
+    assert resolve_store(a.name, tmp_path).path == a.path
+    assert resolve_store(str(b.path)).spec == b.spec
+    with pytest.raises(SakError, match="matches several stores"):
+        resolve_store("tiny", tmp_path)
+
+
+def test_writer_rejects_wrong_shapes_and_overflow(st, tmp_path: Path) -> None:
+    store = FeatureStore.create(tmp_path, st.make_spec())
+    layers, _ = st.random_features(store.spec, 3)
+    w = store.writer(2)
+    keys = [SampleKey(f"{i}" * 64, str(i), "s") for i in range(3)]
+    with pytest.raises(ValueError, match="do not fit"):
+        w.append(keys, layers)
+    with pytest.raises(ValueError, match="expected shape"):
+        w.append(keys[:2], [a[:2, :4] for a in layers])
+    w.abort()
+    assert store.commits().num_rows == 0
