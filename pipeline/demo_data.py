@@ -52,7 +52,7 @@ def camera_intrinsics(height: int, width: int) -> tuple[float, float, float]:
 
 
 def _rays(height: int, width: int) -> np.ndarray:
-    """(H, W, 3) ray directions with z = 1, so a hit's ray parameter t is its z-depth."""
+    """(H, W, 3) camera-frame ray directions with z = 1, so a hit's ray parameter t is its z-depth."""
     f, cx, cy = camera_intrinsics(height, width)
     u = (np.arange(width) + 0.5 - cx) / f
     v = (np.arange(height) + 0.5 - cy) / f
@@ -99,8 +99,8 @@ def _sphere(d: np.ndarray, centre: np.ndarray, radius: float) -> tuple[np.ndarra
 
 def _cylinder(d: np.ndarray, cx: float, cz: float, radius: float, y_top: float, y_floor: float):
     """Vertical cylinder from y_top (up, smaller y) to the floor, with a flat top cap."""
-    a = d[..., 0] ** 2 + 1.0
-    b = d[..., 0] * cx + cz
+    a = d[..., 0] ** 2 + d[..., 2] ** 2
+    b = d[..., 0] * cx + d[..., 2] * cz
     disc = b * b - a * (cx * cx + cz * cz - radius * radius)
     t_side = np.where(disc >= 0, (b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
     y = d[..., 1] * t_side
@@ -108,7 +108,7 @@ def _cylinder(d: np.ndarray, cx: float, cz: float, radius: float, y_top: float, 
     p = d * t_side[..., None]
     n_side = np.stack([(p[..., 0] - cx) / radius, np.zeros_like(a), (p[..., 2] - cz) / radius], -1)
     t_cap = _plane(d, 1, y_top)
-    on_cap = (d[..., 0] * t_cap - cx) ** 2 + (t_cap - cz) ** 2 <= radius * radius
+    on_cap = (d[..., 0] * t_cap - cx) ** 2 + (d[..., 2] * t_cap - cz) ** 2 <= radius * radius
     t_cap = np.where(on_cap, t_cap, np.inf)
     use_cap = t_cap < t_side
     t = np.where(use_cap, t_cap, t_side)

@@ -52,9 +52,7 @@ def _read_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode == "P":
-                return np.asarray(img)  # palette indices are the values
-            return np.asarray(img)
+            return np.asarray(img)  # palette ("P") pngs give their indices: the class values
     except FileNotFoundError:
         raise DatasetError(f"label file {path} does not exist. Re-index the dataset (sak-cache index).") from None
     except Exception as exc:  # PIL raises many types for bad files
