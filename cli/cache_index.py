@@ -24,7 +24,7 @@ def _progress() -> Progress:
     )
 
 
-def _summary(table: pa.Table, path: Path) -> Table:
+def _summary(table: pa.Table) -> Table:
     rows = table.to_pylist()
     ok = [r for r in rows if r["status"] == STATUS_OK]
     splits: dict[str, int] = {}
@@ -39,7 +39,6 @@ def _summary(table: pa.Table, path: Path) -> Table:
     summary.add_row("splits", ", ".join(f"{k} {v}" for k, v in sorted(splits.items())) or "-")
     labels = [(t, sum(r[label_column(t)] is not None for r in ok)) for t in LABEL_TASKS]
     summary.add_row("labels", ", ".join(f"{t} {n}" for t, n in labels if n) or "none (images only)")
-    summary.add_row("written", str(path))
     return summary
 
 
@@ -67,7 +66,7 @@ def index(
     if name is not None:
         check_name(name)
     with _progress() as bar:
-        task = bar.add_task(f"indexing {root}", total=None)
+        task = bar.add_task(f"indexing {root.name}", total=None)
 
         def progress(advance: int, **info: Any) -> None:
             if "total" in info:
@@ -77,7 +76,8 @@ def index(
         table = index_dataset(root, name=name, fmt=fmt, workers=workers, progress=progress)
     source = table.column("source")[0].as_py()
     path = write_dataset_index(cache, source, table, root)
-    out.print(_summary(table, path))
+    out.print(_summary(table))
+    out.print(f"index written to [bold]{path}[/] (dataset '{source}')", soft_wrap=True, highlight=False)
     failed = [r for r in table.to_pylist() if r["status"] != STATUS_OK]
     if failed:
         console.print(f"[bold red]{len(failed)} image(s) failed[/]; first {min(len(failed), MAX_LISTED_FAILURES)}:")
