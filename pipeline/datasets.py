@@ -64,7 +64,32 @@ def check_name(name: str) -> str:
     return name
 
 
-def _index_one(root: Path, cand: Candidate, source: str) -> dict[str, Any]:
+class _RootGuard:
+    """Cheap path-escape check for many files: one realpath per folder, one lstat per file.
+
+    A plain file in a folder whose real path is inside the root is inside the root; for a
+    symlink (or a folder outside the root) it falls back to :func:`relative_path`, which
+    resolves the link and raises :class:`PathEscape` with the standard message.
+    """
+
+    def __init__(self, root: Path):
+        self.root = str(root)
+        self.real = os.path.realpath(root)
+        self._dir_inside: dict[str, bool] = {}
+
+    def check(self, rel: str) -> None:
+        full = os.path.join(self.root, rel)
+        folder = os.path.dirname(full)
+        inside = self._dir_inside.get(folder)
+        if inside is None:
+            real = os.path.realpath(folder)
+            inside = real == self.real or real.startswith(self.real.rstrip(os.sep) + os.sep)
+            self._dir_inside[folder] = inside  # benign race: every thread computes the same value
+        if not inside or os.path.islink(full):
+            relative_path(self.root, rel)
+
+
+def _index_one(root: Path, guard: _RootGuard, cand: Candidate, source: str) -> dict[str, Any]:
     """Check paths, hash and size one candidate; never raises for a bad file (returns a failed row)."""
     row: dict[str, Any] = {
         "sample_id": cand.sample_id, "path": cand.path, "split": cand.split, "source": source,
@@ -78,9 +103,10 @@ def _index_one(root: Path, cand: Candidate, source: str) -> dict[str, Any]:
     if cand.error:
         return fail(cand.error)
     try:
-        relative_path(root, cand.path)
+        guard.check(cand.path)
         for task, rel in cand.labels.items():
-            row[label_column(task)] = relative_path(root, rel)
+            guard.check(rel)
+            row[label_column(task)] = rel
     except PathEscape as exc:
         return fail(str(exc))
     full = root / cand.path
@@ -95,21 +121,26 @@ def _index_one(root: Path, cand: Candidate, source: str) -> dict[str, Any]:
     return row
 
 
-def _bounded_map(fn: Callable[[Candidate], dict], items: list[Candidate], workers: int) -> Iterator[tuple[int, dict]]:
-    """Yield (index, fn(item)) as results complete, with at most ``workers * 32`` tasks in flight."""
-    window = max(1, workers) * 32
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sak-index") as pool:
-        pending: dict[Any, int] = {}
-        for i, item in enumerate(items):
-            pending[pool.submit(fn, item)] = i
-            if len(pending) >= window:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+def _chunked_map(fn: Callable[[Candidate], dict], items: list[Candidate], workers: int,
+                 chunk: int = 64) -> Iterator[tuple[int, list[dict]]]:
+    """Yield (start index, [fn(item) ...]) per chunk as chunks complete; at most 4 chunks per worker in flight."""
+    workers = max(1, workers)
+
+    def run(start: int) -> tuple[int, list[dict]]:
+        return start, [fn(c) for c in items[start:start + chunk]]
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sak-index") as pool:
+        pending: set[Any] = set()
+        for start in range(0, len(items), chunk):
+            pending.add(pool.submit(run, start))
+            if len(pending) >= 4 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield pending.pop(fut), fut.result()
+                    yield fut.result()
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                yield pending.pop(fut), fut.result()
+                yield fut.result()
 
 
 def index_dataset(
@@ -144,10 +175,12 @@ def index_dataset(
     if progress is not None:
         progress(0, total=len(candidates))
     rows: list[dict[str, Any] | None] = [None] * len(candidates)
-    for i, row in _bounded_map(lambda c: _index_one(root, c, source), candidates, workers):
-        rows[i] = row
+    guard = _RootGuard(root)
+    for start, done in _chunked_map(lambda c: _index_one(root, guard, c, source), candidates, workers):
+        rows[start:start + len(done)] = done
         if progress is not None:
-            progress(1)
+            for _ in done:
+                progress(1)
     table = table_from_rows(rows, DATASET_SCHEMA)  # type: ignore[arg-type]
     failed = sum(r["status"] != STATUS_OK for r in rows)  # type: ignore[index]
     if failed:
