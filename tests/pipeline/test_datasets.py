@@ -211,6 +211,15 @@ def test_label_symlink_out_of_root_fails_its_row(nyud_root, tmp_path):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_symlinked_image_folder_out_of_root_fails_every_row(nyud_root, tmp_path):
+    (nyud_root / "images").rename(tmp_path / "real_images")
+    (nyud_root / "images").symlink_to(tmp_path / "real_images", target_is_directory=True)
+    rows = _rows(index_dataset(nyud_root))
+    assert all(r["status"] == "failed" for r in rows.values())
+    assert "outside the dataset root" in rows["a1"]["error"] and "real_images" in rows["a1"]["error"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
 def test_symlinked_folders_are_not_followed(tmp_path):
     _img(tmp_path / "outside" / "x.png")
     root = tmp_path / "d"
