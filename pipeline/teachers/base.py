@@ -33,7 +33,8 @@ class Preprocess(Config):
 
     def __call__(self, rgb_hwc: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, H', W') float32, normalized."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb_hwc)).permute(2, 0, 1).float().div_(255.0)
+        arr = np.ascontiguousarray(rgb_hwc)  # decoded images are often read-only views: copy those, never warn
+        x = (torch.from_numpy(arr) if arr.flags.writeable else torch.tensor(arr)).permute(2, 0, 1).float().div_(255.0)
         return self.from_tensor(x)
 
     def from_tensor(self, x_chw: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,16 @@ class Preprocess(Config):
             out[:, : min(nh, th), : min(nw, tw)] = x_chw[:, :th, :tw]
             return out
         return (x_chw - mean) / std
+
+
+def default_layers(depth: int) -> tuple[int, ...]:
+    """SAK's distilled blocks: 4 evenly spaced, ending at the last block.
+
+    depth 12 (B/S) -> (2, 5, 8, 11); depth 24 (L) -> (5, 11, 17, 23); fewer than 4 blocks -> all.
+    """
+    if depth <= 4:
+        return tuple(range(depth))
+    return tuple(round(depth * (k + 1) / 4) - 1 for k in range(4))
 
 
 class Teacher(torch.nn.Module):

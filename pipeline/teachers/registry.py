@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sak.manifests.config import Config
-from sak.manifests.errors import TeacherUnavailable
+from sak.manifests.errors import ConfigError, TeacherUnavailable
 
 from .base import Teacher
 
@@ -40,8 +40,11 @@ ALIASES: dict[str, str] = {
     "dinov2-l": "timm:vit_large_patch14_dinov2.lvd142m",
     "sam": "timm:samvit_base_patch16.sa1b",
     "sam-l": "timm:samvit_large_patch16.sa1b",
-    "clip": "timm:vit_base_patch16_clip_384.openai",
-    "clip-l": "timm:vit_large_patch14_clip_336.openai",
+    # OpenAI CLIP was trained with QuickGELU: timm's *_clip_quickgelu_* variants load the same
+    # weights with the right activation (the plain *_clip_* ones use GELU). There is no
+    # vit_base_patch16_clip_384.openai tag in timm; pass --resolution for a larger input.
+    "clip": "timm:vit_base_patch16_clip_quickgelu_224.openai",
+    "clip-l": "timm:vit_large_patch14_clip_quickgelu_336.openai",
 }
 
 
@@ -86,6 +89,10 @@ def create_teacher(
     resolution: int | None = None,
 ) -> Teacher:
     """Build a frozen teacher in eval mode on CPU, or fail at once with what to do."""
+    if weights is not None and random_init:
+        raise ConfigError("pass either --weights FILE or --random-init, not both")
+    if resolution is not None and resolution <= 0:
+        raise ConfigError(f"resolution must be a positive number of pixels, got {resolution}")
     _ensure_sources()
     full = resolve_name(name)
     source, model = full.split(":", 1)
