@@ -45,6 +45,7 @@ class FeatureSpec(Config):
     views: int = 1  # augmented views per image (1 with aug "none")
     aug: str = "none"  # augmentation policy for the views
     aug_seed: int = 0  # seed of the view sampler (views are a function of image sha256, view index and seed)
+    aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; None = each image's own size
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -64,6 +65,10 @@ class FeatureSpec(Config):
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.aug == "none" and self.views != 1:
             raise ConfigError("--views K > 1 needs an augmentation policy: pass --aug sak")
+        if self.aug_crop is not None and (self.aug == "none" or min(self.aug_crop) <= 0):
+            raise ConfigError(
+                f"aug_crop {self.aug_crop} needs --aug sak and positive sizes; leave it unset without augmentation"
+            )
         if min(self.resolution) <= 0 or min(self.grid) <= 0 or self.width <= 0:
             raise ConfigError(f"resolution, grid and width must be positive: {self.resolution}, {self.grid}, {self.width}")
 
