@@ -1,0 +1,79 @@
+"""`sak-train describe`: the parameter table of a SAK student (nothing downloaded or allocated)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import friendly_errors, out, parse_str_list
+
+
+def _parse_widths(text: str | None) -> dict[str, int]:
+    widths: dict[str, int] = {}
+    for item in parse_str_list(text) or ():
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"--teacher-widths items look like name=768, got {item!r}")
+        try:
+            widths[name] = int(value)
+        except ValueError:
+            raise typer.BadParameter(f"--teacher-widths: width of {name!r} must be an integer, got {value!r}") from None
+    return widths
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("describe")
+    @friendly_errors
+    def describe(
+        backbone: str = typer.Option("vit_base_patch16_384", help="timm ViT used as the stem (TAS)."),
+        teachers: str = typer.Option("dinov2,sam,clip", help="Comma-separated teacher names (one adapter path each)."),
+        tasks: str = typer.Option(
+            "semseg,depth,normals,edge", help="Comma-separated tasks; 'name:channels' overrides the channel count."
+        ),
+        img_size: Optional[str] = typer.Option(None, "--img-size", help="HxW (e.g. 448x576); default: the backbone's."),
+        teacher_widths: Optional[str] = typer.Option(
+            None, "--teacher-widths", help="Widths of teachers not in the built-in table: 'name=768,other=1024'."
+        ),
+        dataset: str = typer.Option("nyud", help="Dataset format for default class counts (nyud: 40, pascal: 21)."),
+        aligner: str = typer.Option("auto", help="auto (Linear only if widths differ, official), linear, none."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of a table."),
+    ) -> None:
+        """Count the student's parameters by part: backbone, adapters, routers, heads, aligners."""
+        from sak.student.params import describe_student
+
+        counts = describe_student(
+            backbone,
+            parse_str_list(teachers) or (),
+            parse_str_list(tasks) or (),
+            img_size=img_size,
+            teacher_widths=_parse_widths(teacher_widths),
+            dataset=dataset,
+            aligner=aligner,
+        )
+        data = counts.to_dict()
+        if as_json:
+            out.print(json.dumps(data, sort_keys=True), soft_wrap=True, highlight=False, markup=False)
+            return
+        cfg = counts.config
+        title = f"{cfg.backbone} {cfg.img_size[0]}x{cfg.img_size[1]}, levels {list(cfg.levels)}" if cfg else backbone
+        table = Table(title=title)
+        table.add_column("part")
+        table.add_column("parameters", justify="right")
+        table.add_column("", justify="right")
+        table.add_row("backbone (TAS)", f"{counts.backbone:,}", _m(counts.backbone))
+        table.add_row("adapters (TSAP)", f"{counts.adapters:,}", _m(counts.adapters))
+        for name, n in counts.adapters_per_teacher.items():
+            table.add_row(f"  {name}", f"{n:,}", _m(n))
+        table.add_row("TSAP norms", f"{counts.norms:,}", _m(counts.norms))
+        table.add_row("routers (MoR)", f"{counts.routers:,}", _m(counts.routers))
+        table.add_row("heads", f"{counts.heads:,}", _m(counts.heads))
+        table.add_row("aligners (training only)", f"{counts.aligners:,}", _m(counts.aligners))
+        table.add_row("total", f"{counts.total:,}", _m(counts.total), style="bold")
+        out.print(table)
