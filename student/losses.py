@@ -97,14 +97,18 @@ def cosine_smoothl1(
     beta: float = 1.0,
 ) -> torch.Tensor:
     """``cos_weight * mean_b(1 - cos) + l1_weight * SmoothL1`` for maps of equal shape."""
-    s = student_bchw.flatten(1)
-    t = teacher_bchw.to(student_bchw.dtype).flatten(1)
+    # float32 like autocast does for the official CosineEmbeddingLoss / SmoothL1Loss: fp16 sums of
+    # squares over a whole C*H*W map overflow.
+    s = student_bchw.float().flatten(1)
+    t = teacher_bchw.float().flatten(1)
     eps = 1e-12  # as nn.CosineEmbeddingLoss
     cos = (s * t).sum(1) / torch.sqrt(((s * s).sum(1) + eps) * ((t * t).sum(1) + eps))
     return cos_weight * (1.0 - cos).mean() + l1_weight * F.smooth_l1_loss(s, t, beta=beta)
 
 
 def _match_grids(s: torch.Tensor, t: torch.Tensor, resize: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # The official code compares heights only (tea H > stu H -> upsample the student, else resize
+    # the teacher); we compare grid cells, which agrees whenever both grids have the same aspect.
     if s.shape[-2:] == t.shape[-2:]:
         return s, t
     if resize == "teacher" or (resize == "larger" and t.shape[-2] * t.shape[-1] > s.shape[-2] * s.shape[-1]):
@@ -306,7 +310,8 @@ def task_losses(
                 continue
             if not bool(mask.all()):
                 pred, label = pred[mask], label[mask.to(label.device)]
-        out[task] = float(weights[task]) * fns[task](pred, label.to(pred.device))
+        # losses in float32 (autocast runs the official losses in float32; fp16 pixel sums overflow)
+        out[task] = float(weights[task]) * fns[task](pred.float(), label.to(pred.device))
     if out:
         out["total"] = torch.stack(list(out.values())).sum()
     else:
