@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,6 +25,26 @@ def test_config_round_trip(tiny_student_cfg):
     assert cfg.levels == (2, 5, 8, 11) and cfg.img_size == (32, 48)
     assert cfg.expert_names == ("stem", "a", "test:tiny2", "c")
     assert cfg.teachers[1].grid == (8, 8)
+
+
+_names = st.text(alphabet="abcdefghij:-_0123456789", min_size=1, max_size=12)
+_teachers = st.lists(
+    st.builds(TeacherTarget, name=_names, width=st.integers(1, 4096),
+              grid=st.none() | st.tuples(st.integers(1, 99), st.integers(1, 99))),
+    max_size=4, unique_by=lambda t: t.name,
+)
+_tasks = st.lists(st.builds(TaskSpec, name=st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+                            channels=st.integers(1, 300)), max_size=5, unique_by=lambda t: t.name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(teachers=_teachers, tasks=_tasks, h=st.integers(1, 2048), w=st.integers(1, 2048),
+       ratio=st.floats(0.01, 1.0), aligner=st.sampled_from(["auto", "linear", "none"]), noisy=st.booleans())
+def test_config_round_trip_property(teachers, tasks, h, w, ratio, aligner, noisy):
+    cfg = StudentConfig(img_size=(h, w), teachers=tuple(teachers), tasks=tuple(tasks), adapter_ratio=ratio,
+                        aligner=aligner, noisy_gating=noisy)
+    again = StudentConfig.from_json(cfg.to_json())
+    assert again == cfg and again.config_hash() == cfg.config_hash()
 
 
 def test_config_helpers_and_validation():
