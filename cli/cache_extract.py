@@ -1,0 +1,127 @@
+"""`sak-cache extract`: run teachers once over indexed images and cache their multi-layer features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from .common import console, exit_code_for, friendly_errors, out, parse_int_list
+
+MAX_LISTED_FAILURES = 10
+
+
+class _RateColumn(ProgressColumn):
+    """Samples per second of the task."""
+
+    def render(self, task) -> Text:  # type: ignore[override]
+        speed = task.finished_speed or task.speed
+        return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
+
+
+def _summary(report) -> Table:
+    table = Table(title=f"extraction: {report.images} images, {report.samples} samples run, {report.seconds:.1f} s", title_justify="left")
+    for col in ("teacher", "done", "cached (skipped)", "failed", "MB written", "img/s", "write MB/s", "writer busy", "store"):
+        table.add_column(col, justify="left" if col in ("teacher", "store") else "right")
+    for t in report.teachers:
+        failed = t.failed + t.skipped_failed
+        failed_text = f"[red]{failed}[/]" + (f" ({t.skipped_failed} earlier)" if t.skipped_failed else "") if failed else "0"
+        busy = t.write_seconds / t.seconds if t.seconds else 0.0
+        name = t.teacher + (" [bold red](RANDOM-INIT)[/]" if t.random_init else "")
+        table.add_row(
+            name, str(t.done), str(t.skipped_cached), failed_text, f"{t.bytes_written / 1e6:,.1f}",
+            f"{t.images_per_s:,.1f}", f"{t.write_mb_per_s:,.1f}", f"{busy:.0%}", str(t.store),
+        )
+    return table
+
+
+def _parse_hw(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"--aug-crop must look like 448x576 (height x width), got {text!r}") from None
+    return h, w
+
+
+def extract(
+    teacher: List[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny). Repeat for several teachers: each image is decoded once for all."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A dataset folder to index into the cache first, then extract."),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
+    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root: stores go to <cache>/features/<teacher>-<spec_id>/."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", min=8, help="Square input size of the teachers. Default: each teacher's native size."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
+    views: int = typer.Option(1, "--views", min=1, help="Augmented views per image (K > 1 needs --aug sak)."),
+    aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: SAK's scale/crop/flip/photometric views, replayable exactly."),
+    aug_crop: Optional[str] = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576); default: each image's own size."),
+    keep_prefix: bool = typer.Option(False, "--keep-prefix", help="Also store the CLS/register tokens as prefix_<i>."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per teacher forward."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Dask worker processes (e.g. one per GPU). 1 runs in this process."),
+    io_threads: int = typer.Option(4, "--io-threads", min=1, help="Decode/augment threads per worker."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing dask scheduler, e.g. tcp://host:8786; each task is one segment."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N images (after de-duplication by content)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run images whose earlier attempt failed again (they are skipped and counted otherwise)."),
+    weights: Optional[List[str]] = typer.Option(None, "--weights", help="Local weights file (.safetensors) per --teacher, same order. Never unpickled."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random weights (tests, demos). Recorded in the spec and flagged everywhere."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --random-init weights and of the view sampler."),
+    segment_size: int = typer.Option(1024, "--segment-size", min=1, help="Samples per segment: the unit of commit, resume and dask task."),
+) -> None:
+    """Run each teacher ONCE over the images and store its multi-layer features (Zarr + Parquet).
+
+    Resumable: images (by sha256) that already have a committed row are skipped; a kill loses at most the segment in flight. Images that cannot be decoded are recorded as failed with the reason, the run goes on, and the command exits with code 1 (run again with --retry-failed after fixing them).
+
+    [bold]Augmentation.[/] Online SAK shows teachers the same augmented crop the student sees. With --aug sak --views K each image is cached under K augmented views (scale 0.5-2, crop, flip, photometric); the parameters of each view are stored with it and the trainer replays exactly that augmentation on the image and its labels, so student input and teacher target match bit for bit. [bold]This exact replay is the faithful path.[/] Mirroring or cropping cached feature maps instead (a feature-space flip) is only an approximation the trainer offers as an explicit option: a ViT's features of a mirrored image are not mirrored features (positional embeddings); one public measurement (DINOv3-S, 640 px) found cosine 0.9999 between cached and live features of the same image, but only 0.867 for mirrored cache vs the live mirrored image.
+
+    Examples:
+
+      sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache
+
+      sak-cache extract -t dinov2 -t sam -t clip --data ./NYUD_MT --cache ./cache --aug sak --views 4
+
+      sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
+    """
+    from sak.pipeline.extract import ExtractConfig, extract as run_extract
+
+    cfg = ExtractConfig(
+        cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,
+        weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
+        resolution=resolution, dtype=dtype, views=views, aug=aug, aug_crop=_parse_hw(aug_crop), keep_prefix=keep_prefix, batch_size=batch_size,
+        device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
+        retry_failed=retry_failed, segment_size=segment_size,
+    )
+    if random_init:
+        console.print(
+            "[bold yellow]WARNING: --random-init: these teachers have RANDOM weights. Their features are not a foundation "
+            "model's; use the store for tests and demos only. The store's spec records it.[/]"
+        )
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("extracting " + ", ".join(teacher), total=None)
+
+        def progress(advance: int, **info: Any) -> None:
+            if "total" in info:
+                bar.update(task, total=info["total"])
+            bar.advance(task, advance)
+
+        report = run_extract(cfg, progress=progress)
+    out.print(_summary(report))
+    if any(t.random_init for t in report.teachers):
+        console.print("[bold yellow]WARNING: RANDOM-INIT teacher weights in this cache (see the table).[/]")
+    if report.failures:
+        console.print(f"[bold red]{len(report.failures)} sample(s) failed[/]; first {min(len(report.failures), MAX_LISTED_FAILURES)}:")
+        for name, sample_id, error in report.failures[:MAX_LISTED_FAILURES]:
+            console.print(f"  [bold]{sample_id}[/] ({name}): {error}", highlight=False, soft_wrap=True)
+    if report.failed:
+        console.print("Failed samples are recorded in the store (`sak-cache info STORE`); fix them and run again with --retry-failed.")
+    raise typer.Exit(exit_code_for(report.failed))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(friendly_errors(extract))

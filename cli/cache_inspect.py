@@ -1,0 +1,167 @@
+"""`sak-cache ls | info | verify | gc`: look into feature stores and keep them healthy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .common import console, exit_code_for, friendly_errors, out
+
+MAX_LISTED = 20
+STORE_HELP = "A store directory, or a store name (or unique prefix, or teacher name) inside --cache."
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _weights(spec) -> str:
+    return f"[bold red]{spec.weights} (RANDOM-INIT)[/]" if spec.random_init else spec.weights
+
+
+def ls(cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root.")) -> None:
+    """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size."""
+    from sak.pipeline.store import list_stores
+
+    stores = list_stores(cache)
+    if not stores:
+        console.print(f"no feature stores in {cache / 'features'}; create one with `sak-cache extract --cache {cache}`")
+        return
+    table = Table(title=f"feature stores in {cache}", title_justify="left")
+    for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "views", "rows ok", "failed", "size"):
+        table.add_column(col, justify="right" if col in ("rows ok", "failed", "size", "views") else "left")
+    for s in stores:
+        spec = s.spec
+        ok, failed = s.commits("ok").num_rows, s.commits("failed").num_rows
+        table.add_row(
+            s.name, spec.teacher, _weights(spec), ",".join(map(str, spec.layers)),
+            f"{spec.grid[0]}x{spec.grid[1]} x {spec.width}", spec.dtype, f"{spec.views} ({spec.aug})",
+            str(ok), f"[red]{failed}[/]" if failed else "0", _mb(s.size_bytes()),
+        )
+    out.print(table)
+    if any(s.spec.random_init for s in stores):
+        console.print("[bold yellow]WARNING: some stores hold RANDOM-INIT teacher features: use them for tests and demos only.[/]")
+
+
+def info(
+    store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
+    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root (to find STORE by name)."),
+) -> None:
+    """Show a store's spec, per-layer feature statistics and its failed samples with their errors."""
+    from sak.pipeline.store import resolve_store
+
+    s = resolve_store(store, cache)
+    spec_table = Table(title=f"{s.path}", show_header=False, title_justify="left")
+    spec_table.add_column(style="bold")
+    spec_table.add_column()
+    for key, value in s.spec.to_dict().items():
+        spec_table.add_row(key, _weights(s.spec) if key == "weights" else str(value))
+    spec_table.add_row("spec_id", s.spec.spec_id)
+    spec_table.add_row("segments committed", str(len(s.committed_segments())))
+    spec_table.add_row("size on disk", _mb(s.size_bytes()))
+    out.print(spec_table)
+
+    stats = s.stats()
+    st_table = Table(title="per-layer channel statistics (over all positions of all committed rows)", title_justify="left")
+    for col in ("layer", "values", "mean of means", "mean std", "min std", "max std", "max |mean|"):
+        st_table.add_column(col, justify="right")
+    for layer, st in stats.items():
+        if st.count == 0:
+            st_table.add_row(str(layer), "0", "-", "-", "-", "-", "-")
+            continue
+        std = st.std
+        st_table.add_row(
+            str(layer), f"{st.count:,}", f"{st.mean.mean():.4g}", f"{std.mean():.4g}", f"{std.min():.4g}",
+            f"{std.max():.4g}", f"{np.abs(st.mean).max():.4g}",
+        )
+    out.print(st_table)
+
+    ok, failed = s.commits("ok"), s.commits("failed")
+    out.print(f"rows: {ok.num_rows} ok, {failed.num_rows} failed")
+    if failed.num_rows:
+        ft = Table(title=f"failed samples (first {min(failed.num_rows, MAX_LISTED)})", title_justify="left")
+        for col in ("sample_id", "source", "view", "error"):
+            ft.add_column(col)
+        for r in failed.slice(0, MAX_LISTED).to_pylist():
+            ft.add_row(r["sample_id"], r["source"], str(r["view"]), r["error"] or "")
+        out.print(ft)
+    if s.spec.random_init:
+        console.print("[bold yellow]WARNING: this store holds RANDOM-INIT teacher features.[/]")
+
+
+def verify(
+    store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
+    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root (to find STORE by name)."),
+) -> None:
+    """Recompute every committed sample's checksum from the stored bytes; exit 1 if any is corrupt or missing."""
+    from sak.pipeline.store import resolve_store
+
+    s = resolve_store(store, cache)
+    total = s.raw_commits().num_rows
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"verifying {s.name}", total=total)
+
+        def progress(advance: int, **info: Any) -> None:
+            bar.advance(task, advance)
+
+        report = s.verify(progress=progress)
+    if report.ok:
+        out.print(f"[green]ok[/]: {report.checked} committed samples match their checksums in {s.path}")
+        return
+    table = Table(title=f"{len(report.corrupt)} of {report.checked} samples are corrupt or missing", title_justify="left")
+    for col in ("segment", "row", "image sha256", "problem"):
+        table.add_column(col)
+    for seg, row, sha, reason in report.corrupt[:MAX_LISTED]:
+        table.add_row(seg, str(row), sha[:16], reason)
+    out.print(table)
+    console.print(
+        "[bold red]the store is damaged[/]: restore it from a copy, or delete the damaged segments' parts "
+        f"({s.path}/manifest/part-<segment>.parquet) and run `sak-cache extract` again to recompute them."
+    )
+    raise typer.Exit(exit_code_for(len(report.corrupt)))
+
+
+def gc(
+    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root."),
+    delete: bool = typer.Option(False, "--delete", help="Really delete. Without it, only list what would go (dry run)."),
+    grace: float = typer.Option(3600.0, "--grace-seconds", min=0, help="Uncommitted segments of writers on other hosts are kept until unchanged this long."),
+) -> None:
+    """Find uncommitted segments (a killed writer's leftovers) and stale temp files; --delete removes them.
+
+    A committed segment is never touched, and neither is a segment whose writer still runs on this host.
+    """
+    from sak.pipeline.store import list_stores
+
+    total_files, total_bytes = 0, 0
+    for s in list_stores(cache):
+        if delete:
+            s.read_only = False
+        plan = s.gc(dry_run=True, grace_seconds=grace)
+        if not plan:
+            continue
+        size = sum(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size for p in plan)
+        total_files, total_bytes = total_files + len(plan), total_bytes + size
+        out.print(f"[bold]{s.name}[/]: {len(plan)} item(s), {_mb(size)}")
+        for p in plan[:MAX_LISTED]:
+            out.print(f"  {p}", highlight=False)
+        if delete:
+            s.gc(dry_run=False, grace_seconds=grace)
+    if not total_files:
+        out.print("nothing to collect")
+    elif delete:
+        out.print(f"[green]deleted[/] {total_files} item(s), {_mb(total_bytes)}")
+    else:
+        out.print(f"dry run: {total_files} item(s), {_mb(total_bytes)} would be deleted; pass --delete to remove them")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ls")(friendly_errors(ls))
+    app.command("info")(friendly_errors(info))
+    app.command("verify")(friendly_errors(verify))
+    app.command("gc")(friendly_errors(gc))

@@ -1,0 +1,92 @@
+"""`sak-cache ls | info | verify | gc` through Typer's test runner."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sak.cli import cache_inspect, common
+from sak.pipeline.extract import ExtractConfig, extract
+from sak.pipeline.store import FeatureStore
+from sak.pipeline.store_writer import SampleKey
+
+
+@pytest.fixture()
+def app(monkeypatch) -> typer.Typer:
+    monkeypatch.setattr(common.out, "width", 250)
+    monkeypatch.setattr(common.console, "width", 250)
+    app = typer.Typer()
+    cache_inspect.register(app)
+    return app
+
+
+@pytest.fixture()
+def store(demo_cache) -> FeatureStore:
+    cache, _ = demo_cache
+    report = extract(ExtractConfig(cache=str(cache), teachers=("test:tiny",), random_init=True, layers=(1, 3), segment_size=6, limit=9))
+    s = FeatureStore.open(report.stores[0], read_only=False)
+    w = s.writer(2)  # one failed row, committed
+    w.add_failed(SampleKey("f" * 64, "broken_one", "nyud"), "BadImage: broken_one.png: cannot decode")
+    w.commit()
+    return s
+
+
+def _run(app, *args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"[\s│┃]+", " ", text)
+
+
+def test_ls_lists_stores_and_flags_random_init(app, store) -> None:
+    res = _run(app, "ls", "--cache", store.path.parent.parent)
+    assert res.exit_code == 0, res.output
+    text = _flat(res.output)
+    assert re.search(rf"{store.name} test:tiny random-init:0 \(RANDOM-INIT\) 1,3 8x8 x 32 float16 1 \(none\) 9 1 ", text), text
+    assert "RANDOM-INIT teacher features" in text
+
+
+def test_info_shows_spec_stats_and_failures(app, store) -> None:
+    res = _run(app, "info", store.name, "--cache", store.path.parent.parent)
+    assert res.exit_code == 0, res.output
+    text = _flat(res.output)
+    assert f"spec_id {store.spec.spec_id}" in text and "layers [1, 3]" in text
+    assert re.search(r" 1 576 ", text) and re.search(r" 3 576 ", text)  # 9 rows x 64 positions
+    assert "rows: 9 ok, 1 failed" in text and "broken_one nyud 0 BadImage: broken_one.png: cannot decode" in text
+
+
+def test_verify_passes_then_finds_a_flipped_shard(app, store) -> None:
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 0 and "ok: 9 committed samples match" in _flat(res.output)
+    seg = store.commits().column("segment_id")[0].as_py()
+    shard = next(p for p in (store.path / "segments" / seg / "layer_1" / "c").rglob("*") if p.is_file())
+    data = bytearray(shard.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0xA5
+    shard.write_bytes(bytes(data))
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 1, res.output
+    text = _flat(res.output)
+    assert "corrupt or missing" in text and seg in text and "the store is damaged" in text
+
+
+def test_gc_is_a_dry_run_unless_delete(app, store) -> None:
+    cache = store.path.parent.parent
+    layers = [a[:1] for a in store.read_rows(store.commits().column("segment_id")[0].as_py(), [0, 0]).values()]
+    w = store.writer(1)
+    w.append([SampleKey("e" * 64, "x", "nyud")], layers)
+    w.abort()  # this process's closed writer: garbage
+    garbage = store.path / "segments" / w.segment_id
+    res = _run(app, "gc", "--cache", cache)
+    assert res.exit_code == 0 and garbage.exists()
+    assert w.segment_id in res.output
+    assert "dry run: 1 item(s)" in _flat(res.output)
+    res = _run(app, "gc", "--cache", cache, "--delete")
+    assert res.exit_code == 0 and not garbage.exists() and "deleted 1 item(s)" in _flat(res.output)
+    assert FeatureStore.open(store.path).verify().ok
+    assert "nothing to collect" in _run(app, "gc", "--cache", Path(cache)).output

@@ -1,0 +1,156 @@
+"""Extraction in-process: stored features equal the teacher's, multi-teacher, dedup, resume, bad images, views."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+from PIL import Image
+
+from sak.manifests.errors import TeacherUnavailable
+from sak.pipeline.datasets import index_dataset, open_dataset, write_dataset_index
+from sak.pipeline.extract import ExtractConfig, extract
+from sak.pipeline.images import decode_rgb
+from sak.pipeline.store import FeatureStore
+from sak.pipeline.teachers import create_teacher
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _cfg(cache: Path, **kw) -> ExtractConfig:
+    base = dict(cache=str(cache), teachers=("test:tiny",), random_init=True, batch_size=4, segment_size=8)
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
+    cache, _ = demo_cache
+    report = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3)))
+    assert [(t.done, t.failed, t.skipped_cached) for t in report.teachers] == [(12, 0, 0), (12, 0, 0)]
+    assert report.images == 12 and report.samples == 12
+    assert all(t.bytes_written > 0 and t.write_seconds > 0 for t in report.teachers)
+    ds = open_dataset(cache, "nyud")
+    for rep in report.teachers:
+        store = FeatureStore.open(rep.store)
+        assert store.spec.layers == (1, 3) and store.verify().ok
+        teacher = create_teacher(store.spec.teacher, random_init=True)
+        rows = store.commits().to_pylist()
+        assert sorted(r["image_sha256"] for r in rows) == sorted(ds.table.column("sha256").to_pylist())
+        for r in rows[:3]:
+            x = teacher.preprocess(decode_rgb(ds.image_path(r["sample_id"])))[None]
+            with torch.inference_mode():
+                maps, prefix = teacher.forward_layers(x, (1, 3))
+            got = store.read_rows(r["segment_id"], [r["row"]])
+            pre = store.read_prefix(r["segment_id"], [r["row"]])
+            for j, layer in enumerate((1, 3)):
+                assert got[layer].dtype == np.float16 and got[layer].shape == (1, 8, 8, teacher.width)
+                assert _cosine(got[layer][0], maps[j][0].numpy()) >= 0.999
+                assert _cosine(pre[layer][0], prefix[j][0].numpy()) >= 0.999
+    again = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3)))
+    assert [(t.done, t.skipped_cached) for t in again.teachers] == [(0, 12), (0, 12)]
+
+
+def test_same_image_in_two_datasets_is_extracted_once(demo_cache) -> None:
+    cache, root = demo_cache
+    write_dataset_index(cache, "copy", index_dataset(root, name="copy", fmt="nyud", workers=1), root)
+    report = extract(_cfg(cache, datasets=("nyud", "copy"), limit=5))
+    assert report.images == 5 and report.teachers[0].done == 5
+    rows = FeatureStore.open(report.stores[0]).commits()
+    assert set(rows.column("source").to_pylist()) == {"nyud"}
+    full = extract(_cfg(cache, datasets=("copy", "nyud")))
+    assert (full.teachers[0].done, full.teachers[0].skipped_cached) == (7, 5)
+    rows = FeatureStore.open(report.stores[0]).commits()
+    assert rows.num_rows == 12 and len(set(rows.column("image_sha256").to_pylist())) == 12
+
+
+def test_a_teacher_that_cannot_load_fails_before_reading_images(tmp_path: Path, demo_nyud: Path) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(TeacherUnavailable):
+        extract(_cfg(cache, teachers=("test:tiny", "test:nope"), data=str(demo_nyud)))
+    assert not (cache / "datasets").exists() and not (cache / "features").exists()
+
+
+def _png_bomb(path: Path) -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _bad_images_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    root.mkdir()
+    Image.fromarray(rgb).save(root / "good.png")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 65535, (40, 48), dtype=np.uint16)).save(root / "gray16.png")
+    Image.fromarray(rgb[..., 0]).save(root / "gray.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(root / "rgba.png")
+    (root / "zero.jpg").write_bytes(b"")
+    Image.fromarray(rgb).save(root / "trunc.png")
+    (root / "trunc.png").write_bytes((root / "trunc.png").read_bytes()[:200])
+    (root / "text.jpg").write_text("this is not an image")
+    _png_bomb(root / "bomb.png")
+    Image.fromarray(rgb[::-1].copy()).save(root / "missing.png")
+
+
+def test_bad_images_become_failed_rows_and_retry_failed_redoes_them(tmp_path: Path) -> None:
+    root, cache = tmp_path / "imgs", tmp_path / "cache"
+    _bad_images_folder(root)
+    write_dataset_index(cache, "bad", index_dataset(root, name="bad", fmt="folder", workers=1), root)
+    moved = (root / "missing.png").rename(tmp_path / "missing.png")  # indexed, then gone
+    report = extract(_cfg(cache, datasets=("bad",), batch_size=3, segment_size=4))
+    rep = report.teachers[0]
+    assert (rep.done, rep.failed) == (5, 5)
+    store = FeatureStore.open(rep.store)
+    assert sorted(store.commits().column("sample_id").to_pylist()) == ["cmyk", "good", "gray", "gray16", "rgba"]
+    errors = {r["sample_id"]: r["error"] for r in store.commits("failed").to_pylist()}
+    assert sorted(errors) == ["bomb", "missing", "text", "trunc", "zero"]
+    assert all(f"/{name}." in err for name, err in errors.items())  # every error names its file
+    assert "not found" in errors["missing"] and "bomb" in errors["bomb"] and "truncated" in errors["trunc"]
+    assert {f[1] for f in report.failures} == set(errors)
+    assert report.failed == 5
+    # Without --retry-failed, failed rows are skipped and counted; with it they run again.
+    moved.rename(root / "missing.png")
+    skip = extract(_cfg(cache, datasets=("bad",)))
+    assert (skip.teachers[0].done, skip.teachers[0].skipped_failed, skip.teachers[0].skipped_cached) == (0, 5, 5)
+    retry = extract(_cfg(cache, datasets=("bad",), retry_failed=True))
+    assert (retry.teachers[0].done, retry.teachers[0].failed) == (1, 4)
+    assert "missing" in store.commits().column("sample_id").to_pylist()
+    assert set(store.commits("failed").column("sample_id").to_pylist()) == {"bomb", "text", "trunc", "zero"}
+
+
+def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
+    from sak.pipeline.augment import ViewParams, apply_view_image
+
+    cache, _ = demo_cache
+    report = extract(_cfg(cache, aug="sak", views=3, limit=2, dtype="float32", layers=(3,), seed=7))
+    assert report.samples == 6 and report.teachers[0].done == 6
+    store = FeatureStore.open(report.stores[0])
+    assert (store.spec.views, store.spec.aug, store.spec.aug_seed) == (3, "sak", 7)
+    rows = store.commits().to_pylist()
+    ids = sorted({r["sample_id"] for r in rows})
+    assert len(ids) == 2 and sorted((r["sample_id"], r["view"]) for r in rows) == [(i, v) for i in ids for v in range(3)]
+    params = [ViewParams.from_json(r["view_params"]) for r in rows]
+    assert len({p.to_json() for p in params}) == 6  # every view differs
+    ds = open_dataset(cache, "nyud")
+    teacher = create_teacher("test:tiny", random_init=True, seed=7)
+    for r, p in zip(rows, params):
+        assert p.view == r["view"]
+        rgb = decode_rgb(ds.image_path(r["sample_id"]))
+        x01 = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+        x = teacher.preprocess.from_tensor(apply_view_image(x01, p))[None]
+        with torch.inference_mode():
+            maps, _ = teacher.forward_layers(x, (3,))
+        stored = store.read_rows(r["segment_id"], [r["row"]])[3][0]
+        np.testing.assert_allclose(stored, maps[0][0].numpy(), rtol=1e-5, atol=1e-5)
+    assert pc.max(store.commits().column("view")).as_py() == 2
