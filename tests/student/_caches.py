@@ -1,0 +1,24 @@
+"""Helpers for the trainer tests: a demo cache with test-teacher stores (imported by test_*.py here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sak.pipeline.datasets import index_dataset, write_dataset_index
+from sak.pipeline.store import FeatureStore
+
+
+def extract_store(cache: Path, teacher: str = "test:tiny", **kw) -> FeatureStore:
+    """Extract a random-init test teacher over every indexed dataset of ``cache`` (segments of 8)."""
+    from sak.pipeline.extract import ExtractConfig, extract
+
+    rep = extract(ExtractConfig(cache=str(cache), teachers=(teacher,), random_init=True, device="cpu", batch_size=16,
+                                segment_size=8, io_threads=1, **kw))
+    return FeatureStore.open(rep.teachers[0].store)
+
+
+def indexed_cache(root: Path, data: Path) -> Path:
+    """``root/cache`` with the dataset at ``data`` indexed as "nyud"."""
+    cache = root / "cache"
+    write_dataset_index(cache, "nyud", index_dataset(data, name="nyud", fmt="nyud", workers=1), data)
+    return cache
