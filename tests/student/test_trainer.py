@@ -1,0 +1,124 @@
+"""fit(): learns on the demo data, writes the run dir, resumes exactly, refuses what it cannot do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sak.manifests.errors import ConfigError, SakError, SpecMismatch
+from sak.student.checkpoint import load_checkpoint
+from sak.student.evaluate import evaluate
+from sak.student.train_config import TrainConfig
+from sak.student.trainer import fit
+
+from _caches import extract_store, indexed_cache
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, demo_nyud) -> Path:
+    cache = indexed_cache(tmp_path_factory.mktemp("trainer"), demo_nyud)
+    extract_store(cache)
+    return cache
+
+
+def _cfg(cache: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(cache=str(cache), backbone="test_vit", batch_size=4, lr=1e-3, block_size=4, window=2, workers=2,
+                log_every=1, out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def _losses(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line)["losses"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "learn"
+    return fit(_cfg(cache, out, iters=24, log_every=4, ckpt_every=0))
+
+
+def test_short_fit_beats_the_untrained_student(trained) -> None:
+    before, after = trained.baseline, trained.metrics
+    assert trained.steps == 24 and trained.coverage == "covered 9/9 samples of nyud/train"
+    assert after["semseg/pixAcc"] > before["semseg/pixAcc"] + 20.0
+    assert after["semseg/mIoU"] > before["semseg/mIoU"] + 2.0
+    assert after["normals/mean_angle"] < before["normals/mean_angle"] - 20.0
+    assert after["edge/odsF"] > before["edge/odsF"] + 5.0
+    losses = _losses(trained.run_dir)
+    assert losses[-1]["total"] < 0.8 * losses[0]["total"]
+
+
+def test_run_dir_is_a_complete_record(trained) -> None:
+    run = trained.run_dir
+    record = json.loads((run / "config.json").read_text())
+    cfg = TrainConfig.from_dict(record["train"])
+    assert (cfg.stage, cfg.dataset, cfg.img_size, cfg.schedule, cfg.grad_clip) == ("multitask", "nyud", (64, 80), "poly", 10.0)
+    assert record["stores"][0]["key"] == "tiny" and record["student"]["teachers"][0]["width"] == 32
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["step_0.json", "step_24.json"]
+    assert json.loads((run / "eval" / "step_24.json").read_text())["metrics"] == trained.metrics
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 4, 8, 12, 16, 20, 24]
+    assert set(_losses(run)[0]) == {"total", "distill", "distill/tiny", "task", "task/semseg", "task/depth",
+                                     "task/normals", "task/edge"}
+    for name in ("loss.png", "predictions.png"):
+        assert (run / "plots" / name).read_bytes()[:8] == PNG
+    weights, optim, meta = load_checkpoint(run / "ckpt")
+    assert meta["step"] == 24 and optim is not None and "vit.patch_embed.proj.weight" in weights
+    # evaluate() rebuilds the same student from the run dir; step-0 recomputed from the seed matches the record
+    res = evaluate(run, step0=True)
+    assert res["metrics"] == pytest.approx(trained.metrics, rel=1e-5)
+    assert res["baseline"] == pytest.approx(trained.baseline, rel=1e-5)
+
+
+def test_multitask_total_is_tasks_plus_alpha_distill(trained) -> None:
+    for parts in _losses(trained.run_dir):
+        assert parts["total"] == pytest.approx(parts["task"] + 1.0 * parts["distill"], rel=1e-6)
+        tasks = sum(v for k, v in parts.items() if k.startswith("task/"))
+        assert parts["task"] == pytest.approx(tasks, rel=1e-6)
+
+
+def test_resume_continues_exactly(cache, tmp_path) -> None:
+    full = fit(_cfg(cache, tmp_path / "full", iters=6, ckpt_every=3, eval_every=0))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(advance, step, **info):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(_cfg(cache, tmp_path / "part", iters=6, ckpt_every=3), progress=stop_at_4)
+    assert load_checkpoint(tmp_path / "part" / "ckpt")[2]["step"] == 3
+    with pytest.raises(SakError, match="already holds a training run: pass --resume"):
+        fit(_cfg(cache, tmp_path / "part", iters=6, ckpt_every=3))
+    fit(_cfg(cache, tmp_path / "part", iters=6, ckpt_every=3), resume=True)
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")  # same batches, same losses, bit for bit
+    a, _, ma = load_checkpoint(tmp_path / "full" / "ckpt")
+    b, _, mb = load_checkpoint(tmp_path / "part" / "ckpt")
+    assert ma["sampler"] == mb["sampler"] and all(torch.equal(a[k], b[k]) for k in a)
+    assert full.steps == 6
+
+
+def test_distill_stage_trains_only_the_distillation(cache, tmp_path) -> None:
+    res = fit(_cfg(cache, tmp_path / "d", iters=2, stage="distill", lr=None, workers=0))
+    cfg = TrainConfig.from_dict(json.loads((tmp_path / "d" / "config.json").read_text())["train"])
+    assert (cfg.lr, cfg.weight_decay, cfg.schedule, cfg.grad_clip) == (1e-3, 0.01, "cosine", 0.0)
+    assert set(res.losses) == {"total", "distill", "distill/tiny"}
+    assert res.losses["total"] == res.losses["distill"]
+
+
+def test_student_levels_must_match_store_layers(cache, tmp_path) -> None:
+    with pytest.raises(SpecMismatch, match=r"holds 4 layer maps but the student distills at 3 levels"):
+        fit(_cfg(cache, tmp_path / "x", iters=1, student={"levels": (1, 3, 5)}))
+    assert not (tmp_path / "x" / "config.json").exists()
+
+
+def test_resume_without_out_is_refused(cache) -> None:
+    with pytest.raises(ConfigError, match="--resume needs --out"):
+        fit(TrainConfig(cache=str(cache), iters=1), resume=True)
