@@ -1,0 +1,231 @@
+"""`sak-train fit | eval | export` and plain `sak-train --cache ./cache` (fit with defaults)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .common import console, friendly_errors, out, parse_int_list, parse_str_list, setup_logging
+
+HIGHER_IS_BETTER = ("mIoU", "pixAcc", "odsF", "oisF", "maxF", "within")
+
+
+def _parse_hw(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    from sak.student.config import parse_img_size
+
+    return parse_img_size(text)
+
+
+class LiveView:
+    """Progress bar + a table of the latest loss parts, throughput, data wait and ETA."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task("train", total=total)
+        self.info: dict[str, Any] = {}
+
+    def __call__(self, advance: int, **info: Any) -> None:
+        self.info = info
+        self.bar.update(self.task, completed=info.get("step", 0), total=info.get("total"))
+
+    def __rich__(self) -> Group:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        i = self.info
+        for col in ("loss part", "value"):
+            table.add_column(col, justify="right" if col == "value" else "left")
+        for name, value in sorted(i.get("losses", {}).items(), key=lambda kv: (kv[0] != "total", kv[0])):
+            table.add_row(name, f"{value:.4f}")
+        if i:
+            table.add_row("lr", f"{i['lr']:.3g}")
+            table.add_row("samples/s", f"{i['samples_per_s']:.1f}")
+            table.add_row("s/step", f"{i['s_per_step']:.3f}")
+            table.add_row("data wait", f"{i['data_wait']:.0%}")
+            table.add_row("ETA", f"{i['eta_s']:.0f} s")
+        return Group(self.bar, table)
+
+
+def _better(key: str, new: float, old: float) -> bool:
+    up = any(k in key for k in HIGHER_IS_BETTER)
+    return new > old if up else new < old
+
+
+def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    if baseline:
+        table.add_column("untrained (step 0)", justify="right")
+    table.add_column("trained", justify="right")
+    for key in sorted(metrics):
+        row = [key]
+        value = f"{metrics[key]:.4g}"
+        if baseline:
+            base = baseline.get(key)
+            row.append("-" if base is None else f"{base:.4g}")
+            if base is not None and key.split("/")[-1] != "ods_threshold":
+                value = f"[green]{value}[/]" if _better(key, metrics[key], base) else f"[red]{value}[/]"
+        row.append(value)
+        table.add_row(*row)
+    return table
+
+
+def _run_fit(cfg: Any, resume: bool) -> None:
+    from sak.student.trainer import fit
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if not main:
+        fit(cfg, resume=resume)
+        return
+    view = LiveView(cfg.iters)
+    with Live(view, console=console, refresh_per_second=4, transient=False):
+        result = fit(cfg, view, resume=resume)
+    console.line()
+    out.print(metrics_table(result.metrics, result.baseline, f"val metrics after {result.steps} steps ({result.run_dir})"))
+    out.print(
+        f"{result.coverage}; {result.samples_per_s:.1f} samples/s, {result.s_per_step:.3f} s/step, "
+        f"data wait {result.data_wait:.0%}; run dir {result.run_dir} (plots in {result.run_dir}/plots)",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.callback(invoke_without_command=True)
+    def default(
+        ctx: typer.Context,
+        cache: Optional[Path] = typer.Option(None, "--cache", "-c", help="Cache root: train with defaults (fit) from it."),
+        iters: int = typer.Option(1000, "--iters", min=1, help="Training steps for the default fit."),
+        out_dir: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<UTC time>)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    ) -> None:
+        """With --cache and no command: fit with defaults (the cache's only dataset, every teacher store that
+        covers it, multitask when it has labels else distill)."""
+        setup_logging(verbose)
+        if ctx.invoked_subcommand is not None:
+            return
+        if cache is None:
+            console.print(ctx.get_help())
+            raise typer.Exit(0)
+        from sak.student.train_config import TrainConfig
+
+        friendly_errors(_run_fit)(TrainConfig(cache=str(cache), iters=iters, device=device,
+                                              out=str(out_dir) if out_dir else None), False)
+
+    @app.command("fit")
+    @friendly_errors
+    def fit_cmd(
+        cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root with datasets/ and features/."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
+        teachers: Optional[str] = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
+        backbone: str = typer.Option("vit_small_patch16_224", "--backbone", help="timm ViT of the student."),
+        img_size: Optional[str] = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
+        levels: Optional[str] = typer.Option(None, "--levels", help="Student feature levels (block indices), e.g. 2,5,8,11."),
+        stage: str = typer.Option("auto", "--stage", help="distill (paper stage 1: distillation only) | multitask (stage 2: tasks + alpha * distill) | auto."),
+        iters: int = typer.Option(1000, "--iters", min=1, help="Training steps."),
+        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Samples per step (per rank)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: distill 1e-3, multitask 2e-5)."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default: distill 0.01, multitask 1e-6)."),
+        warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: distill 5%, multitask 0)."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
+        alpha: float = typer.Option(1.0, "--alpha", help="Weight of the distillation loss in the multitask stage."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the init, the sampler and the gate noise."),
+        out_dir: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<UTC time>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its checkpoint stopped."),
+        init: Optional[Path] = typer.Option(None, "--init", help="Start from another run's weights (e.g. the distill stage)."),
+        online: bool = typer.Option(False, "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
+        teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
+        aug: str = typer.Option("auto", "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
+        feature_flip: bool = typer.Option(False, "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
+        allow_missing: bool = typer.Option(False, "--allow-missing", help="Train on the covered samples when a store lacks some."),
+        eval_every: int = typer.Option(0, "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
+        eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="At most N val samples per evaluation."),
+        log_every: int = typer.Option(10, "--log-every", min=1, help="metrics.jsonl record every N steps."),
+        ckpt_every: int = typer.Option(100, "--ckpt-every", min=0, help="Checkpoint every N steps (and at the end)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
+        workers: int = typer.Option(4, "--workers", "-w", min=0, help="Reader/decoder threads (0: read in the training thread)."),
+        block_size: int = typer.Option(16, "--block-size", min=1, help="Rows per contiguous store read."),
+        amp: str = typer.Option("auto", "--amp", help="auto (bf16 autocast on cuda) | bf16 | off."),
+    ) -> None:
+        """Train the SAK student from cached teacher targets.
+
+        Under torchrun (torchrun --nproc-per-node N -m sak.cli.train fit ...) every rank reads its own blocks of the stores
+        and DistributedDataParallel averages the gradients (gloo on cpu, nccl on cuda).
+
+        Examples:
+
+          sak-train fit --cache ./cache --teachers dinov2,sam,clip --stage distill --iters 40000 --out runs/s1
+
+          sak-train fit --cache ./cache --stage multitask --init runs/s1 --out runs/s2
+
+          sak-train fit --cache ./cache --backbone test_vit --iters 300 --batch-size 8 --lr 1e-3 --out runs/demo
+        """
+        from sak.student.train_config import TrainConfig
+
+        student = {"levels": parse_int_list(levels, "--levels")} if levels else None
+        cfg = TrainConfig(
+            cache=str(cache), dataset=dataset, teachers=parse_str_list(teachers) or (), backbone=backbone,
+            img_size=_parse_hw(img_size), student=student, stage=stage, iters=iters, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, warmup=warmup, schedule=schedule, grad_clip=grad_clip, alpha=alpha, seed=seed,
+            out=str(out_dir) if out_dir else None, init=str(init) if init else None, online=online,
+            teacher_weights=parse_str_list(teacher_weights) or (), aug=aug, feature_flip=feature_flip,
+            allow_missing=allow_missing, eval_every=eval_every, eval_samples=eval_samples, log_every=log_every,
+            ckpt_every=ckpt_every, device=device, workers=workers, block_size=block_size, amp=amp,
+        )
+        _run_fit(cfg, resume)
+
+    @app.command("eval")
+    @friendly_errors
+    def eval_cmd(
+        run: Path = typer.Argument(..., help="Run dir (runs/NAME)."),
+        split: str = typer.Option("val", "--split", help="Dataset split to evaluate."),
+        step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
+        device: str = typer.Option("auto", "--device"),
+        max_samples: Optional[int] = typer.Option(None, "--max-samples", help="At most N samples."),
+    ) -> None:
+        """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
+        from sak.student.evaluate import evaluate
+
+        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples)
+        out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
+
+    @app.command("export")
+    @friendly_errors
+    def export_cmd(
+        run: Path = typer.Argument(..., help="Run dir (runs/NAME)."),
+        task: str = typer.Option(..., "--task", help="The task of the sub-model (semseg, depth, ...)."),
+        out_file: Path = typer.Option(..., "--out", help="Output .safetensors file."),
+        threshold: float = typer.Option(0.1, "--threshold", help="Keep teachers whose mean routing weight exceeds this."),
+        split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
+        max_images: int = typer.Option(64, "--max-images", min=1),
+        device: str = typer.Option("auto", "--device"),
+    ) -> None:
+        """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
+        from sak.student.evaluate import export_run
+
+        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
+        table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
+        table.add_column("expert")
+        table.add_column("weight", justify="right")
+        table.add_column("kept")
+        for name, w in zip(res["experts"], res["routing"]):
+            table.add_row(name, f"{w:.3f}", "yes" if name == "stem" or name in res["kept"] else "[red]dropped[/]")
+        out.print(table)
+        cmp = Table(title="full student vs sub-model", title_justify="left")
+        cmp.add_column("metric")
+        cmp.add_column("full", justify="right")
+        cmp.add_column("sub-model", justify="right")
+        for key in sorted(res["full_metrics"]):
+            cmp.add_row(key, f"{res['full_metrics'][key]:.4g}", f"{res['sub_metrics'][key]:.4g}")
+        cmp.add_row("parameters", f"{res['full_params'] / 1e6:.2f}M", f"{res['sub_params'] / 1e6:.2f}M")
+        out.print(cmp)
+        out.print(f"dropped gate mass {res['dropped_gate_mass']:.3f}; wrote {res['path']}", highlight=False)

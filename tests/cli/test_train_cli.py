@@ -1,0 +1,70 @@
+"""sak-train end to end on the demo cache: extract -> fit -> eval -> export, the default command, refusals."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from sak.cli.cache import app as cache_app
+from sak.cli.train import app as train_app
+
+runner = CliRunner()
+
+
+def _ok(result) -> str:
+    assert result.exit_code == 0, result.output + (str(result.exception) if result.exception else "")
+    return result.output
+
+
+def test_fit_eval_export_end_to_end(demo_cache, tmp_path) -> None:
+    cache, _ = demo_cache
+    _ok(runner.invoke(cache_app, ["extract", "-t", "test:tiny", "--random-init", "--cache", str(cache), "--device", "cpu"]))
+    run = tmp_path / "runs" / "a"
+    out = _ok(runner.invoke(train_app, [
+        "fit", "--cache", str(cache), "--backbone", "test_vit", "--iters", "4", "--batch-size", "4", "--lr", "1e-3",
+        "--out", str(run), "--workers", "0", "--device", "cpu", "--log-every", "2",
+    ]))
+    assert "val metrics after 4 steps" in out and "untrained (step 0)" in out
+    assert "covered 9/9 samples of nyud/train" in out and "samples/s" in out
+    assert (run / "ckpt" / "last.safetensors").exists() and (run / "plots" / "loss.png").exists()
+
+    out = _ok(runner.invoke(train_app, ["eval", str(run), "--device", "cpu"]))
+    assert "val split, step 4" in out and "semseg/mIoU" in out and "untrained (step 0)" in out
+    trained = json.loads((run / "eval" / "step_4.json").read_text())["metrics"]
+    assert f"{trained['semseg/pixAcc']:.4g}" in out
+
+    sub = tmp_path / "semseg.safetensors"
+    out = _ok(runner.invoke(train_app, ["export", str(run), "--task", "semseg", "--out", str(sub), "--device", "cpu"]))
+    assert "routing weights of semseg" in out and "full student vs sub-model" in out
+    from sak.student.checkpoint_io import load_student
+
+    model = load_student(sub)
+    assert model.cfg.task_names == ("semseg",) and model.cfg.aligner == "none"
+
+    again = _ok(runner.invoke(train_app, ["fit", "--cache", str(cache), "--backbone", "test_vit", "--iters", "6",
+                                          "--out", str(run), "--resume", "--workers", "0", "--device", "cpu"]))
+    assert "val metrics after 6 steps" in again
+
+
+def test_plain_sak_train_uses_the_defaults(demo_cache, tmp_path) -> None:
+    cache, _ = demo_cache
+    _ok(runner.invoke(cache_app, ["extract", "-t", "test:tiny", "--random-init", "--cache", str(cache), "--device", "cpu"]))
+    run = tmp_path / "default"
+    res = runner.invoke(train_app, ["--cache", str(cache), "--iters", "1", "--out", str(run), "--device", "cpu"])
+    _ok(res)
+    record = json.loads((run / "config.json").read_text())
+    assert record["train"]["stage"] == "multitask" and record["train"]["dataset"] == "nyud"
+    assert record["train"]["teachers"] == [record["stores"][0]["name"]]
+    assert record["train"]["backbone"] == "vit_small_patch16_224" and record["train"]["img_size"] == [64, 80]
+
+
+def test_refusals_exit_2_with_the_fix(demo_cache, tmp_path) -> None:
+    cache, _ = demo_cache
+    res = runner.invoke(train_app, ["fit", "--cache", str(cache), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "no feature stores in" in res.output and "sak-cache extract" in res.output
+    _ok(runner.invoke(cache_app, ["extract", "-t", "test:tiny", "--random-init", "--cache", str(cache), "--device", "cpu"]))
+    res = runner.invoke(train_app, ["fit", "--cache", str(cache), "--teachers", "dinov2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "no feature store for teacher 'dinov2'" in res.output
+    res = runner.invoke(train_app, ["eval", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "is not a training run" in res.output
