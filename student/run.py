@@ -214,7 +214,9 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
                           allow_missing=cfg.allow_missing, read_targets=not cfg.online,
                           teacher_preprocess=online.preprocess if online else None, cache_hint=cfg.cache, **common)
     val = None
-    if cfg.val_split in dataset.splits():
+    if cfg.val_split is None:
+        pass
+    elif cfg.val_split in dataset.splits():
         val = CachedTargets(dataset, (), cfg.val_split, img, tasks=train_tasks, seed=cfg.seed)
     elif rank == 0:
         log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", name, cfg.val_split, dataset.splits())

@@ -54,7 +54,7 @@ class TrainConfig(Config):
     grad_clip: float | None = None  # 0 = off
     seed: int = 0
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = "val"  # None: no evaluation
     aug: str = "auto"  # auto: replay the stores' stored views (identity for --aug none stores); none: refuse augmented stores
     feature_flip: bool = False  # approximate: flips image, labels AND target maps (a ViT's features are not mirror-equivariant)
     online: bool = False  # run the teachers every step instead of reading the cache (the official SAK way)

@@ -14,17 +14,16 @@ Run dir ``runs/NAME/``: ``config.json`` (the experiment record), ``metrics.jsonl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from sak.manifests.errors import ConfigError, SakError
@@ -59,7 +58,7 @@ class RunResult:
     samples_per_s: float = 0.0
     s_per_step: float = 0.0
     data_wait: float = 0.0  # fraction of the step time spent waiting for data
-    param_checksums: list[float] = field(default_factory=list)  # one per rank (all equal under DDP)
+    param_checksums: list[str] = field(default_factory=list)  # one per rank (all equal under DDP)
 
 
 def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]], *, stage: str, alpha: float,
@@ -93,9 +92,13 @@ def _autocast(device: torch.device, amp: str):
     return nullcontext()
 
 
-def param_checksum(model: torch.nn.Module) -> float:
+def param_checksum(model: torch.nn.Module) -> str:
+    """sha256 over every parameter's bytes: equal strings mean bit-identical weights."""
+    digest = hashlib.sha256()
     with torch.no_grad():
-        return float(sum(p.double().sum().item() + p.double().abs().sum().item() for p in model.parameters()))
+        for p in model.parameters():
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fit(cfg: TrainConfig, progress: Progress | None = None, *, resume: bool = False) -> RunResult:
@@ -228,7 +231,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
     return result
 
 
-def _gather_checksums(model: torch.nn.Module, world: int) -> list[float]:
+def _gather_checksums(model: torch.nn.Module, world: int) -> list[str]:
     mine = param_checksum(model)
     if world == 1:
         return [mine]
@@ -236,7 +239,7 @@ def _gather_checksums(model: torch.nn.Module, world: int) -> list[float]:
 
     out: list[Any] = [None] * world
     dist.all_gather_object(out, mine)
-    return [float(v) for v in out]
+    return [str(v) for v in out]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

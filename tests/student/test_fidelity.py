@@ -1,0 +1,67 @@
+"""Cached targets vs online teachers: same seed, same batches, same losses step by step (fp16 tolerance)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sak.student.train_config import TrainConfig
+from sak.student.trainer import fit
+
+from _caches import extract_store, indexed_cache
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module", params=["none", "views2"])
+def cache(request, tmp_path_factory, demo_nyud) -> Path:
+    cache = indexed_cache(tmp_path_factory.mktemp(request.param), demo_nyud)
+    if request.param == "none":
+        extract_store(cache)
+    else:
+        extract_store(cache, views=2, aug="sak")
+    return cache
+
+
+def _losses(cache: Path, out: Path, online: bool) -> list[dict[str, float]]:
+    fit(TrainConfig(cache=str(cache), backbone="test_vit", iters=STEPS, batch_size=4, lr=1e-3, block_size=4,
+                    window=2, workers=0, log_every=1, val_split=None, online=online, out=str(out)))
+    return [json.loads(line)["losses"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cached_and_online_losses_agree_step_by_step(cache, tmp_path) -> None:
+    cached = _losses(cache, tmp_path / "cached", online=False)
+    online = _losses(cache, tmp_path / "online", online=True)
+    assert len(cached) == len(online) == STEPS
+    for step, (a, b) in enumerate(zip(cached, online), start=1):
+        assert set(a) == set(b)
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-2), f"step {step} {key}"
+    # the task losses see identical images and labels; only the fp16 rounding of the targets differs
+    assert online[0]["task"] == pytest.approx(cached[0]["task"], rel=1e-6)
+
+
+def test_online_targets_are_the_cached_ones_before_fp16_rounding(cache) -> None:
+    import torch
+
+    from sak.pipeline.datasets import open_dataset
+    from sak.student.data import CachedTargets
+    from sak.student.online import OnlineTeachers
+    from sak.student.stores import select_stores
+
+    ds = open_dataset(cache, "nyud")
+    stores = select_stores(str(cache), ds)
+    teachers = OnlineTeachers(stores, ("tiny",))
+    cached = CachedTargets(ds, stores, "train", (64, 80))
+    live = CachedTargets(ds, stores, "train", (64, 80), read_targets=False, teacher_preprocess=teachers.preprocess)
+    sampler = cached.sampler(block_size=4, seed=0)
+    with cached.batches(4, sampler, workers=0) as a_it, live.batches(4, sampler, workers=0) as b_it:
+        a, b = next(a_it), next(b_it)
+    assert a.sample_ids == b.sample_ids and torch.equal(a.image, b.image) and b.targets == {}
+    assert tuple(b.teacher_inputs["tiny"].shape) == (4, 3, 64, 64)
+    online = teachers(b)["tiny"]
+    assert len(online) == len(a.targets["tiny"]) == 4
+    for stored, live_map in zip(a.targets["tiny"], online):
+        assert torch.equal(stored, live_map.half().float())  # the store keeps exactly the fp16 rounding
