@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from sak.manifests.config import Config
-from sak.manifests.errors import ConfigError, PathEscape
+from sak.manifests.errors import ConfigError
 from sak.manifests.schemas import STATUS_OK
 
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
@@ -68,6 +68,13 @@ class ExtractConfig(Config):
     segment_size: int = 1024
 
     def __post_init__(self) -> None:
+        for name in ("cache", "data"):  # accept Path objects; the config stays JSON-able
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, str(value))
+        for name in ("teachers", "datasets", "weights"):  # a single name is a one-element tuple
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if not self.teachers:
             raise ConfigError("name at least one teacher: --teacher dinov2 (repeat --teacher for more)")
         if len(set(self.teachers)) != len(self.teachers):
@@ -179,28 +186,22 @@ def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
 def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
     """The (image, view) samples still to run, in manifest order; counts skips into ``reports``."""
     seen: set[str] = set()
-    images: list[tuple[str, str, str, str | None, str | None]] = []
+    images: list[tuple[str, str, str, str | None, str | None, str | None]] = []
     for ds in datasets:
-        for row in ds.table.to_pylist():
+        root = str(ds.root)
+        for row in ds.table.select(["sample_id", "path", "sha256", "source", "status", "error"]).to_pylist():
             key = row["sha256"] or f"unreadable:{row['source']}:{row['sample_id']}"
             if key in seen:
                 continue
             seen.add(key)
-            path, error = None, row["error"]
-            if row["status"] == STATUS_OK:
-                try:
-                    path = str(ds.image_path(row))
-                except PathEscape as exc:
-                    error = str(exc)
-            elif not error:
-                error = "dataset indexing failed"
-            images.append((key, row["sample_id"], row["source"], path, error))
+            error = None if row["status"] == STATUS_OK else (row["error"] or "dataset indexing failed")
+            images.append((key, row["sample_id"], row["source"], root, row["path"], error))
     if cfg.limit is not None:
         images = images[: cfg.limit]
     done = [_store_keys(s, "ok") for s in stores]
     failed = [_store_keys(s, "failed") for s in stores]
     samples = []
-    for key, sample_id, source, path, error in images:
+    for key, sample_id, source, root, path, error in images:
         for view in range(cfg.views):
             need = []
             for t, rep in enumerate(reports):
@@ -211,7 +212,7 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
                 else:
                     need.append(t)
             if need:
-                samples.append(Sample(key, sample_id, source, path if error is None else None, view, tuple(need), error))
+                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error))
     return samples, len(images)
 
 

@@ -16,6 +16,7 @@ Models and open stores are cached per worker process (:func:`.execution.worker_c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from sak.manifests.errors import SakError
+from sak.manifests.paths import resolve_inside
 from sak.manifests.schemas import read_commit_parts
 
 from .execution import worker_cached, worker_index
@@ -46,7 +48,8 @@ class Sample:
     image_sha256: str  # content key; "unreadable:<source>:<sample_id>" when indexing could not hash it
     sample_id: str
     source: str
-    path: str | None  # absolute image path; None when ``error`` is set
+    root: str  # dataset root
+    path: str  # image path relative to the root (resolved, path-escape checked, in the worker)
     view: int
     teachers: tuple[int, ...]
     error: str | None = None  # dataset-level failure: recorded as failed without decoding
@@ -154,8 +157,8 @@ def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
     if first.error is not None:
         return [_Prepared(s, "{}", {}, first.error) for s in group]
     try:
-        rgb = decode_rgb(first.path)
-    except SakError as exc:
+        rgb = decode_rgb(resolve_inside(first.root, first.path))
+    except SakError as exc:  # BadImage, PathEscape
         return [_Prepared(s, "{}", {}, str(exc)) for s in group]
     from .augment import apply_view_image, identity_view, sample_view
 
@@ -277,7 +280,7 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
             for t in set(s.teachers) - set(need):
                 result.teachers[t].skipped_cached += 1
             if need:
-                kept.append(Sample(s.image_sha256, s.sample_id, s.source, s.path, s.view, need, s.error))
+                kept.append(dataclasses.replace(s, teachers=need))
         samples = kept
     counts = [sum(t in s.teachers for s in samples) for t in range(len(specs))]
     teachers = [_teacher(ctx, t) if counts[t] else None for t in range(len(specs))]

@@ -46,6 +46,17 @@ class LayerStats:
         m2 = np.square(x - mean).sum(axis=0)
         return cls(int(x.shape[0]), mean, m2)
 
+    @classmethod
+    def from_blocks(cls, values: np.ndarray, max_elements: int = 1 << 22) -> "LayerStats":
+        """Like :meth:`from_values` for a large (n, ..., C) array, in float64 pieces of at most ``max_elements``."""
+        n = values.shape[0]
+        per_sample = max(1, int(np.prod(values.shape[1:])))
+        step = max(1, max_elements // per_sample)
+        total = cls.empty(values.shape[-1])
+        for i in range(0, n, step):
+            total = total.merge(cls.from_values(values[i : i + step]))
+        return total
+
     @property
     def channels(self) -> int:
         return int(self.mean.shape[0])

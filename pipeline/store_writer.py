@@ -18,6 +18,7 @@ Until step 3 the segment does not exist for readers (``gc`` may remove it).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -62,6 +63,60 @@ ZSTD_LEVEL = 3
 
 #: Segment ids of this process's writers that are still open (gc must not touch them).
 ACTIVE_SEGMENTS: set[str] = set()
+
+
+def _expected_codecs() -> list[dict]:
+    return [{
+        "name": "sharding_indexed",
+        "configuration": {
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            "index_location": "end",
+        },
+    }]
+
+
+def fast_shards_supported(array) -> bool:
+    """True when ``array``'s metadata is exactly the layout :func:`encode_shard` writes (else zarr writes)."""
+    meta = json.loads(json.dumps(array.metadata.to_dict()))  # tuples -> lists
+    codecs = meta.get("codecs") or []
+    if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+        return False
+    conf = dict(codecs[0].get("configuration", {}))
+    inner = conf.pop("chunk_shape", None)
+    key = meta.get("chunk_key_encoding", {})
+    return (
+        [{"name": "sharding_indexed", "configuration": conf}] == _expected_codecs()
+        and inner == [1, *array.shape[1:]]
+        and key == {"name": "default", "configuration": {"separator": "/"}}
+    )
+
+
+def encode_shard(block: np.ndarray, shard_samples: int) -> bytes:
+    """A Zarr v3 ``sharding_indexed`` shard of one-sample inner chunks, as zarr would write it.
+
+    Layout (Zarr v3 sharding spec): the zstd-compressed inner chunks back to back, then the
+    index, (offset, nbytes) as little-endian uint64 per inner chunk in C order (2**64-1 for
+    an absent chunk), then the crc32c of the index. This skips zarr's per-chunk async
+    overhead (about 0.3 ms per chunk), which dominates for small feature maps; zarr reads it.
+    """
+    import google_crc32c
+    from numcodecs import Zstd
+
+    codec = Zstd(level=ZSTD_LEVEL)
+    little = block.astype(block.dtype.newbyteorder("<"), copy=False)
+    index = np.full((shard_samples, 2), np.iinfo(np.uint64).max, dtype="<u8")
+    parts, offset = [], 0
+    for i in range(little.shape[0]):
+        enc = codec.encode(np.ascontiguousarray(little[i]))
+        index[i] = (offset, len(enc))
+        offset += len(enc)
+        parts.append(enc)
+    raw_index = index.tobytes()
+    parts.append(raw_index)
+    parts.append(np.uint32(google_crc32c.value(raw_index)).astype("<u4").tobytes())
+    return b"".join(parts)
 
 
 def new_segment_id() -> str:
@@ -158,6 +213,7 @@ class SegmentWriter:
         if spec.keep_prefix:
             self._names += [prefix_array_name(i) for i in spec.layers]
         self._arrays: dict[str, object] | None = None
+        self._fast_shards = False
         self._rows: list[dict] = []
         self._failed: list[dict] = []
         self._buf: dict[str, list[np.ndarray]] = {n: [] for n in self._names}
@@ -307,6 +363,7 @@ class SegmentWriter:
                 attributes=attrs,
             )
         self._arrays = arrays
+        self._fast_shards = all(fast_shards_supported(a) for a in arrays.values())
         ACTIVE_SEGMENTS.add(self.segment_id)
         self._thread = threading.Thread(target=self._worker, name=f"sak-writer-{self.segment_id[-8:]}", daemon=True)
         self._thread.start()
@@ -352,14 +409,27 @@ class SegmentWriter:
                     self._checksums[start + i] = sample_checksum([a[i] for a in ordered])
                 for layer in self.spec.layers:
                     values = decode_stored(block[layer_array_name(layer)], self.spec.dtype)
-                    for i in range(values.shape[0]):
-                        self._stats[layer] = self._stats[layer].merge(LayerStats.from_values(values[i]))
+                    self._stats[layer] = self._stats[layer].merge(LayerStats.from_blocks(values))
                 for name, arr in block.items():
-                    self._arrays[name][start : start + arr.shape[0]] = arr
+                    if self._fast_shards:
+                        self._write_shard(name, start, arr)
+                    else:
+                        self._arrays[name][start : start + arr.shape[0]] = arr
             except BaseException as exc:  # surfaced to the caller on its next call
                 self._error = exc
             finally:
                 self._busy += time.perf_counter() - t0
+
+    def _write_shard(self, name: str, start: int, block: np.ndarray) -> None:
+        """Write one whole shard file (blocks always start on a shard boundary)."""
+        s = self.shard_samples
+        if start % s or block.shape[0] > s:
+            raise AssertionError(f"block at row {start} of {block.shape[0]} rows is not one shard of {s}")
+        key = "/".join(["c", str(start // s)] + ["0"] * (block.ndim - 1))
+        path = self.segment_path / name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(encode_shard(block, s))
 
     def _finish_arrays(self) -> None:
         assert self._arrays is not None

@@ -195,3 +195,29 @@ def test_writer_rejects_wrong_shapes_and_overflow(st, tmp_path: Path) -> None:
         w.append(keys[:2], [a[:2, :4] for a in layers])
     w.abort()
     assert store.commits().num_rows == 0
+
+
+def test_direct_shard_encoder_matches_zarrs_own_writes(st, tmp_path: Path, monkeypatch) -> None:
+    """The writer encodes whole shards itself when the metadata matches; zarr reads them like its own."""
+    from sak.pipeline import store_writer
+
+    monkeypatch.setattr(store_writer, "MAX_SHARD_SAMPLES", 4)  # 11 samples: shards of 4, 4 and 3
+    spec = st.make_spec(dtype="bfloat16", keep_prefix=True)
+    shas = [f"{i:064x}" for i in range(11)]
+    fast_store = FeatureStore.create(tmp_path / "fast", spec)
+    fast, layers, _ = st.write_segment(fast_store, shas, capacity=13, batch=3)
+    shards = sorted(p.relative_to(fast_store.path / "segments" / fast.segment_id / "layer_3").as_posix()
+                    for p in (fast_store.path / "segments" / fast.segment_id / "layer_3").rglob("c/*/0/0/0"))
+    assert shards == ["c/0/0/0/0", "c/1/0/0/0", "c/2/0/0/0"]
+    monkeypatch.setattr(store_writer, "fast_shards_supported", lambda array: False)
+    slow_store = FeatureStore.create(tmp_path / "slow", spec)
+    slow, _, _ = st.write_segment(slow_store, shas, capacity=13, batch=3)
+    assert fast.table.column("checksum").to_pylist() == slow.table.column("checksum").to_pylist()
+    rows = list(range(11))
+    a, b = fast_store.read_rows(fast.segment_id, rows), slow_store.read_rows(slow.segment_id, rows)
+    for layer in spec.layers:
+        np.testing.assert_array_equal(a[layer], b[layer])
+    np.testing.assert_array_equal(
+        fast_store.read_prefix(fast.segment_id, rows)[3], slow_store.read_prefix(slow.segment_id, rows)[3]
+    )
+    assert fast_store.verify().ok and slow_store.verify().ok
