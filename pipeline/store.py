@@ -26,14 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shutil
-import socket
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -41,18 +36,17 @@ import pyarrow.compute as pc
 
 from sak.manifests.config import canonical_json
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
-from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, read_commit_parts
+from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_OK, read_commit_parts
 
 from .spec import FORMAT_VERSION, FeatureSpec
 from .stats import LayerStats, merge_all, stats_from_json
-from .store_reader import (
-    decode_stored,
-    layer_array_name,
-    prefix_array_name,
-    read_rows_contiguous,
-    sample_checksum,
-)
-from .store_writer import ACTIVE_SEGMENTS, SegmentWriter, parse_segment_id, tree_bytes, write_text_atomic
+from .shards import ShardReader, fast_shards_supported
+from .store_commits import dedup_commits, dropped_ok_rows, rows_by_segment
+from .store_reader import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
+from .store_writer import SegmentWriter, list_names, tree_bytes, write_text_atomic
+
+if TYPE_CHECKING:
+    from .store_maintenance import VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +73,6 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _list_names(path: Path, prefix: str = "", suffix: str = "") -> list[str]:
-    if not path.is_dir():
-        return []
-    return sorted(n for n in os.listdir(path) if n.startswith(prefix) and n.endswith(suffix))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 # -- spec comparison -------------------------------------------------------------
 def spec_differences(have: FeatureSpec, want: FeatureSpec | dict) -> list[tuple[str, object, object]]:
     """[(field, stored value, asked value)] for the fields that differ."""
@@ -106,16 +87,6 @@ def _mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> st
         f"store {where} was written with " + "; ".join(parts) + ". "
         "Pass the stored values, or extract again (a different spec gets its own store)."
     )
-
-
-@dataclass
-class VerifyReport:
-    checked: int = 0
-    corrupt: list[tuple[str, int, str, str]] = field(default_factory=list)  # (segment, row, sha256, reason)
-
-    @property
-    def ok(self) -> bool:
-        return not self.corrupt
 
 
 class FeatureStore:
@@ -198,7 +169,7 @@ class FeatureStore:
 
     # -- commits ----------------------------------------------------------------
     def committed_segments(self) -> list[str]:
-        names = _list_names(self.path / "manifest", PART_PREFIX, PART_SUFFIX)
+        names = list_names(self.path / "manifest", PART_PREFIX, PART_SUFFIX)
         return [n[len(PART_PREFIX) : -len(PART_SUFFIX)] for n in names]
 
     def raw_commits(self) -> pa.Table:
@@ -216,14 +187,15 @@ class FeatureStore:
         ``status="ok"`` (default) or ``"failed"`` filters; ``None`` returns both kinds.
         """
         raw = self.raw_commits()
-        table = _dedup(raw) if dedup else raw
+        table = dedup_commits(raw) if dedup else raw
         if status is not None:
             table = table.filter(pc.equal(table.column("status"), status))
         return table
 
     # -- reading ------------------------------------------------------------------
-    def _array(self, segment_id: str, name: str):
-        key = (segment_id, name)
+    def array(self, segment_id: str, name: str, *, fast: bool = False):
+        """The zarr array (mode "r"), or with ``fast`` a :class:`ShardReader` when the layout allows it."""
+        key = (segment_id, name, fast)
         arr = self._arrays.get(key)
         if arr is None:
             import zarr
@@ -234,6 +206,8 @@ class FeatureStore:
                     f"{path} is missing although segment {segment_id} is committed; run `sak-cache verify {self.path}`."
                 )
             arr = zarr.open_array(str(path), mode="r")
+            if fast and fast_shards_supported(arr):
+                arr = ShardReader(path, arr)
             self._arrays[key] = arr
         return arr
 
@@ -254,7 +228,7 @@ class FeatureStore:
         float16 stores return float16, bfloat16 and float32 stores return float32.
         """
         return {
-            i: decode_stored(read_rows_contiguous(self._array(segment_id, layer_array_name(i)), rows), self.spec.dtype)
+            i: decode_stored(read_rows_contiguous(self.array(segment_id, layer_array_name(i), fast=True), rows), self.spec.dtype)
             for i in self._layers(layers)
         }
 
@@ -263,7 +237,7 @@ class FeatureStore:
         if not self.spec.keep_prefix:
             raise SpecMismatch(f"store {self.path} was extracted without prefix tokens; extract again with --keep-prefix.")
         return {
-            i: decode_stored(read_rows_contiguous(self._array(segment_id, prefix_array_name(i)), rows), self.spec.dtype)
+            i: decode_stored(read_rows_contiguous(self.array(segment_id, prefix_array_name(i), fast=True), rows), self.spec.dtype)
             for i in self._layers(layers)
         }
 
@@ -291,9 +265,9 @@ class FeatureStore:
                 if layer in per_layer:
                     per_layer[layer].append(st)
         totals = {i: merge_all(v, self.spec.width) for i, v in per_layer.items()}
-        dropped = _dropped_ok_rows(raw)
+        dropped = dropped_ok_rows(raw)
         if dropped.num_rows:  # duplicates from concurrent writers: remove what dedup hides
-            for seg, rows in _rows_by_segment(dropped).items():
+            for seg, rows in rows_by_segment(dropped).items():
                 for layer, values in self.read_rows(seg, rows).items():
                     for v in values:
                         totals[layer] = totals[layer].subtract(LayerStats.from_values(v))
@@ -309,37 +283,11 @@ class FeatureStore:
     def size_bytes(self) -> int:
         return tree_bytes(self.path)
 
-    def verify(self, progress: Callable[..., None] | None = None) -> VerifyReport:
-        """Recompute every committed ok sample's checksum from the stored bytes (see store_reader)."""
-        report = VerifyReport()
-        raw = self.raw_commits()
-        ok = raw.filter(pc.equal(raw.column("status"), STATUS_OK))
-        names = [layer_array_name(i) for i in self.spec.layers]
-        if self.spec.keep_prefix:
-            names += [prefix_array_name(i) for i in self.spec.layers]
-        for seg, rows in _rows_by_segment(ok, with_meta=True).items():
-            try:
-                arrays = [self._array(seg, n) for n in names]
-                n_rows = min(a.shape[0] for a in arrays)
-            except Exception as exc:  # missing or unreadable array metadata
-                report.corrupt += [(seg, r, sha, f"segment unreadable: {exc}") for r, sha, _ in rows]
-                report.checked += len(rows)
-                continue
-            for row, sha, checksum in rows:
-                report.checked += 1
-                if row >= n_rows:
-                    report.corrupt.append((seg, row, sha, f"row {row} missing (arrays hold {n_rows})"))
-                    continue
-                try:
-                    got = sample_checksum([np.asarray(a[row : row + 1])[0] for a in arrays])
-                except Exception as exc:  # a damaged shard fails to decode
-                    report.corrupt.append((seg, row, sha, f"unreadable: {type(exc).__name__}: {exc}"))
-                    continue
-                if got != checksum:
-                    report.corrupt.append((seg, row, sha, "checksum mismatch"))
-            if progress is not None:
-                progress(len(rows), segment=seg)
-        return report
+    def verify(self, progress: Callable[..., None] | None = None) -> "VerifyReport":
+        """Recompute every committed ok sample's checksum from the stored bytes, reading through zarr."""
+        from .store_maintenance import verify_store
+
+        return verify_store(self, progress)
 
     def gc(self, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
         """Uncommitted segments (and their stats) and stale temp files; deleted unless ``dry_run``.
@@ -347,32 +295,10 @@ class FeatureStore:
         A segment with a commit part is never touched. A segment without one is garbage when its
         writer is known dead (same host, pid gone) or it has not changed for ``grace_seconds``.
         """
-        committed = set(self.committed_segments())
-        garbage: list[Path] = []
-        now = time.time()
-        for seg in _list_names(self.path / "segments"):
-            if seg in committed:
-                continue
-            seg_path = self.path / "segments" / seg
-            if _writer_alive(seg) or (not _writer_dead(seg) and now - _newest_mtime(seg_path) < grace_seconds):
-                continue
-            garbage.append(seg_path)
-        for seg_stats in _list_names(self.path / "stats", suffix=".json"):
-            seg = seg_stats[: -len(".json")]
-            if seg not in committed and (self.path / "segments" / seg) in garbage:
-                garbage.append(self.path / "stats" / seg_stats)
-        for sub in ("", "manifest", "stats"):
-            for name in _list_names(self.path / sub if sub else self.path, prefix=".", suffix=".tmp"):
-                tmp = (self.path / sub / name) if sub else self.path / name
-                if now - tmp.stat().st_mtime >= grace_seconds:
-                    garbage.append(tmp)
-        if not dry_run:
-            if self.read_only:
-                raise SakError(f"store {self.path} is open read-only; open it with read_only=False to delete garbage")
-            for p in garbage:
-                _remove(p)
-                log.info("gc removed %s", p)
-        return garbage
+        from .store_maintenance import gc_store
+
+        return gc_store(self, dry_run=dry_run, grace_seconds=grace_seconds)
+
 
 
 def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
@@ -383,7 +309,7 @@ def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0)
 def list_stores(cache_root: str | os.PathLike[str]) -> list[FeatureStore]:
     """Every store of a cache (``<cache>/features/*/spec.json``), sorted by name."""
     root = _as_path(cache_root) / FEATURES_DIR
-    return [FeatureStore.open(root / n) for n in _list_names(root) if (root / n / SPEC_FILE).exists()]
+    return [FeatureStore.open(root / n) for n in list_names(root) if (root / n / SPEC_FILE).exists()]
 
 
 def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None) -> FeatureStore:
@@ -403,82 +329,3 @@ def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str
         names = ", ".join(s.name for s in stores) or "none"
         raise SakError(f"no store {ref!r} in {_as_path(cache_root) / FEATURES_DIR} (stores: {names})")
     raise SakError(f"{ref} is not a feature store directory; pass a store path or --cache with a store name")
-
-
-# -- dedup helpers -----------------------------------------------------------------
-def _keys(table: pa.Table) -> np.ndarray:
-    sha = table.column("image_sha256").to_numpy(zero_copy_only=False).astype(object)
-    view = table.column("view").to_numpy(zero_copy_only=False).astype(str).astype(object)
-    return sha + "|" + view
-
-
-def _first_per_key(table: pa.Table, order: str) -> pa.Table:
-    if table.num_rows == 0:
-        return table
-    table = table.sort_by([("image_sha256", "ascending"), ("view", "ascending"), ("segment_id", order), ("row", "ascending")])
-    keys = _keys(table)
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    return table.filter(pa.array(first))
-
-
-def _dedup(raw: pa.Table) -> pa.Table:
-    ok = _first_per_key(raw.filter(pc.equal(raw.column("status"), STATUS_OK)), "ascending")
-    failed = raw.filter(pc.equal(raw.column("status"), STATUS_FAILED))
-    if failed.num_rows and ok.num_rows:
-        failed = failed.filter(pa.array(~np.isin(_keys(failed), _keys(ok))))
-    failed = _first_per_key(failed, "descending")
-    return pa.concat_tables([ok, failed]).sort_by([("segment_id", "ascending"), ("row", "ascending")])
-
-
-def _dropped_ok_rows(raw: pa.Table) -> pa.Table:
-    ok = raw.filter(pc.equal(raw.column("status"), STATUS_OK))
-    kept = _first_per_key(ok, "ascending")
-    if kept.num_rows == ok.num_rows:
-        return ok.slice(0, 0)
-    kept_ids = set(zip(kept.column("segment_id").to_pylist(), kept.column("row").to_pylist()))
-    mask = [(s, r) not in kept_ids for s, r in zip(ok.column("segment_id").to_pylist(), ok.column("row").to_pylist())]
-    return ok.filter(pa.array(mask))
-
-
-def _rows_by_segment(table: pa.Table, with_meta: bool = False) -> dict[str, list]:
-    out: dict[str, list] = {}
-    segs = table.column("segment_id").to_pylist()
-    rows = table.column("row").to_pylist()
-    if with_meta:
-        shas, sums = table.column("image_sha256").to_pylist(), table.column("checksum").to_pylist()
-        for s, r, h, c in zip(segs, rows, shas, sums):
-            out.setdefault(s, []).append((r, h, c))
-    else:
-        for s, r in zip(segs, rows):
-            out.setdefault(s, []).append(r)
-    return out
-
-
-def _writer_alive(segment_id: str) -> bool:
-    parsed = parse_segment_id(segment_id)
-    if parsed is None or parsed[0] != _this_host():
-        return False
-    if parsed[1] == os.getpid():
-        return segment_id in ACTIVE_SEGMENTS
-    try:
-        os.kill(parsed[1], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _writer_dead(segment_id: str) -> bool:
-    parsed = parse_segment_id(segment_id)
-    return parsed is not None and parsed[0] == _this_host() and not _writer_alive(segment_id)
-
-
-def _this_host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
-
-
-def _newest_mtime(path: Path) -> float:
-    times = [p.stat().st_mtime for p in path.rglob("*")] + [path.stat().st_mtime]
-    return max(times)

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from sak.manifests.errors import SakError, SpecMismatch
+from sak.manifests.errors import SakError, SpecMismatch, StoreCorrupt
 from sak.pipeline.store import FeatureStore, list_stores, resolve_store
 from sak.pipeline.store_reader import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
 from sak.pipeline.store_writer import SampleKey, new_segment_id, parse_segment_id
@@ -146,7 +146,7 @@ def test_read_only_store_cannot_write(st, tmp_path: Path) -> None:
     with pytest.raises(SakError, match="read-only"):
         ro.writer(4)
     ro.read_rows(report.segment_id, [0])
-    arr = ro._array(report.segment_id, "layer_1")
+    arr = ro.array(report.segment_id, "layer_1")
     with pytest.raises(ValueError, match="read-only"):
         arr[0] = np.zeros(arr.shape[1:], arr.dtype)
 
@@ -221,3 +221,22 @@ def test_direct_shard_encoder_matches_zarrs_own_writes(st, tmp_path: Path, monke
         fast_store.read_prefix(fast.segment_id, rows)[3], slow_store.read_prefix(slow.segment_id, rows)[3]
     )
     assert fast_store.verify().ok and slow_store.verify().ok
+
+
+def test_shard_reader_equals_zarr_and_rejects_a_damaged_index(st, tmp_path: Path, monkeypatch) -> None:
+    from sak.pipeline import store_writer
+    from sak.pipeline.shards import ShardReader
+
+    monkeypatch.setattr(store_writer, "MAX_SHARD_SAMPLES", 4)
+    store = FeatureStore.create(tmp_path, st.make_spec())
+    report, _, _ = st.write_segment(store, [f"{i:064x}" for i in range(10)], capacity=12, batch=5)
+    fast, plain = store.array(report.segment_id, "layer_1", fast=True), store.array(report.segment_id, "layer_1")
+    assert isinstance(fast, ShardReader) and fast.shape == plain.shape == (10, 8, 8, 32)
+    for a, b in [(0, 10), (3, 9), (4, 8), (9, 10), (5, 5)]:
+        np.testing.assert_array_equal(fast[a:b], plain[a:b])
+    shard = store.path / "segments" / report.segment_id / "layer_1" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt, match="index checksum"):
+        FeatureStore.open(store.path).read_rows(report.segment_id, [5])
