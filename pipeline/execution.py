@@ -17,6 +17,7 @@ dask.distributed is imported only when a cluster is used.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Callable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def drop_worker_cached(key: Any) -> None:
 
 def worker_index() -> int | None:
     """Index of the current dask worker (LocalCluster names them 0..n-1), None outside a worker."""
+    if "distributed" not in sys.modules:  # not imported: this cannot be a dask worker (and stays light)
+        return None
     try:
         from distributed import get_worker
 

@@ -167,7 +167,7 @@ def _open_datasets(cfg: ExtractConfig) -> list:
         table = index_dataset(cfg.data, name=cfg.data_name, workers=cfg.io_threads)
         name = table.column("source")[0].as_py() if table.num_rows else (cfg.data_name or Path(cfg.data).name)
         write_dataset_index(cfg.cache, name, table, cfg.data)
-        names = names or [name]
+        names = names + [name] if name not in names else names
     if not names:
         names = list_datasets(cfg.cache)
     if not names:

@@ -17,8 +17,9 @@ writer wins); a key with no ok row is represented by its failed row from the lar
 (latest) segment id. ``stats()`` removes the statistics of the rows dedup drops, so it
 equals the statistics over exactly the rows ``commits()`` returns.
 
-File-system access goes through the few helpers at the top of this module and
-``store_writer.write_text_atomic`` so an fsspec backend can slot in later.
+File-system access is kept in a few places so an fsspec backend can slot in later:
+``_as_path``/``_read_text`` here, ``write_text_atomic``/``list_names``/``tree_bytes`` in
+:mod:`.store_writer`, whole-shard files in :mod:`.shards`, Parquet parts in ``sak.manifests``.
 """
 
 from __future__ import annotations
