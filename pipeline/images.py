@@ -27,9 +27,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
+    # np.array (not asarray): PIL hands out read-only buffers, and torch.from_numpy on those warns
+    # and risks undefined behaviour downstream; one copy of a decoded image is cheap next to decoding.
     mode = img.mode
     if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
+        return np.array(img, dtype=np.uint8)
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img).astype(np.float64)
         lo, hi = float(arr.min()), float(arr.max())
@@ -39,8 +41,8 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def open_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

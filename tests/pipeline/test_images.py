@@ -154,3 +154,17 @@ def test_decompression_bomb_header(tmp_path):
                      + _png_chunk(b"IEND", b""))
     msgs = _assert_bad(path)
     assert all("decompression" in m for m in msgs)
+
+
+def test_decoded_arrays_are_writable(tmp_path):
+    # torch.from_numpy on a read-only buffer warns and is undefined behaviour if written to.
+    import numpy as np
+    from PIL import Image
+
+    from sak.pipeline.images import decode_rgb
+
+    for mode, shape in (("RGB", (5, 6, 3)), ("L", (5, 6)), ("RGBA", (5, 6, 4))):
+        path = tmp_path / f"{mode}.png"
+        Image.fromarray(np.full(shape, 7, np.uint8), mode=mode).save(path)
+        rgb = decode_rgb(path)
+        assert rgb.flags.writeable and rgb.shape == (5, 6, 3)
