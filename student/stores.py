@@ -66,8 +66,14 @@ def extract_hint(spec: Any, dataset: str, cache: str) -> str:
             f"--layers {','.join(map(str, spec.layers))}", f"--resolution {spec.resolution[0]}"]
     if spec.random_init:
         opts.append(f"--random-init --seed {spec.weights.split(':', 1)[1]}")
+    elif spec.aug_seed:
+        opts.append(f"--seed {spec.aug_seed}")
     if spec.views > 1 or spec.aug != "none":
         opts.append(f"--views {spec.views} --aug {spec.aug}")
+    if spec.dtype != "float16":
+        opts.append(f"--dtype {spec.dtype}")
+    if spec.keep_prefix:
+        opts.append("--keep-prefix")
     return "sak-cache extract " + " ".join(opts)
 
 
@@ -191,7 +197,7 @@ class StoreJoin:
                 got += 1
             covered += got > 0
         self.coverage = Coverage(dataset.name, split, len(rows), covered, len(self.items), missing)
-        log.info("%s", self.coverage.summary())
+        log.debug("%s", self.coverage.summary())
         if covered == 0:
             raise CoverageError(
                 f"no sample of {dataset.name}/{split} is in every store ({self.coverage.summary()}); "

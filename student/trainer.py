@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import time
@@ -162,7 +163,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
     loader = setup.train.batches(cfg.batch_size, sampler, start=position, workers=cfg.workers,
                                  prefetch=cfg.prefetch, pin_memory=device.type == "cuda")
     sched = dict(lr=cfg.lr, total=cfg.iters, schedule=cfg.schedule, warmup=cfg.warmup, min_lr=cfg.min_lr)
-    first_step, t_loop, wait0 = step, time.perf_counter(), 0.0
+    first_step, busy, wait = step, 0.0, 0.0
     metrics_fh = open(run_dir / "metrics.jsonl", "a") if main else None
     try:
         while step < cfg.iters:
@@ -177,22 +178,23 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
             with _autocast(device, cfg.amp):
                 out = ddp(batch.image)
                 loss, parts = compute_losses(out, batch, targets, stage=cfg.stage, alpha=cfg.alpha, stats=setup.stats)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"loss became {loss.item()} at step {step}; lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            losses = dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))  # one sync
+            if not math.isfinite(losses["total"]):
+                raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")
             step += 1
             position = batch.position
-            wait0 += t_data
-            elapsed = time.perf_counter() - t_loop
+            wait += t_data
+            busy += time.perf_counter() - t0  # evaluation and checkpoints are not training time
             done = step - first_step
             info = {
-                "step": step, "total": cfg.iters, "lr": lr, "losses": {k: float(v.detach()) for k, v in parts.items()},
-                "samples_per_s": done * cfg.batch_size * world / elapsed, "s_per_step": elapsed / done,
-                "data_wait": wait0 / elapsed, "eta_s": (cfg.iters - step) * elapsed / done,
+                "step": step, "total": cfg.iters, "lr": lr, "losses": losses,
+                "samples_per_s": done * cfg.batch_size * world / busy, "s_per_step": busy / done,
+                "data_wait": wait / busy, "eta_s": (cfg.iters - step) * busy / done,
             }
             result.losses = info["losses"]
             if main and (step % cfg.log_every == 0 or step == cfg.iters or step == first_step + 1):
@@ -212,12 +214,11 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
         loader.close()
         if metrics_fh is not None:
             metrics_fh.close()
-    elapsed = time.perf_counter() - t_loop
-    done = max(1, step - first_step)
+    done = step - first_step
     result.steps = step
-    result.samples_per_s = done * cfg.batch_size * world / elapsed if step > first_step else 0.0
-    result.s_per_step = elapsed / done if step > first_step else 0.0
-    result.data_wait = wait0 / elapsed if step > first_step else 0.0
+    if done:
+        result.samples_per_s = done * cfg.batch_size * world / busy
+        result.s_per_step, result.data_wait = busy / done, wait / busy
     result.param_checksums = _gather_checksums(model, world)
     if main:
         if setup.val is not None:

@@ -65,3 +65,22 @@ def test_online_targets_are_the_cached_ones_before_fp16_rounding(cache) -> None:
     assert len(online) == len(a.targets["tiny"]) == 4
     for stored, live_map in zip(a.targets["tiny"], online):
         assert torch.equal(stored, live_map.half().float())  # the store keeps exactly the fp16 rounding
+
+
+def test_online_rebuilds_a_file_weights_teacher_only_from_that_file(tmp_path, demo_nyud) -> None:
+    from safetensors.torch import save_file
+
+    from sak.manifests.errors import TeacherUnavailable
+    from sak.pipeline.extract import ExtractConfig, extract
+    from sak.pipeline.teachers.registry import create_teacher
+
+    weights = tmp_path / "tiny.safetensors"
+    model = create_teacher("test:tiny", random_init=True, seed=5).model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    cache = indexed_cache(tmp_path, demo_nyud)
+    extract(ExtractConfig(cache=str(cache), teachers=("test:tiny",), weights=(str(weights),), device="cpu"))
+    cfg = dict(cache=str(cache), backbone="test_vit", iters=1, batch_size=4, workers=0, val_split=None, online=True)
+    with pytest.raises(TeacherUnavailable, match="pass --teacher-weights tiny=/path/to/weights.safetensors"):
+        fit(TrainConfig(**cfg, out=str(tmp_path / "a")))
+    res = fit(TrainConfig(**cfg, teacher_weights=(f"tiny={weights}",), out=str(tmp_path / "b")))
+    assert res.steps == 1 and res.losses["distill/tiny"] > 0

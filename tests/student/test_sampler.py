@@ -92,3 +92,45 @@ def test_too_few_blocks_for_the_ranks() -> None:
     blocks = make_blocks(["s"] * 4, [0, 1, 2, 3], block_size=4)
     with pytest.raises(ConfigError, match="cannot feed 2 ranks"):
         BlockShuffleSampler(blocks, rank=0, world=2)
+
+
+def test_ordered_map_keeps_order_and_bounds_the_work_in_flight() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sak.student.prefetch import ordered_map
+
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def slow(i: int) -> int:
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.002 * (5 - i % 5))  # later items finish first
+        with lock:
+            live[0] -= 1
+        return i * i
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(ordered_map(pool, slow, range(20), ahead=3)) == [i * i for i in range(20)]
+    assert peak[0] <= 3
+    assert list(ordered_map(None, slow, range(5), ahead=3)) == [0, 1, 4, 9, 16]
+
+
+def test_background_iterator_hands_errors_to_the_consumer() -> None:
+    from sak.student.prefetch import BackgroundIterator
+
+    def source():
+        yield 1
+        yield 2
+        raise ValueError("bad shard")
+
+    it = BackgroundIterator(source(), maxsize=1)
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(ValueError, match="bad shard"):
+        next(it)
+    endless = BackgroundIterator(itertools.count(), maxsize=2)
+    assert [next(endless) for _ in range(5)] == [0, 1, 2, 3, 4]
+    endless.close()
+    assert not endless._thread.is_alive()
