@@ -167,7 +167,7 @@ class CachedTargets:
 
     def build(self, item: Item, targets: Mapping[str, list[np.ndarray]] | None = None, flip: bool = False) -> dict:
         """Sample dict for ``item``; ``targets`` are its (h, w, c) layer maps per teacher key."""
-        rgb = np.array(decode_rgb(self.dataset.image_path(item.row)))  # decoders may return read-only arrays
+        rgb = decode_rgb(self.dataset.image_path(item.row))
         params = views.parse(item.view_params, rgb.shape[:2])
         img01 = views.apply_image(torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0), params)
         if flip:

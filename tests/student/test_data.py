@@ -63,7 +63,7 @@ def test_join_serves_exact_stored_targets_and_labels(cache) -> None:
         assert torch.equal(t, torch.from_numpy(stored[layer][0].astype(np.float32)).permute(2, 0, 1))
     # identity view: the image is the decoded file, normalized for the student
     rgb = decode_rgb(data.dataset.image_path(data.items[0].row))
-    img = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255
+    img = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     assert torch.allclose(s["image"], normalize_image(img))
     depth = data.dataset.load_label(data.items[0].row, "depth")
     assert torch.equal(s["labels"]["depth"][0], torch.from_numpy(depth))
@@ -84,7 +84,7 @@ def test_replayed_views_equal_apply_view_output(views_cache) -> None:
     for index in (flipped, unflipped):  # both geometric branches, replayed exactly
         item = data.items[index]
         s = data[index]
-        rgb = np.array(decode_rgb(data.dataset.image_path(item.row)))
+        rgb = decode_rgb(data.dataset.image_path(item.row))
         view = apply_view_image(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, params[index])
         assert view.shape[-2:] == SIZE  # views keep the image size here: no resize on top
         assert torch.equal(s["image"], normalize_image(view))
