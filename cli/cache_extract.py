@@ -25,7 +25,7 @@ class _RateColumn(ProgressColumn):
 
 def _summary(report) -> Table:
     table = Table(title=f"extraction: {report.images} images, {report.samples} samples run, {report.seconds:.1f} s", title_justify="left")
-    for col in ("teacher", "done", "cached (skipped)", "failed", "MB written", "img/s", "write MB/s", "writer busy", "store"):
+    for col in ("teacher", "done", "reused", "failed", "MB written", "img/s", "write MB/s", "writer busy", "store"):
         table.add_column(col, justify="left" if col in ("teacher", "store") else "right")
     for t in report.teachers:
         failed = t.failed + t.skipped_failed
@@ -53,7 +53,7 @@ def extract(
     teacher: List[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny). Repeat for several teachers: each image is decoded once for all."),
     data: Optional[Path] = typer.Option(None, "--data", help="A dataset folder to index into the cache first, then extract."),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
-    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root: stores go to <cache>/features/<teacher>-<spec_id>/."),
+    cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, a directory or an fsspec URL (s3://bucket/cache): stores go to <cache>/features/<teacher>-<spec_id>/. Samples whose image content (sha256) is already stored are reused, whoever extracted them."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=8, help="Square input size of the teachers. Default: each teacher's native size."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
@@ -112,6 +112,9 @@ def extract(
 
         report = run_extract(cfg, progress=progress)
     out.print(_summary(report))
+    for t in report.teachers:
+        if t.skipped_cached:
+            out.print(f"{t.teacher}: reused {t.skipped_cached} sample(s) already in the cache (same image content and view)", highlight=False)
     if any(t.random_init for t in report.teachers):
         console.print("[bold yellow]WARNING: RANDOM-INIT teacher weights in this cache (see the table).[/]")
     if report.failures:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,16 +23,21 @@ def _weights(spec) -> str:
     return f"[bold red]{spec.weights} (RANDOM-INIT)[/]" if spec.random_init else spec.weights
 
 
-def ls(cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root.")) -> None:
+def _created(store) -> str:
+    rec = store.created()
+    return f"{rec.get('created_by', '?')} {rec.get('created_at', '')}".strip() if rec else "-"
+
+
+def ls(cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a directory or an fsspec URL (s3://bucket/cache).")) -> None:
     """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size."""
     from sak.pipeline.store import list_stores
 
     stores = list_stores(cache)
     if not stores:
-        console.print(f"no feature stores in {cache / 'features'}; create one with `sak-cache extract --cache {cache}`")
+        console.print(f"no feature stores in {cache}/features; create one with `sak-cache extract --cache {cache}`")
         return
     table = Table(title=f"feature stores in {cache}", title_justify="left")
-    for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "views", "rows ok", "failed", "size"):
+    for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "views", "rows ok", "failed", "size", "created"):
         table.add_column(col, justify="right" if col in ("rows ok", "failed", "size", "views") else "left")
     for s in stores:
         spec = s.spec
@@ -41,7 +45,7 @@ def ls(cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache 
         table.add_row(
             s.name, spec.teacher, _weights(spec), ",".join(map(str, spec.layers)),
             f"{spec.grid[0]}x{spec.grid[1]} x {spec.width}", spec.dtype, f"{spec.views} ({spec.aug})",
-            str(ok), f"[red]{failed}[/]" if failed else "0", _mb(s.size_bytes()),
+            str(ok), f"[red]{failed}[/]" if failed else "0", _mb(s.size_bytes()), _created(s),
         )
     out.print(table)
     if any(s.spec.random_init for s in stores):
@@ -50,7 +54,7 @@ def ls(cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache 
 
 def info(
     store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
-    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root (to find STORE by name)."),
+    cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
     """Show a store's spec, per-layer feature statistics and its failed samples with their errors."""
     from sak.pipeline.store import resolve_store
@@ -96,7 +100,7 @@ def info(
 
 def verify(
     store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
-    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root (to find STORE by name)."),
+    cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
     """Recompute every committed sample's checksum from the stored bytes; exit 1 if any is corrupt or missing."""
     from sak.pipeline.store import resolve_store
@@ -128,7 +132,7 @@ def verify(
 
 
 def gc(
-    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root."),
+    cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a directory or an fsspec URL (s3://bucket/cache)."),
     delete: bool = typer.Option(False, "--delete", help="Really delete. Without it, only list what would go (dry run)."),
     grace: float = typer.Option(3600.0, "--grace-seconds", min=0, help="Uncommitted segments of writers on other hosts are kept until unchanged this long."),
 ) -> None:
@@ -136,6 +140,7 @@ def gc(
 
     A committed segment is never touched, and neither is a segment whose writer still runs on this host.
     """
+    from sak.pipeline.storage import tree_bytes
     from sak.pipeline.store import list_stores
 
     total_files, total_bytes = 0, 0
@@ -145,7 +150,7 @@ def gc(
         plan = s.gc(dry_run=True, grace_seconds=grace)
         if not plan:
             continue
-        size = sum(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size for p in plan)
+        size = sum(tree_bytes(p) if p.is_dir() else p.stat().st_size for p in plan)
         total_files, total_bytes = total_files + len(plan), total_bytes + size
         out.print(f"[bold]{s.name}[/]: {len(plan)} item(s), {_mb(size)}")
         for p in plan[:MAX_LISTED]:

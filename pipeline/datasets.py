@@ -38,7 +38,6 @@ from sak.manifests.schemas import (
     label_column,
     read_dataset_manifest,
     table_from_rows,
-    write_dataset_manifest,
 )
 
 from .dataset_formats import FORMATS, Candidate, detect_format, discover
@@ -189,8 +188,11 @@ def index_dataset(
     return table.replace_schema_metadata(meta)
 
 
-def dataset_index_path(cache_root: str | os.PathLike[str], name: str) -> Path:
-    return Path(cache_root) / "datasets" / f"{check_name(name)}.parquet"
+def dataset_index_path(cache_root: str | os.PathLike[str], name: str):
+    """``<cache>/datasets/<name>.parquet``: a Path, or a RemotePath when the cache is an fsspec URL."""
+    from .storage import as_location
+
+    return as_location(cache_root) / "datasets" / f"{check_name(name)}.parquet"
 
 
 def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa.Table,
@@ -199,17 +201,19 @@ def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa
     path = dataset_index_path(cache_root, name)
     fmt = (table.schema.metadata or {}).get(FORMAT_KEY, b"folder")
     meta = {ROOT_KEY: str(Path(root).resolve()).encode(), FORMAT_KEY: fmt}
-    write_dataset_manifest(table, path, metadata=meta)
+    from .storage import write_parquet_atomic
+
+    write_parquet_atomic(table, path, DATASET_SCHEMA, meta)  # local: temp + rename; URL: one PUT
     log.info("wrote dataset index %s (%d rows)", path, table.num_rows)
     return path
 
 
 def list_datasets(cache_root: str | os.PathLike[str]) -> list[str]:
     """Names of the datasets indexed in a cache, sorted."""
-    folder = Path(cache_root) / "datasets"
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(".parquet")] for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    from .storage import as_location, list_names
+
+    folder = as_location(cache_root) / "datasets"
+    return [n[: -len(".parquet")] for n in list_names(folder, suffix=".parquet") if not n.startswith(".")]
 
 
 def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
@@ -219,11 +223,19 @@ def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
     if not path.exists():
         known = list_datasets(cache_root)
         raise DatasetError(
-            f"no dataset named '{name}' in {Path(cache_root) / 'datasets'} (indexed: {known or 'none'}). "
+            f"no dataset named '{name}' in {path.parent} (indexed: {known or 'none'}). "
             f"Index it first: sak-cache index <folder> --cache {cache_root} --name {name}"
         )
-    table = read_dataset_manifest(path)
-    meta = pq.read_schema(path).metadata or {}
+    if isinstance(path, Path):
+        table = read_dataset_manifest(path)
+        meta = pq.read_schema(path).metadata or {}
+    else:  # a cache behind an fsspec URL: one GET, then the same checks
+        from .storage import read_parquet
+
+        table = read_parquet(path, DATASET_SCHEMA)
+        meta = pq.read_table(pa.BufferReader(path.read_bytes())).schema.metadata or {}
+        if len(set(table.column("sample_id").to_pylist())) != table.num_rows:
+            raise DatasetError(f"{path}: sample_id values are not unique; rebuild it with sak-cache index")
     if root_override is not None:
         root = Path(root_override)
     elif ROOT_KEY in meta:

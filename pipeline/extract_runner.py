@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from sak.manifests.errors import SakError
 from sak.manifests.paths import resolve_inside
-from sak.manifests.schemas import read_commit_parts
 
 from .execution import worker_cached, worker_index
 from .spec import FeatureSpec
@@ -143,7 +143,7 @@ def _late_keys(store: FeatureStore, known: frozenset) -> set[tuple[str, int]]:
     new = [s for s in store.committed_segments() if s not in known]
     if not new:
         return set()
-    t = read_commit_parts([store.path / "manifest" / f"part-{s}.parquet" for s in new])
+    t = pa.concat_tables([store.read_part(s) for s in new])
     return {(h, v) for h, v, st in zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), t.column("status").to_pylist()) if st == "ok"}
 
 

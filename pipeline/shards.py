@@ -111,12 +111,11 @@ class ShardReader:
             path = self._dir.joinpath("c", str(k), *(["0"] * len(sample_shape)))
             lo, hi = max(start, k * s), min(stop, (k + 1) * s)
             try:
-                fh = open(path, "rb")
+                fh = _open_shard(path)
             except FileNotFoundError:
                 continue
             with fh:
-                fh.seek(-(index_bytes + 4), os.SEEK_END)
-                tail = fh.read(index_bytes + 4)
+                tail = fh.tail(index_bytes + 4)
                 if np.frombuffer(tail[-4:], "<u4")[0] != google_crc32c.value(tail[:-4]):
                     raise StoreCorrupt(
                         f"{path}: shard index checksum mismatch (the file is damaged); run `sak-cache verify` on the store"
@@ -126,11 +125,57 @@ class ShardReader:
                 if not present.any():
                     continue
                 begin = int(sel[present, 0].min())
-                fh.seek(begin)
-                buf = fh.read(int((sel[present, 0] + sel[present, 1]).max()) - begin)
+                buf = fh.span(begin, int((sel[present, 0] + sel[present, 1]).max()))
             for j, (off, nbytes) in enumerate(sel):
                 if off == _ABSENT:
                     continue
                 raw = codec.decode(buf[int(off) - begin : int(off) - begin + int(nbytes)])
                 out[lo - start + j] = np.frombuffer(raw, dtype=little).reshape(sample_shape)
         return out
+
+
+class _LocalShard:
+    """Byte-range reads of a local shard file (one open file, seek + read)."""
+
+    def __init__(self, path) -> None:
+        self._fh = open(path, "rb")
+
+    def tail(self, n: int) -> bytes:
+        self._fh.seek(-n, os.SEEK_END)
+        return self._fh.read(n)
+
+    def span(self, start: int, end: int) -> bytes:
+        self._fh.seek(start)
+        return self._fh.read(end - start)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
+class _RemoteShard:
+    """Byte-range reads of a shard object through fsspec (``cat_file`` with start/end: HTTP range GETs)."""
+
+    def __init__(self, path) -> None:
+        self._path = path
+        self._size = int(path.fs.size(path.path))  # raises FileNotFoundError when absent, like open()
+
+    def tail(self, n: int) -> bytes:
+        return self._path.read_range(self._size - n, self._size)
+
+    def span(self, start: int, end: int) -> bytes:
+        return self._path.read_range(start, end)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _open_shard(path):
+    from .storage import RemotePath
+
+    return _RemoteShard(path) if isinstance(path, RemotePath) else _LocalShard(path)

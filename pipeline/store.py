@@ -17,9 +17,9 @@ writer wins); a key with no ok row is represented by its failed row from the lar
 (latest) segment id. ``stats()`` removes the statistics of the rows dedup drops, so it
 equals the statistics over exactly the rows ``commits()`` returns.
 
-File-system access is kept in a few places so an fsspec backend can slot in later:
-``_as_path``/``_read_text`` here, ``write_text_atomic``/``list_names``/``tree_bytes`` in
-:mod:`.store_writer`, whole-shard files in :mod:`.shards`, Parquet parts in ``sak.manifests``.
+A store may live on local disk or behind any fsspec URL (``s3://``, ``gs://``, ``memory://``);
+see :mod:`.storage`: local paths stay plain :class:`pathlib.Path` objects, URLs become
+:class:`.storage.RemotePath`. A store opened ``read_only`` never writes, on either.
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ import pyarrow.compute as pc
 
 from sak.manifests.config import canonical_json
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
-from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_OK, read_commit_parts
+from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 
 from .spec import FORMAT_VERSION, FeatureSpec
 from .stats import LayerStats, merge_all, stats_from_json
 from .shards import ShardReader, fast_shards_supported
 from .store_commits import dedup_commits, dropped_ok_rows, rows_by_segment
 from .store_reader import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
+from .storage import RemotePath, as_location, read_parquet, zarr_store
 from .store_writer import SegmentWriter, list_names, tree_bytes, write_text_atomic
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
+CREATED_FILE = "created.json"  # who/when, kept out of spec.json (the spec is the store's hash identity)
 FEATURES_DIR = "features"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 
@@ -63,14 +65,11 @@ _FLAG = {
 
 
 # -- file-system helpers (the only places that touch the disk directly) ----------
-def _as_path(path_or_url: str | os.PathLike[str]) -> Path:
-    text = os.fspath(path_or_url)
-    if "://" in text and not text.startswith("file://"):
-        raise SakError(f"remote stores ({text}) are not supported yet; copy the store to a local path")
-    return Path(text[len("file://") :] if text.startswith("file://") else text)
+def _as_path(path_or_url: str | os.PathLike[str]) -> "Path | RemotePath":
+    return as_location(path_or_url)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path) -> str:
     return path.read_text(encoding="utf-8")
 
 
@@ -90,11 +89,27 @@ def _mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> st
     )
 
 
+def write_created_record(path) -> None:
+    """Write ``<store>/created.json`` (``created_by`` user@host, ``created_at`` UTC) unless it exists."""
+    import getpass
+    import socket
+    from datetime import datetime, timezone
+
+    if (path / CREATED_FILE).exists():
+        return
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    record = {"created_by": f"{user}@{socket.gethostname()}", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text_atomic(path / CREATED_FILE, json.dumps(record, sort_keys=True) + "\n")
+
+
 class FeatureStore:
     """A feature store of one spec. Use :meth:`create` (writers) or :meth:`open` (readers)."""
 
-    def __init__(self, path: Path, spec: FeatureSpec, *, read_only: bool = True) -> None:
-        self.path = path
+    def __init__(self, path, spec: FeatureSpec, *, read_only: bool = True) -> None:
+        self.path = as_location(path)
         self.spec = spec
         self.read_only = read_only
         self._arrays: dict[tuple[str, str], object] = {}
@@ -103,7 +118,7 @@ class FeatureStore:
 
     # -- opening ------------------------------------------------------------------
     @staticmethod
-    def path_for(cache_root: str | os.PathLike[str], spec: FeatureSpec) -> Path:
+    def path_for(cache_root: str | os.PathLike[str], spec: FeatureSpec):
         return _as_path(cache_root) / FEATURES_DIR / spec.store_name
 
     @classmethod
@@ -119,6 +134,7 @@ class FeatureStore:
         for sub in ("segments", "manifest", "stats"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         write_text_atomic(path / SPEC_FILE, canonical_json(spec) + "\n")
+        write_created_record(path)
         log.info("created feature store %s", path)
         return cls(path, spec, read_only=False)
 
@@ -178,9 +194,25 @@ class FeatureStore:
         with self._lock:
             for seg in self.committed_segments():
                 if seg not in self._parts:  # parts are immutable: read each once
-                    self._parts[seg] = read_commit_parts([self.path / "manifest" / f"{PART_PREFIX}{seg}{PART_SUFFIX}"])
+                    self._parts[seg] = self.read_part(seg)
             tables = [self._parts[s] for s in sorted(self._parts)]
         return pa.concat_tables(tables) if tables else COMMIT_SCHEMA.empty_table()
+
+    def part_path(self, segment_id: str):
+        return self.path / "manifest" / f"{PART_PREFIX}{segment_id}{PART_SUFFIX}"
+
+    def read_part(self, segment_id: str) -> pa.Table:
+        """The commit part of one segment (validated against COMMIT_SCHEMA)."""
+        return read_parquet(self.part_path(segment_id), COMMIT_SCHEMA)
+
+    def created(self) -> dict:
+        """``created.json``: who created the store (``user@host``) and when (UTC ISO); {} for older stores."""
+        path = self.path / CREATED_FILE
+        try:
+            data = json.loads(_read_text(path))
+        except (FileNotFoundError, ValueError, OSError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def commits(self, status: str | None = STATUS_OK, *, dedup: bool = True) -> pa.Table:
         """Committed rows, one per ``(image_sha256, view)`` after read-time dedup (see module doc).
@@ -206,7 +238,7 @@ class FeatureStore:
                 raise StoreCorrupt(
                     f"{path} is missing although segment {segment_id} is committed; run `sak-cache verify {self.path}`."
                 )
-            arr = zarr.open_array(str(path), mode="r")
+            arr = zarr.open_array(zarr_store(path, read_only=True), mode="r")
             if fast and fast_shards_supported(arr):
                 arr = ShardReader(path, arr)
             self._arrays[key] = arr

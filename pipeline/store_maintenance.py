@@ -18,6 +18,7 @@ from sak.manifests.schemas import STATUS_OK
 
 from .store_commits import rows_by_segment
 from .store_reader import layer_array_name, prefix_array_name, sample_checksum
+from .storage import RemotePath, remove_tree
 from .store_writer import ACTIVE_SEGMENTS, list_names, parse_segment_id, this_host
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,8 @@ def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> l
     return garbage
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def _remove(path) -> None:
+    remove_tree(path)
 
 
 def _writer_alive(segment_id: str) -> bool:
@@ -127,6 +125,8 @@ def _writer_dead(segment_id: str) -> bool:
     return parsed is not None and parsed[0] == this_host() and not _writer_alive(segment_id)
 
 
-def _newest_mtime(path: Path) -> float:
+def _newest_mtime(path) -> float:
+    if isinstance(path, RemotePath):
+        return max((m for _, _, m in path.files()), default=time.time())
     times = [p.stat().st_mtime for p in path.rglob("*")] + [path.stat().st_mtime]
     return max(times)

@@ -36,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 
 from sak.manifests.errors import SakError
-from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, table_from_rows, write_commit_part
+from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, table_from_rows
 
 from .spec import FeatureSpec
 from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
 from .stats import LayerStats, stats_to_json
+from .storage import RemotePath, as_location, list_names, tree_bytes, write_bytes_atomic, write_parquet_atomic, zarr_store
 from .store_reader import (
     BF16_ATTR,
     PREFIX_AXES,
@@ -80,31 +81,10 @@ def parse_segment_id(segment_id: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` via a temporary file, fsync, ``os.replace``: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def write_text_atomic(path, text: str):
+    """Write ``text`` so readers see all or nothing: temp + fsync + ``os.replace`` locally, one PUT remotely."""
+    write_bytes_atomic(path, text.encode("utf-8"))
     return path
-
-
-def list_names(path: Path, prefix: str = "", suffix: str = "") -> list[str]:
-    """Sorted entry names of a directory with the given prefix/suffix ([] if it does not exist)."""
-    if not path.is_dir():
-        return []
-    return sorted(n for n in os.listdir(path) if n.startswith(prefix) and n.endswith(suffix))
-
-
-def tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def shard_samples_for(spec: FeatureSpec, capacity: int) -> int:
@@ -157,7 +137,7 @@ class SegmentWriter:
             raise ValueError(f"segment capacity must be >= 1, got {capacity}")
         self.spec = spec
         self.segment_id = segment_id or new_segment_id()
-        self.store_path = Path(store_path)
+        self.store_path = as_location(store_path)
         self.segment_path = self.store_path / "segments" / self.segment_id
         self.part_path = self.store_path / "manifest" / f"part-{self.segment_id}.parquet"
         self.stats_path = self.store_path / "stats" / f"{self.segment_id}.json"
@@ -244,7 +224,7 @@ class SegmentWriter:
                 for r in self._rows
             ] + [{**r, "segment_id": self.segment_id} for r in self._failed]
             table = table_from_rows(rows, COMMIT_SCHEMA)
-            write_commit_part(table, self.part_path)
+            write_parquet_atomic(table, self.part_path, COMMIT_SCHEMA)  # last: makes the segment exist
             report.table = table
             report.write_seconds = self._busy
             report.bytes_written = tree_bytes(self.segment_path) + self.part_path.stat().st_size + (
@@ -295,7 +275,7 @@ class SegmentWriter:
         from zarr.codecs import ZstdCodec
 
         group = zarr.open_group(
-            str(self.segment_path),
+            zarr_store(self.segment_path, read_only=False),
             mode="w-",
             attributes={"sak_segment_id": self.segment_id, "sak_spec_id": self.spec.spec_id, "sak_capacity": self.capacity},
         )
@@ -382,16 +362,20 @@ class SegmentWriter:
             raise AssertionError(f"block at row {start} of {block.shape[0]} rows is not one shard of {s}")
         key = "/".join(["c", str(start // s)] + ["0"] * (block.ndim - 1))
         path = self.segment_path / name / key
+        data = encode_shard(block, s)
+        if isinstance(path, RemotePath):  # one PUT per shard
+            path.write_bytes(data)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
-            fh.write(encode_shard(block, s))
+            fh.write(data)
 
     def _finish_arrays(self) -> None:
         assert self._arrays is not None
         for arr in self._arrays.values():
             if arr.shape[0] != self.n_ok:
                 arr.resize((self.n_ok, *arr.shape[1:]))
-        if self.durable:
+        if self.durable and not isinstance(self.segment_path, RemotePath):
             for f in self.segment_path.rglob("*"):
                 if f.is_file():
                     fd = os.open(f, os.O_RDONLY)

@@ -49,3 +49,41 @@ def write_segment(
 def st():
     """The helpers above as one namespace (test modules cannot import conftest)."""
     return SimpleNamespace(make_spec=make_spec, random_features=random_features, write_segment=write_segment)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A real S3 API on loopback: moto's server in a thread, one bucket, fake credentials.
+
+    Returns ``s3://<bucket>``; s3fs reaches it through ``AWS_ENDPOINT_URL`` and fsspec's s3
+    config (``client_kwargs.endpoint_url``). Skipped only when moto[server]/s3fs are missing.
+    """
+    import socket
+
+    try:
+        import s3fs
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # pragma: no cover - the test extra installs both
+        pytest.skip(f"loopback S3 tests need moto[server] and s3fs (pip install -e '.[test]'): {exc}")
+    import fsspec.config
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        mp.setenv(key, value)
+    mp.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": endpoint}})
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("sak-lab")
+    try:
+        yield "s3://sak-lab"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        mp.undo()
+        server.stop()
