@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache_extract, cache_index, cache_inspect
+from . import cache_extract, cache_index, cache_inspect, cache_share
 from .common import _main
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app = typer.Typer(
 cache_index.register(app)
 cache_extract.register(app)
 cache_inspect.register(app)
+cache_share.register(app)
 
 
 def main() -> None:

@@ -118,6 +118,8 @@ def verify(
     if report.ok:
         out.print(f"[green]ok[/]: {report.checked} committed samples match their checksums in {s.path}")
         return
+    if report.missing_segments:
+        out.print(f"[bold red]{len(report.missing_segments)} committed segment(s) missing[/]: " + ", ".join(report.missing_segments[:MAX_LISTED]), highlight=False)
     table = Table(title=f"{len(report.corrupt)} of {report.checked} samples are corrupt or missing", title_justify="left")
     for col in ("segment", "row", "image sha256", "problem"):
         table.add_column(col)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class VerifyReport:
     checked: int = 0
     corrupt: list[tuple[str, int, str, str]] = field(default_factory=list)  # (segment, row, sha256, reason)
+    missing_segments: list[str] = field(default_factory=list)  # committed (a part names them) but absent
 
     @property
     def ok(self) -> bool:
@@ -43,6 +44,13 @@ def verify_store(store, progress: Callable[..., None] | None = None) -> VerifyRe
     if store.spec.keep_prefix:
         names += [prefix_array_name(i) for i in store.spec.layers]
     for seg, rows in rows_by_segment(ok, with_meta=True).items():
+        if not (store.path / "segments" / seg).exists():
+            report.corrupt += [(seg, r, sha, f"segment {seg} is missing (its commit part names it)") for r, sha, _ in rows]
+            report.missing_segments.append(seg)
+            report.checked += len(rows)
+            if progress is not None:
+                progress(len(rows), segment=seg)
+            continue
         try:
             arrays = [store.array(seg, n) for n in names]
             n_rows = min(a.shape[0] for a in arrays)
