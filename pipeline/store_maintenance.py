@@ -45,7 +45,7 @@ def verify_store(store, progress: Callable[..., None] | None = None) -> VerifyRe
         names += [prefix_array_name(i) for i in store.spec.layers]
     for seg, rows in rows_by_segment(ok, with_meta=True).items():
         if not (store.path / "segments" / seg).exists():
-            report.corrupt += [(seg, r, sha, f"segment {seg} is missing (its commit part names it)") for r, sha, _ in rows]
+            report.corrupt += [(seg, r, sha, f"segment unreadable: {seg} is missing on disk (its commit part names it)") for r, sha, _ in rows]
             report.missing_segments.append(seg)
             report.checked += len(rows)
             if progress is not None:
