@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
     @app.callback(invoke_without_command=True)
     def default(
         ctx: typer.Context,
-        cache: Optional[Path] = typer.Option(None, "--cache", "-c", help="Cache root: train with defaults (fit) from it."),
+        cache: Optional[str] = typer.Option(None, "--cache", "-c", help="Cache root (directory or fsspec URL such as s3://bucket/cache): train with defaults (fit) from it."),
         iters: int = typer.Option(1000, "--iters", min=1, help="Training steps for the default fit."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<UTC time>)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
     @app.command("fit")
     @friendly_errors
     def fit_cmd(
-        cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root with datasets/ and features/."),
+        cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root with datasets/ and features/: a directory or an fsspec URL (s3://bucket/cache); opened read-only."),
         dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
         teachers: Optional[str] = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
         backbone: str = typer.Option("vit_small_patch16_224", "--backbone", help="timm ViT of the student."),

@@ -94,7 +94,34 @@ def test_segment_without_its_part_is_invisible_behind_a_url(url_root, st, monkey
     assert FeatureStore.open(str(store.path)).verify().ok
 
 
-def test_extract_to_s3_then_train_from_it(s3_bucket, demo_cache, demo_nyud, tmp_path) -> None:
+def forbid_s3_writes(monkeypatch) -> list[str]:
+    """Make every S3 write/delete call fail (a read-only client); returns the attempts."""
+    import s3fs
+
+    attempts: list[str] = []
+
+    def refusing(name):
+        async def refuse(self, path, *args, **kwargs):
+            attempts.append(f"{name} {path}")
+            raise PermissionError(f"read-only: {name} {path}")
+        return refuse
+
+    for name in ("_pipe_file", "_put_file", "_rm_file", "_rm", "_cp_file", "_mkdir"):
+        monkeypatch.setattr(s3fs.S3FileSystem, name, refusing(name))
+    real_open = s3fs.S3FileSystem._open
+
+    def open_read_only(self, path, mode="rb", *args, **kwargs):
+        if "r" not in mode:
+            attempts.append(f"open({mode}) {path}")
+            raise PermissionError(f"read-only: open {path} {mode}")
+        return real_open(self, path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_open", open_read_only)
+    s3fs.S3FileSystem.clear_instance_cache()  # instances bind their sync methods when created
+    return attempts
+
+
+def test_extract_to_s3_then_train_from_it(s3_bucket, demo_cache, demo_nyud, tmp_path, monkeypatch) -> None:
     """extract test:tiny into s3://.../cache, train a few steps from it read-only, features equal a local run."""
     from sak.pipeline.extract import ExtractConfig, extract
     from sak.student.train_config import TrainConfig
@@ -121,7 +148,15 @@ def test_extract_to_s3_then_train_from_it(s3_bucket, demo_cache, demo_nyud, tmp_
     assert (again.teachers[0].done, again.teachers[0].skipped_cached) == (0, 12)
 
     before = remote_snapshot(remote_cache)
+    attempts = forbid_s3_writes(monkeypatch)
     result = fit(TrainConfig(cache=remote_cache, backbone="test_vit", iters=3, batch_size=4, block_size=4, window=2,
                              workers=2, log_every=1, ckpt_every=0, val_split=None, out=str(tmp_path / "run")))
     assert result.steps == 3 and result.coverage == "covered 9/9 samples of nyud/train"
+    assert attempts == []  # no write call reached S3
+    with pytest.raises(PermissionError):  # and the guard was live
+        as_location(f"{remote_cache}/probe").write_bytes(b"x")
+    monkeypatch.undo()
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # drop the guarded instances
     assert remote_snapshot(remote_cache) == before  # training never writes to the cache
