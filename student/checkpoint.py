@@ -46,6 +46,13 @@ def _atomic(path: Path, write) -> None:  # write(tmp_path)
             tmp.unlink()
 
 
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON; readers see the old file or the whole new one."""
+    path = Path(path)
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+    return path
+
+
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Torch/CUDA/NumPy/Python global RNG states as (tensors, json)."""
     tensors = {"rng.torch": torch.get_rng_state()}
@@ -118,7 +125,7 @@ def save_checkpoint(
     path = ckpt_dir / f"{name}.safetensors"
     _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
     readable = {k: v for k, v in meta.items() if k != "rng"}
-    _atomic(ckpt_dir / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(readable, indent=2, sort_keys=True)))
+    write_json_atomic(ckpt_dir / f"{name}.json", readable)
     return path
 
 

@@ -17,16 +17,11 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, write_json_atomic
 from .data import CachedTargets
+from .run import autocast
 
 log = logging.getLogger(__name__)
-
-
-def _autocast(device: torch.device):
-    from contextlib import nullcontext
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 @torch.no_grad()
@@ -55,7 +50,7 @@ def evaluate_model(
                 if max_samples is not None and seen >= max_samples:
                     break
                 batch = batch.to(device)
-                with _autocast(device):
+                with autocast(device):
                     out = model(batch.image, distill=False)
                 for task, metric in metrics.items():
                     metric.update(out.tasks[task].float(), batch.labels[task], batch.masks[task])
@@ -73,20 +68,9 @@ def evaluate_model(
 
 def write_eval(run_dir: str | os.PathLike[str], step: int, metrics: dict[str, float], split: str = "val") -> dict[str, float]:
     """Write ``eval/step_<step>.json`` atomically; returns ``metrics``."""
-    path = Path(run_dir) / "eval" / f"step_{step}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"step": step, "split": split, "metrics": metrics}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomic(Path(run_dir) / "eval" / f"step_{step}.json", {"step": step, "split": split, "metrics": metrics})
     log.info("eval step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return metrics
-
-
-def eval_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every ``eval/step_<k>.json`` of a run, by step."""
-    folder = Path(run_dir) / "eval"
-    found = [json.loads(p.read_text()) for p in folder.glob("step_*.json")] if folder.is_dir() else []
-    return sorted(found, key=lambda r: r["step"])
 
 
 def evaluate(
@@ -135,7 +119,7 @@ def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device:
     try:
         for i in range(min(n, len(data))):
             s = data[i]
-            with _autocast(device):
+            with autocast(device):
                 out = model(s["image"][None].to(device), distill=False)
             img = s["image"] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
             preds, labels = {}, {}

@@ -14,6 +14,7 @@ import random
 import re
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
 
+from .checkpoint import write_json_atomic
 from .data import CachedTargets
 from .stores import describe, select_stores, teacher_key
 from .train_config import TrainConfig
@@ -66,6 +68,13 @@ def teardown_distributed() -> None:
 
         dist.destroy_process_group()
         _INITIALIZED_HERE = False
+
+
+def autocast(device: torch.device, amp: str = "auto"):
+    """bf16 autocast on cuda (unless ``amp="off"``); nothing on cpu."""
+    if device.type == "cuda" and amp != "off":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -144,10 +153,7 @@ class RunSetup:
         }
 
     def write_record(self, run_dir: Path) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.json.tmp"
-        tmp.write_text(json.dumps(self.record(), indent=2, sort_keys=True))
-        os.replace(tmp, run_dir / "config.json")
+        write_json_atomic(run_dir / "config.json", self.record())
 
     def plot(self, run_dir: Path, model: torch.nn.Module) -> None:
         from .evaluate import predictions

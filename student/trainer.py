@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
-import os
+import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +27,11 @@ import torch
 
 from sak.manifests.errors import ConfigError, SakError
 
-from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import load_checkpoint, restore_rng, save_checkpoint, write_json_atomic
 from .data import Batch
 from .evaluate import evaluate_model, write_eval
 from .losses import distill_loss_terms, task_losses
-from .run import RunSetup, prepare, setup_distributed, teardown_distributed
+from .run import RunSetup, autocast, prepare, setup_distributed, teardown_distributed
 from .schedule import lr_at
 from .train_config import TrainConfig
 
@@ -85,12 +83,6 @@ def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]
         raise ConfigError("nothing to train: the distill stage needs teacher stores (--teachers)")
     parts["total"] = total
     return total, parts
-
-
-def _autocast(device: torch.device, amp: str):
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def param_checksum(model: torch.nn.Module) -> str:
@@ -175,7 +167,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
             for g in opt.param_groups:
                 g["lr"] = lr
             targets = setup.targets(batch)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.amp):
                 out = ddp(batch.image)
                 loss, parts = compute_losses(out, batch, targets, stage=cfg.stage, alpha=cfg.alpha, stats=setup.stats)
             opt.zero_grad(set_to_none=True)
@@ -256,7 +248,4 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_summary(run_dir: Path, result: RunResult) -> None:
-    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()}
-    tmp = run_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, run_dir / "summary.json")
+    write_json_atomic(run_dir / "summary.json", {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
