@@ -36,12 +36,12 @@ from .prefetch import BackgroundIterator, ordered_map
 from .sampler import Block, BlockShuffleSampler, Window, make_blocks
 from .stores import StoreJoin, teacher_key
 from . import views
+from .views import CLASS_TASKS
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLASS_TASKS = ("semseg", "parts")
 
 
 @dataclass(frozen=True)
@@ -66,29 +66,22 @@ class Batch:
     position: tuple[int, int] = (0, 0)
     teacher_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # online mode: key -> (B, 3, h, w)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+    def _map(self, fn, *, masks: bool = True) -> "Batch":
         return Batch(
-            image=mv(self.image),
-            labels={k: mv(v) for k, v in self.labels.items()},
-            masks={k: mv(v) for k, v in self.masks.items()},
-            targets={k: [mv(t) for t in v] for k, v in self.targets.items()},
+            image=fn(self.image),
+            labels={k: fn(v) for k, v in self.labels.items()},
+            masks={k: fn(v) for k, v in self.masks.items()} if masks else self.masks,
+            targets={k: [fn(t) for t in v] for k, v in self.targets.items()},
             sample_ids=self.sample_ids,
             position=self.position,
-            teacher_inputs={k: mv(v) for k, v in self.teacher_inputs.items()},
+            teacher_inputs={k: fn(v) for k, v in self.teacher_inputs.items()},
         )
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
     def pin_memory(self) -> "Batch":
-        pin = lambda t: t.pin_memory()  # noqa: E731
-        return Batch(
-            image=pin(self.image),
-            labels={k: pin(v) for k, v in self.labels.items()},
-            masks=self.masks,
-            targets={k: [pin(t) for t in v] for k, v in self.targets.items()},
-            sample_ids=self.sample_ids,
-            position=self.position,
-            teacher_inputs={k: pin(v) for k, v in self.teacher_inputs.items()},
-        )
+        return self._map(lambda t: t.pin_memory(), masks=False)
 
 
 def _resize(x_chw: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -168,7 +161,7 @@ class CachedTargets:
     def build(self, item: Item, targets: Mapping[str, list[np.ndarray]] | None = None, flip: bool = False) -> dict:
         """Sample dict for ``item``; ``targets`` are its (h, w, c) layer maps per teacher key."""
         rgb = decode_rgb(self.dataset.image_path(item.row))
-        params = views.parse(item.view_params, rgb.shape[:2])
+        params = views.parse(item.view_params)
         img01 = views.apply_image(torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0), params)
         if flip:
             img01 = img01.flip(-1)

@@ -20,6 +20,7 @@ import torch
 from .checkpoint import load_checkpoint, write_json_atomic
 from .data import CachedTargets
 from .run import autocast
+from .views import CLASS_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device:
 
 
 def _as_map(task: str, x: torch.Tensor, *, prediction: bool):
-    if task in ("semseg", "parts"):
+    if task in CLASS_TASKS:
         return (x.argmax(0) if prediction else x).numpy()
     if task == "normals":
         return (torch.nn.functional.normalize(x, dim=0) if prediction else x).permute(1, 2, 0).numpy()

@@ -25,6 +25,7 @@ import torch
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
 
 from .checkpoint import write_json_atomic
+from . import views
 from .data import CachedTargets
 from .stores import describe, select_stores, teacher_key
 from .train_config import TrainConfig
@@ -91,9 +92,7 @@ def patch_size(backbone: str) -> int:
 def infer_img_size(dataset: Any, stores: list, split: str, backbone: str) -> tuple[int, int]:
     """The stored views' size (augmented stores), else the split's most common image size; a patch multiple."""
     if stores and stores[0].spec.aug != "none":
-        from sak.pipeline.augment import ViewParams
-
-        h, w = ViewParams.from_json(stores[0].commits().column("view_params")[0].as_py()).out_hw
+        h, w = views.parse(stores[0].commits().column("view_params")[0].as_py()).out_hw
     else:
         sizes = Counter((r["height"], r["width"]) for r in dataset.ok_rows() if r["split"] == split)
         (h, w), _ = sizes.most_common(1)[0]

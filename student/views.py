@@ -6,29 +6,21 @@ is resampled. Labels come back channels-first for dense tasks (see ``student.dat
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
+
+from sak.pipeline.augment import ViewParams, apply_view_image, apply_view_label
 
 CLASS_TASKS = ("semseg", "parts")
 
 
-def parse(view_params: str | None, image_hw: tuple[int, int]) -> Any:
+def parse(view_params: str | None) -> ViewParams | None:
     """The stored view of a commit row, or None for the identity view."""
-    if view_params is None:
-        return None
-    from sak.pipeline.augment import ViewParams
-
-    return ViewParams.from_json(view_params)
+    return None if view_params is None else ViewParams.from_json(view_params)
 
 
-def apply_image(img01_chw: torch.Tensor, params: Any) -> torch.Tensor:
-    if params is None:
-        return img01_chw
-    from sak.pipeline.augment import apply_view_image
-
-    return apply_view_image(img01_chw, params)
+def apply_image(img01_chw: torch.Tensor, params: ViewParams | None) -> torch.Tensor:
+    return img01_chw if params is None else apply_view_image(img01_chw, params)
 
 
 def label_tensor(task: str, label: np.ndarray) -> torch.Tensor:
@@ -41,13 +33,7 @@ def label_tensor(task: str, label: np.ndarray) -> torch.Tensor:
     return t[None].float()
 
 
-def apply_label(label: np.ndarray, params: Any, task: str) -> torch.Tensor:
-    if params is None:
-        return label_tensor(task, label)
-    from sak.pipeline.augment import apply_view_label
-
-    return label_tensor_from_view(task, apply_view_label(label, params, task))
-
-
-def label_tensor_from_view(task: str, out: Any) -> torch.Tensor:
-    return label_tensor(task, out.numpy() if torch.is_tensor(out) else out)
+def apply_label(label: np.ndarray, params: ViewParams | None, task: str) -> torch.Tensor:
+    if params is not None:
+        label = apply_view_label(label, params, task).numpy()
+    return label_tensor(task, label)
