@@ -34,7 +34,7 @@ from sak.pipeline.images import decode_rgb
 
 from .prefetch import BackgroundIterator, ordered_map
 from .sampler import Block, BlockShuffleSampler, Window, make_blocks
-from .stores import StoreJoin, teacher_key
+from .stores import Item, StoreJoin, teacher_key
 from . import views
 from .views import CLASS_TASKS
 
@@ -42,16 +42,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One (sample, view) the loader can serve: its manifest row and where each store keeps it."""
-
-    row: Mapping[str, Any]
-    view: int
-    view_params: str | None  # canonical JSON of the view; None: identity
-    locations: tuple[tuple[str, int], ...]  # (segment_id, row) per store, in store order
 
 
 @dataclass

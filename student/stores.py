@@ -19,6 +19,16 @@ from sak.manifests.errors import DatasetError, SakError, SpecMismatch
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One (sample, view) the loader can serve: its manifest row and where each store keeps it."""
+
+    row: Mapping[str, Any]
+    view: int
+    view_params: str | None  # canonical JSON of the view; None: identity
+    locations: tuple[tuple[str, int], ...]  # (segment_id, row) per store, in store order
+
+
 class CoverageError(SakError):
     """Some samples of the split are missing from a feature store."""
 
@@ -157,8 +167,6 @@ class StoreJoin:
 
     def __init__(self, dataset: Any, stores: Sequence[Any], split: str, *, aug: str = "auto",
                  allow_missing: bool = False, cache_hint: str = "./cache") -> None:
-        from .data import Item
-
         self.stores = list(stores)
         rows = split_rows(dataset, split)
         if not self.stores:
