@@ -85,6 +85,22 @@ def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]
     return total, parts
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, targets: dict[str, list[torch.Tensor]],
+               *, cfg: TrainConfig, stats: dict | None, lr: float) -> dict[str, float]:
+    """One optimizer step on a batch already on the model's device; returns the loss parts as floats."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with autocast(batch.image.device, cfg.amp):
+        out = model(batch.image)
+        loss, parts = compute_losses(out, batch, targets, stage=cfg.stage, alpha=cfg.alpha, stats=stats)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))  # one device sync
+
+
 def param_checksum(model: torch.nn.Module) -> str:
     """sha256 over every parameter's bytes: equal strings mean bit-identical weights."""
     digest = hashlib.sha256()
@@ -164,18 +180,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
             t_data = time.perf_counter() - t0
             batch = batch.to(device, non_blocking=True)
             lr = lr_at(step, **sched)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            targets = setup.targets(batch)
-            with autocast(device, cfg.amp):
-                out = ddp(batch.image)
-                loss, parts = compute_losses(out, batch, targets, stage=cfg.stage, alpha=cfg.alpha, stats=setup.stats)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            losses = dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))  # one sync
+            losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr)
             if not math.isfinite(losses["total"]):
                 raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")
             step += 1
