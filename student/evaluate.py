@@ -33,7 +33,7 @@ def evaluate_model(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     max_samples: int | None = None,
-    workers: int = 0,
+    workers: int = 2,
     progress: Callable[..., None] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` over ``data`` (every item once, in order; at most ``max_samples``)."""
