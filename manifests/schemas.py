@@ -8,13 +8,13 @@ column when one does not match, so a stale or foreign file never turns into a
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_write
 from .errors import SchemaMismatch
 
 #: Label columns a dataset manifest may carry: relative paths, null where a sample lacks the task.
@@ -115,17 +115,7 @@ def write_table_atomic(
     table = validate_table(table, schema, str(path))
     if metadata:
         table = table.replace_schema_metadata({**(schema.metadata or {}), **metadata})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_table(path: str | os.PathLike[str], schema: pa.Schema) -> pa.Table:

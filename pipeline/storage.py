@@ -22,8 +22,9 @@ import io
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
+
+from sak.manifests.atomic import atomic_write
 from typing import Iterator
 
 __all__ = [
@@ -227,17 +228,7 @@ def write_bytes_atomic(path, data: bytes) -> None:
     if isinstance(path, RemotePath):
         path.write_bytes(data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def remove_tree(path) -> None:

@@ -45,7 +45,8 @@ from .shards import ShardReader, fast_shards_supported
 from .store_commits import dedup_commits, dropped_ok_rows, rows_by_segment
 from .store_reader import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
 from .storage import RemotePath, as_location, read_parquet, zarr_store
-from .store_writer import SegmentWriter, list_names, tree_bytes, write_text_atomic
+from .storage import list_names
+from .store_writer import SegmentWriter, tree_bytes, write_text_atomic
 
 if TYPE_CHECKING:
     from .store_maintenance import VerifyReport

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ from sak.manifests.schemas import STATUS_OK
 from .store_commits import rows_by_segment
 from .store_reader import layer_array_name, prefix_array_name, sample_checksum
 from .storage import RemotePath, remove_tree
-from .store_writer import ACTIVE_SEGMENTS, list_names, parse_segment_id, this_host
+from .storage import list_names
+from .store_writer import ACTIVE_SEGMENTS, parse_segment_id, this_host
 
 log = logging.getLogger(__name__)
 

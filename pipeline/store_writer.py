@@ -26,7 +26,6 @@ import secrets
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +40,7 @@ from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, table
 from .spec import FeatureSpec
 from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
 from .stats import LayerStats, stats_to_json
-from .storage import RemotePath, as_location, list_names, tree_bytes, write_bytes_atomic, write_parquet_atomic, zarr_store
+from .storage import RemotePath, as_location, tree_bytes, write_bytes_atomic, write_parquet_atomic, zarr_store
 from .store_reader import (
     BF16_ATTR,
     PREFIX_AXES,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sak.manifests.atomic import atomic_write
 from sak.manifests.errors import SakError
 
 META_KEY = "sak.checkpoint"
@@ -33,23 +33,10 @@ class CheckpointError(SakError):
     """A checkpoint is missing, unreadable or from an incompatible run."""
 
 
-def _atomic(path: Path, write) -> None:  # write(tmp_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON; readers see the old file or the whole new one."""
     path = Path(path)
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
     return path
 
 
@@ -123,7 +110,7 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     text = json.dumps(meta, sort_keys=True)
     path = ckpt_dir / f"{name}.safetensors"
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: text}))
     readable = {k: v for k, v in meta.items() if k != "rng"}
     write_json_atomic(ckpt_dir / f"{name}.json", readable)
     return path

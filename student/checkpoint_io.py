@@ -8,7 +8,6 @@ no pickle is involved. Writes go to a temporary file moved into place with ``os.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from sak.manifests.atomic import atomic_write
 from sak.manifests.errors import SakError
 
 from .config import StudentConfig
@@ -33,17 +33,9 @@ class StudentFileError(SakError):
 def save_student(path: str | os.PathLike[str], model: SAKStudent) -> Path:
     """Write ``model``'s weights and config to ``path`` (a ``.safetensors`` file); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {CONFIG_KEY: model.cfg.to_json(), FORMAT_KEY: FORMAT}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_student_config(path: str | os.PathLike[str]) -> StudentConfig:

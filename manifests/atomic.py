@@ -1,0 +1,28 @@
+"""All-or-nothing local file writes: write a temporary sibling, fsync it, ``os.replace`` it into place."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` to fill a temporary file next to ``path``, then move it into place.
+
+    A reader sees the old file (or none) or the whole new one, even if the writer is killed;
+    the temporary file never outlives the call.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
