@@ -57,11 +57,12 @@ def _class_colours(n: int = 256) -> np.ndarray:
     return colours
 
 
-def render_map(task: str, value: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def render_map(task: str, value: np.ndarray, depth_max: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """A label or prediction as something ``imshow`` draws: (array, imshow kwargs).
 
-    semseg/parts: (H, W) class ids (ignore 255 black); depth: (H, W) meters; normals:
-    (H, W, 3) in [-1, 1]; edge/saliency: (H, W) in [0, 1].
+    semseg/parts: (H, W) class ids (ignore 255 black); depth: (H, W) meters, coloured on
+    [0, depth_max] (pass the label's maximum so label and prediction share one scale);
+    normals: (H, W, 3) in [-1, 1]; edge/saliency: (H, W) in [0, 1].
     """
     if task in ("semseg", "parts"):
         return _class_colours()[np.clip(value.astype(np.int64), 0, 255)], {}
@@ -69,7 +70,7 @@ def render_map(task: str, value: np.ndarray) -> tuple[np.ndarray, dict[str, Any]
         return np.clip((value + 1.0) / 2.0, 0.0, 1.0), {}
     if task == "depth":
         valid = value[value > 0]
-        hi = float(valid.max()) if valid.size else 1.0
+        hi = depth_max if depth_max else (float(valid.max()) if valid.size else 1.0)
         return value, {"cmap": "viridis", "vmin": 0.0, "vmax": hi}
     return value, {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
 
@@ -92,10 +93,12 @@ def predictions_plot(samples: Sequence[Mapping[str, Any]], path: str | os.PathLi
         if r == 0:
             axes[r][0].set_title("image", fontsize=8)
         for t, task in enumerate(tasks):
+            label = sample["labels"].get(task)
+            depth_max = float(np.max(label)) if task == "depth" and label is not None and np.max(label) > 0 else None
             for k, (kind, source) in enumerate((("label", sample["labels"]), ("pred", sample["preds"]))):
                 ax = axes[r][1 + 2 * t + k]
                 if task in source:
-                    arr, kw = render_map(task, np.asarray(source[task]))
+                    arr, kw = render_map(task, np.asarray(source[task]), depth_max)
                     ax.imshow(arr, **kw)
                 if r == 0:
                     ax.set_title(f"{task} {kind}", fontsize=8)
