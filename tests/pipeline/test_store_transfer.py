@@ -12,7 +12,7 @@ import sak.pipeline.store_transfer as transfer
 from sak.manifests.errors import SakError
 from sak.pipeline.store import FeatureStore
 from sak.pipeline.store_transfer import compact_store, export_store
-from sak.pipeline.store_writer import list_names
+from sak.pipeline.storage import list_names
 
 SHAS = [f"{i:064x}" for i in range(16)]
 
