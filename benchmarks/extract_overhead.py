@@ -1,0 +1,133 @@
+"""Extraction overhead: `sak-cache extract` images/s over a bare loop of the same teacher's forward.
+
+Ours: the library path of ``sak-cache extract`` (``sak.pipeline.extract.extract``) into a fresh
+cache each round: JPEG decode and preprocessing in the decode thread pool, batched
+``forward_layers``, conversion to float16 and copy to host, background checksum + statistics +
+zstd + Zarr writes, commit (fsync, stats, Parquet part). It is timed from the moment the run
+starts its tasks (its ``progress(total=...)`` call: the teacher is built and the plan made) to
+its return; the setup time before that is reported as a part.
+
+Baseline: the same teacher (name, random-init seed, resolution, layers) built once, the same
+images decoded and preprocessed BEFORE timing and stacked into batches of the same size on
+the same device, and ``forward_layers`` called on them in a loop under ``inference_mode``
+(with the same float16 autocast the extractor uses on CUDA).
+
+Target: ours / bare >= 0.95 (decode, compress and write overlapped with the teacher).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import nullcontext
+
+from .common import Bench, Scratch, alternate, image_folder, indexed, median, parser, pick, say, setup, sync
+
+SIZES = {
+    "quick": dict(teacher="test:tiny", resolution=64, images=16, image_size=(64, 80), batch_size=4, rounds=1, warmup=1),
+    # CPU: the DINOv2 ViT-B/14 architecture (random init) at a reduced 112 px, NYUD-sized JPEGs.
+    "cpu": dict(teacher="timm:vit_base_patch14_dinov2", resolution=112, images=96, image_size=(480, 640),
+                batch_size=8, rounds=3, warmup=1),
+    # GPU: full size, B teacher at 448 px.
+    "cuda": dict(teacher="timm:vit_base_patch14_dinov2", resolution=448, images=512, image_size=(480, 640),
+                 batch_size=32, rounds=3, warmup=1),
+}
+DATASET = "photos"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default=None, help="teacher name (random-init)")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--images", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--io-threads", dest="io_threads", type=int, default=4, help="the extractor's decode threads")
+    args = p.parse_args(argv)
+    setup(args)
+    cfg = pick(SIZES, args)
+    bench = Bench("extract_overhead", args)
+
+    import torch
+
+    from sak.pipeline.datasets import open_dataset
+    from sak.pipeline.extract import ExtractConfig, extract
+    from sak.pipeline.images import decode_rgb
+    from sak.pipeline.teachers import create_teacher
+
+    device, n, bs = args.device, cfg["images"], cfg["batch_size"]
+    root = image_folder(args.workdir, n, tuple(cfg["image_size"]))
+    index = indexed(args.workdir, root, DATASET, fmt="folder")
+    teacher = create_teacher(cfg["teacher"], random_init=True, seed=0, resolution=cfg["resolution"]).to(device)
+    layers = tuple(teacher.default_layers)
+    ds = open_dataset(index.parent.parent, DATASET)
+    inputs = [teacher.preprocess(decode_rgb(ds.image_path(r))) for r in ds.ok_rows()]
+    assert len(inputs) == n, f"expected {n} images in {root}, indexed {len(inputs)}"
+    batches = [torch.stack(inputs[i : i + bs]).to(device) for i in range(0, n, bs)]
+    on_cuda = device.startswith("cuda")
+    bench.detail("setup", {**cfg, "layers": layers, "grid": teacher.grid, "width": teacher.width,
+                           "io_threads": args.io_threads, "torch_threads": torch.get_num_threads()})
+
+    def bare() -> dict:
+        amp = torch.autocast("cuda", dtype=torch.float16) if on_cuda else nullcontext()
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode(), amp:
+            for x in batches:
+                teacher.forward_layers(x, layers)
+        sync(device)
+        return {"img_s": n / (time.perf_counter() - t0)}
+
+    scratch = Scratch(args.workdir, keep=args.keep)
+
+    def ours() -> dict:
+        cache = scratch.fresh_cache(index, DATASET)
+        marks: dict[str, float] = {}
+
+        def progress(advance: int, **info) -> None:
+            now = time.perf_counter()
+            if "total" in info:
+                marks["start"] = now
+            elif advance:
+                marks.setdefault("first_batch", now)
+                marks["last_batch"] = now
+
+        t0 = time.perf_counter()
+        report = extract(ExtractConfig(cache=str(cache), teachers=(cfg["teacher"],), datasets=(DATASET,), random_init=True,
+                                       seed=0, resolution=cfg["resolution"], batch_size=bs, device=device,
+                                       io_threads=args.io_threads), progress=progress)
+        t1 = time.perf_counter()
+        rep = report.teachers[0]
+        if rep.done != n:
+            raise SystemExit(f"extract committed {rep.done} of {n} images ({report.failures[:3]})")
+        run_s = t1 - marks["start"]
+        if not args.keep:
+            shutil.rmtree(cache, ignore_errors=True)
+        return {"img_s": n / run_s, "setup_s": marks["start"] - t0, "end_to_end_img_s": n / (t1 - t0),
+                "write_mb_s": rep.write_mb_per_s, "writer_busy": rep.write_seconds / run_s,
+                "mb_per_image": rep.bytes_written / n / 1e6,
+                "fill_s": marks["first_batch"] - marks["start"], "drain_s": t1 - marks["last_batch"]}
+
+    try:
+        res = alternate({"bare_forward": bare, "extract": ours}, cfg["rounds"], cfg["warmup"])
+    finally:
+        scratch.close()
+    bare_s = median(r["img_s"] for r in res["bare_forward"])
+    ours_s = median(r["img_s"] for r in res["extract"])
+    med = lambda key: median(r[key] for r in res["extract"])  # noqa: E731
+    bench.detail("rounds", res)
+    bench.ratio("extract_vs_bare_forward", ours_s / bare_s, 0.95, {
+        "extract_img_s": ours_s, "bare_forward_img_s": bare_s, "teacher": cfg["teacher"].split(":")[-1],
+        "res": cfg["resolution"], "batch": bs, "images": n, "device": device,
+        "setup_s": med("setup_s"), "end_to_end_img_s": med("end_to_end_img_s"), "write_MB_s": med("write_mb_s"),
+        "writer_busy": med("writer_busy"), "MB_per_image": med("mb_per_image"),
+        "first_batch_s": med("fill_s"), "commit_after_last_batch_s": med("drain_s"),
+    })
+    say("#   first_batch_s: start of work to the first batch's forward done (decode not yet overlapped);"
+        " commit_after_last_batch_s: the last shard's write, fsync and commit after the last forward")
+    say("#   extract img/s is timed from the run's start of work (teacher built, plan made) to its return;"
+        " setup_s is the time before that, end_to_end_img_s includes it")
+    return bench.finish()
+
+
+if __name__ == "__main__":
+    main()

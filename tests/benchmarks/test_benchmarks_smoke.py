@@ -1,0 +1,75 @@
+"""Every benchmark runs at its --quick size and prints parseable RATIO lines and a machine record.
+
+Quick sizes use the tiny test teachers and a few images: these check the plumbing, not the numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ lives at the repo root, not in the package
+
+from benchmarks.common import Ratio, parse_ratio_lines  # noqa: E402
+
+EXPECTED = {
+    "extract_overhead": {"extract_vs_bare_forward"},
+    "cached_vs_online": {"cached_speedup", "cached_speedup_vs_ideal"},
+    "loader": {"loader_targets_vs_raw_read_cold", "loader_targets_vs_raw_read_warm", "full_loader_vs_step_consumption"},
+    "storage": {"storage_fp16_zstd_vs_raw_fp16", "storage_bf16_zstd_vs_raw_fp16", "fidelity_fp16_cosine_distance",
+                "fidelity_bf16_cosine_distance", "fidelity_fp32_cosine_distance", "storage_int8_token_estimate_zstd_vs_raw_fp16"},
+    "scaling": {"extract_2_vs_1_dask_workers", "open_2000_rows_within_3s", "open_2000_vs_200_rows_time"},
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """Benchmarks set log levels (and may set torch threads): give the rest of the session its own."""
+    import torch
+
+    names = ("sak", "distributed", "dask")
+    before = {n: logging.getLogger(n).level for n in names}
+    threads = torch.get_num_threads()
+    yield
+    for n, level in before.items():
+        logging.getLogger(n).setLevel(level)
+    torch.set_num_threads(threads)
+
+
+def test_ratio_line_round_trips() -> None:
+    line = Ratio("a_b", 0.5, 0.95, ">=", {"x": 1.23456, "y": "vit"}).line()
+    assert line == "RATIO a_b = 0.5  (target >= 0.95)  [parts: x=1.235, y=vit]"
+    (got,) = parse_ratio_lines("noise\n" + line + "\n")
+    assert (got["name"], got["value"], got["op"], got["target"], got["parts"]) == ("a_b", 0.5, ">=", 0.95, "x=1.235, y=vit")
+    assert not Ratio("t", 2.0, 1.0, "<=").met and Ratio("t", 1.0, 1.0, "<=").met
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick_prints_ratios(name: str, workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    module = importlib.import_module(f"benchmarks.{name}")
+    out_json = tmp_path / f"{name}.json"
+    record = module.main(["--quick", "--device", "cpu", "--workdir", str(workdir), "--json", str(out_json)])
+    printed = parse_ratio_lines(capsys.readouterr().out)
+    names = {r["name"] for r in printed}
+    assert EXPECTED[name] <= names, f"{name} printed {names}"
+    assert all(math.isfinite(r["value"]) and r["value"] >= 0 and r["parts"] for r in printed)
+    saved = json.loads(out_json.read_text())
+    assert saved["benchmark"] == name and saved["size"] == "quick"
+    assert {"cpu", "cores", "torch", "device"} <= set(saved["machine"]) and saved["machine"]["device"] == "cpu"
+    assert [r["line"] for r in saved["ratios"]] == [r.line() for r in _ratios(record)]
+    assert not list((workdir / "scratch").glob("*/*")), "a benchmark left its scratch stores behind"
+
+
+def _ratios(record: dict) -> list[Ratio]:
+    return [Ratio(r["name"], r["value"], r["target"], r["op"], r["parts"]) for r in record["ratios"]]
