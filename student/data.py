@@ -75,10 +75,13 @@ class Batch:
 
 
 def _resize(x_chw: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize a (C, H, W) map, or an (H, W) class map (nearest only), to ``size``."""
     if tuple(x_chw.shape[-2:]) == tuple(size):
         return x_chw
     if mode == "nearest":
-        return F.interpolate(x_chw[None].float(), size=size, mode="nearest-exact")[0].to(x_chw.dtype)
+        x_bchw = x_chw[None, None] if x_chw.ndim == 2 else x_chw[None]
+        out = F.interpolate(x_bchw.float(), size=size, mode="nearest-exact")[0].to(x_chw.dtype)
+        return out[0] if x_chw.ndim == 2 else out
     return F.interpolate(x_chw[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 

@@ -185,3 +185,18 @@ def test_mismatched_specs_are_refused(cache, views_cache) -> None:
         CachedTargets(ds, plain + views, "train", SIZE)
     with pytest.raises(SpecMismatch, match="--aug none, but"):
         CachedTargets(ds, views, "train", SIZE, aug="none")
+
+
+def test_labels_are_resized_to_the_student_size_whatever_their_rank():
+    # NYUD images are 480x640 and the paper's student sees 448x576: every label must follow.
+    import torch
+
+    from sak.student.data import _resize
+
+    semseg = torch.tensor([[1, 2], [3, 4]], dtype=torch.int64)
+    assert _resize(semseg, (4, 4), "nearest").tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    depth = torch.tensor([[[0.0, 2.0], [4.0, 6.0]]])
+    out = _resize(depth, (4, 2), "nearest")
+    assert out.shape == (1, 4, 2) and out[0, :, 0].tolist() == [0.0, 0.0, 4.0, 4.0]
+    normals = torch.zeros(3, 2, 2)
+    assert _resize(normals, (3, 5), "nearest").shape == (3, 3, 5)
