@@ -94,6 +94,17 @@ class Teacher(torch.nn.Module):
                 f"Its default layers are {','.join(map(str, self.default_layers))}."
             )
 
+    def check_input(self, x_bchw: torch.Tensor, layers: tuple[int, ...]) -> tuple[int, ...]:
+        """Validate a forward call: layers exist and the input has this teacher's resolution."""
+        layers = tuple(int(i) for i in layers)
+        self.check_layers(layers)
+        if tuple(x_bchw.shape[-2:]) != tuple(self.preprocess.resolution):
+            raise ConfigError(
+                f"{self.name} expects inputs of {self.preprocess.resolution}, got {tuple(x_bchw.shape[-2:])}; "
+                "run images through teacher.preprocess first."
+            )
+        return layers
+
     def forward_layers(
         self, x_bchw: torch.Tensor, layers: tuple[int, ...]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sak.manifests.errors import ConfigError, TeacherUnavailable
+from sak.manifests.errors import TeacherUnavailable
 
 from . import weights
 from .base import Preprocess, Teacher, default_layers
@@ -61,13 +61,7 @@ class OpenClipTeacher(Teacher):
         self, x_bchw: torch.Tensor, layers: tuple[int, ...]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Block outputs for ``layers`` in the order asked: (B, h, w, C) each, plus the (B, 1, C) class token."""
-        layers = tuple(int(i) for i in layers)
-        self.check_layers(layers)
-        if tuple(x_bchw.shape[-2:]) != tuple(self.preprocess.resolution):
-            raise ConfigError(
-                f"{self.name} expects inputs of {self.preprocess.resolution}, got {tuple(x_bchw.shape[-2:])}; "
-                "run images through teacher.preprocess first."
-            )
+        layers = self.check_input(x_bchw, layers)
         take = sorted(set(layers))
         last = take[-1]
         tokens: dict[int, torch.Tensor] = {}

@@ -65,13 +65,7 @@ class TimmTeacher(Teacher):
         self, x_bchw: torch.Tensor, layers: tuple[int, ...]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Block outputs (pre-norm) for ``layers``, in the order asked: (B, h, w, C) each, plus (B, p, C) prefix tokens."""
-        layers = tuple(int(i) for i in layers)
-        self.check_layers(layers)
-        if tuple(x_bchw.shape[-2:]) != tuple(self.preprocess.resolution):
-            raise ConfigError(
-                f"{self.name} expects inputs of {self.preprocess.resolution}, got {tuple(x_bchw.shape[-2:])}; "
-                "run images through teacher.preprocess first."
-            )
+        layers = self.check_input(x_bchw, layers)
         take = sorted(set(layers))
         kwargs: dict[str, Any] = dict(indices=take, norm=False, stop_early=True, output_fmt="NCHW", intermediates_only=True)
         if self._prefix_kw:
