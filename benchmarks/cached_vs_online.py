@@ -1,6 +1,6 @@
 """Cached vs online training: step time of `sak-train fit --online` over the cached run, against the ideal.
 
-Both runs call ``sak.student.trainer.fit`` (the library path of ``sak-train fit``) with the
+Both runs call ``sak.student.train.trainer.fit`` (the library path of ``sak-train fit``) with the
 same student, teachers, data, seed and batch size (so the same batches in the same order);
 the online run rebuilds the teachers from the stores' specs and runs them on every batch
 (the official SAK way), the cached run reads their stored targets. A step's time is the
@@ -43,7 +43,7 @@ def student_step_timer(run_setup: Any, batch: Any) -> Callable[[], float]:
     """A callable timing one training step of ``run_setup``'s student on ``batch`` (same ops as the trainer's step)."""
     import torch
 
-    from sak.student.trainer import compute_losses
+    from sak.student.train.trainer import compute_losses
 
     cfg, device, model = run_setup.cfg, run_setup.device, run_setup.model
     batch = batch.to(device)
@@ -81,7 +81,7 @@ def first_batch(run_setup: Any) -> Any:
 
 def timed_fit(train_cfg: Any, out: str) -> dict:
     """One ``fit`` run; per-step times from the progress calls (see the module doc)."""
-    from sak.student.trainer import fit
+    from sak.student.train.trainer import fit
 
     marks: list[float] = []
     result = fit(replace(train_cfg, out=out), progress=lambda advance, **info: marks.append(time.perf_counter()))
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from sak.pipeline.extract import ExtractConfig, extract
-    from sak.student.run import prepare
-    from sak.student.train_config import TrainConfig
+    from sak.pipeline.extract.job import ExtractConfig, extract
+    from sak.student.train.setup import prepare
+    from sak.student.train.config import TrainConfig
 
     device = args.device
     root = demo_dataset(args.workdir, cfg["images"], tuple(cfg["image_size"]))

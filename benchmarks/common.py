@@ -250,7 +250,7 @@ def sync(device: str) -> None:
 # -- files -------------------------------------------------------------------------
 def demo_dataset(workdir: str | Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
     """A procedural NYUD-layout dataset, generated once per (n, size, seed) and reused across runs."""
-    from sak.pipeline.demo_data import make_demo_dataset
+    from sak.pipeline.data.demo import make_demo_dataset
 
     root = Path(workdir) / "data" / f"nyud-{n}-{size[0]}x{size[1]}-s{seed}"
     if not (root / ".complete").exists():
@@ -270,7 +270,7 @@ def image_folder(workdir: str | Path, n: int, size: tuple[int, int], base: int =
     import numpy as np
     from PIL import Image
 
-    from sak.pipeline.demo_data import render_demo_sample
+    from sak.pipeline.data.demo import render_demo_sample
 
     root = Path(workdir) / "data" / f"jpg-{n}-{size[0]}x{size[1]}-s{seed}"
     if (root / ".complete").exists():
@@ -288,7 +288,7 @@ def image_folder(workdir: str | Path, n: int, size: tuple[int, int], base: int =
 
 def indexed(workdir: str | Path, root: Path, name: str = "nyud", fmt: str = "nyud") -> Path:
     """The dataset index (Parquet) of ``root``, built once; copy it into fresh caches with :meth:`Scratch.fresh_cache`."""
-    from sak.pipeline.datasets import dataset_index_path, index_dataset, write_dataset_index
+    from sak.pipeline.data.datasets import dataset_index_path, index_dataset, write_dataset_index
 
     cache = Path(workdir) / "index" / root.name
     path = dataset_index_path(cache, name)

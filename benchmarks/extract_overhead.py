@@ -1,6 +1,6 @@
 """Extraction overhead: `sak-cache extract` images/s over a bare loop of the same teacher's forward.
 
-Ours: the library path of ``sak-cache extract`` (``sak.pipeline.extract.extract``) into a fresh
+Ours: the library path of ``sak-cache extract`` (``sak.pipeline.extract.job.extract``) into a fresh
 cache each round: JPEG decode and preprocessing in the decode thread pool, batched
 ``forward_layers``, conversion to float16 and copy to host, background checksum + statistics +
 zstd + Zarr writes, commit (fsync, stats, Parquet part). It is timed from the moment the run
@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from sak.pipeline.datasets import open_dataset
-    from sak.pipeline.extract import ExtractConfig, extract
-    from sak.pipeline.images import decode_rgb
+    from sak.pipeline.data.datasets import open_dataset
+    from sak.pipeline.extract.job import ExtractConfig, extract
+    from sak.pipeline.data.images import decode_rgb
     from sak.pipeline.teachers import create_teacher
 
     device, n, bs = args.device, cfg["images"], cfg["batch_size"]

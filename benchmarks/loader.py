@@ -12,7 +12,7 @@ measurement:
   train split; also without shuffling, and with one-row blocks (per-sample random reads:
   what block shuffling avoids);
 * full loader: ``CachedTargets.batches`` (targets + image/label decode + collation), warm;
-* step: one training step of the student on a batch (``sak.student.run.prepare`` + the
+* step: one training step of the student on a batch (``sak.student.train.setup.prepare`` + the
   trainer's step), as samples/s: the rate a training run consumes samples.
 
 Targets: targets/raw >= 0.8 (cold, block shuffle), and full loader / step >= 1 (never the bottleneck).
@@ -45,9 +45,9 @@ def synthetic_store(cache: Path, dataset, grid: tuple[int, int], width: int, see
     """A committed store holding float16 targets for every ok sample of ``dataset``, in manifest order."""
     import numpy as np
 
-    from sak.pipeline.spec import FeatureSpec
-    from sak.pipeline.store import FeatureStore
-    from sak.pipeline.store_writer import SampleKey
+    from sak.pipeline.store.spec import FeatureSpec
+    from sak.pipeline.store.feature_store import FeatureStore
+    from sak.pipeline.store.writer import SampleKey
 
     spec = FeatureSpec(teacher="synthetic:vit_base_patch14", weights="file:synthetic-benchmark-targets", layers=LAYERS,
                        resolution=(grid[0] * 14, grid[1] * 14), resize="squash", mean=(0.485, 0.456, 0.406),
@@ -91,7 +91,7 @@ def raw_read(files: list[Path], rows: int) -> dict:
 
 def target_epoch(data, sampler, workers: int, files: list[Path] | None) -> dict:
     """One epoch of the loader's target stage (what ``Loader._positions`` does), optionally from a cold cache."""
-    from sak.student.prefetch import ordered_map
+    from sak.student.data.prefetch import ordered_map
 
     if files:
         evict(files)
@@ -137,7 +137,7 @@ def direct_epoch(data, store, sampler, workers: int, files: list[Path] | None) -
 
     import numpy as np
 
-    from sak.student.prefetch import ordered_map
+    from sak.student.data.prefetch import ordered_map
 
     if files:
         evict(files)
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from sak.pipeline.datasets import open_dataset
-    from sak.student.data import CachedTargets
-    from sak.student.run import prepare
-    from sak.student.train_config import TrainConfig
+    from sak.pipeline.data.datasets import open_dataset
+    from sak.student.data.cached import CachedTargets
+    from sak.student.train.setup import prepare
+    from sak.student.train.config import TrainConfig
 
     from .cached_vs_online import first_batch, student_step_timer
 

@@ -59,7 +59,7 @@ def _task_threads(client, n: int = 0) -> list[int]:
 def extraction(bench: Bench, args, cfg: dict) -> None:
     from distributed import Client, LocalCluster
 
-    from sak.pipeline.extract import ExtractConfig, extract
+    from sak.pipeline.extract.job import ExtractConfig, extract
 
     n, bs = cfg["images"], cfg["batch_size"]
     root = image_folder(args.workdir, n, tuple(cfg["image_size"]))
@@ -129,11 +129,11 @@ def grow_cache(cache: Path, rows: int) -> None:
     import pyarrow as pa
 
     from sak.manifests.schemas import COMMIT_SCHEMA, DATASET_SCHEMA, STATUS_OK, write_commit_part
-    from sak.pipeline.datasets import write_dataset_index
-    from sak.pipeline.spec import FeatureSpec
-    from sak.pipeline.stats import LayerStats, stats_to_json
-    from sak.pipeline.store import FeatureStore
-    from sak.pipeline.store_writer import write_text_atomic
+    from sak.pipeline.data.datasets import write_dataset_index
+    from sak.pipeline.store.spec import FeatureSpec
+    from sak.pipeline.store.stats import LayerStats, stats_to_json
+    from sak.pipeline.store.feature_store import FeatureStore
+    from sak.pipeline.store.writer import write_text_atomic
 
     data_root = cache / "images-root"
     data_root.mkdir(parents=True)
@@ -174,9 +174,9 @@ def grow_cache(cache: Path, rows: int) -> None:
 
 def open_cache(cache: Path) -> dict:
     """What sak-train does with a cache before building the model; seconds per stage."""
-    from sak.pipeline.datasets import open_dataset
-    from sak.student.data import CachedTargets
-    from sak.student.stores import select_stores
+    from sak.pipeline.data.datasets import open_dataset
+    from sak.student.data.cached import CachedTargets
+    from sak.student.data.stores import select_stores
 
     t = [time.perf_counter()]
     ds = open_dataset(cache, "big")

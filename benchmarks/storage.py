@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from sak.pipeline.datasets import open_dataset
-    from sak.pipeline.extract import ExtractConfig, spec_for
-    from sak.pipeline.images import decode_rgb
-    from sak.pipeline.store import FeatureStore
-    from sak.pipeline.store_writer import SampleKey
+    from sak.pipeline.data.datasets import open_dataset
+    from sak.pipeline.extract.job import ExtractConfig, spec_for
+    from sak.pipeline.data.images import decode_rgb
+    from sak.pipeline.store.feature_store import FeatureStore
+    from sak.pipeline.store.writer import SampleKey
     from sak.pipeline.teachers import create_teacher
 
     device, n = args.device, cfg["images"]

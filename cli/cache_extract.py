@@ -87,7 +87,7 @@ def extract(
 
       sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
     """
-    from sak.pipeline.extract import ExtractConfig, extract as run_extract
+    from ..pipeline.extract.job import ExtractConfig, extract as run_extract
 
     cfg = ExtractConfig(
         cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sak.manifests.schemas import LABEL_TASKS, STATUS_OK, label_column
+from ..manifests.schemas import LABEL_TASKS, STATUS_OK, label_column
 
 from .common import console, exit_code_for, friendly_errors, out
 
@@ -61,7 +61,7 @@ def index(
 
       sak-cache index ./photos --cache ./cache --format folder  # train/ val/ test/ sub-folders become splits
     """
-    from sak.pipeline.datasets import check_name, index_dataset, write_dataset_index
+    from ..pipeline.data.datasets import check_name, index_dataset, write_dataset_index
 
     if name is not None:
         check_name(name)
@@ -114,7 +114,7 @@ def demo_data(
 
       sak-cache index ./demo --cache ./cache --name nyud
     """
-    from sak.pipeline.demo_data import make_demo_dataset
+    from ..pipeline.data.demo import make_demo_dataset
 
     height, width = _parse_size(size)
     root = make_demo_dataset(out_dir, n=n, size=(height, width), seed=seed)

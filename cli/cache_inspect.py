@@ -30,7 +30,7 @@ def _created(store) -> str:
 
 def ls(cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a directory or an fsspec URL (s3://bucket/cache).")) -> None:
     """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size."""
-    from sak.pipeline.store import list_stores
+    from ..pipeline.store.feature_store import list_stores
 
     stores = list_stores(cache)
     if not stores:
@@ -57,7 +57,7 @@ def info(
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
     """Show a store's spec, per-layer feature statistics and its failed samples with their errors."""
-    from sak.pipeline.store import resolve_store
+    from ..pipeline.store.feature_store import resolve_store
 
     s = resolve_store(store, cache)
     spec_table = Table(title=f"{s.path}", show_header=False, title_justify="left")
@@ -103,7 +103,7 @@ def verify(
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
     """Recompute every committed sample's checksum from the stored bytes; exit 1 if any is corrupt or missing."""
-    from sak.pipeline.store import resolve_store
+    from ..pipeline.store.feature_store import resolve_store
 
     s = resolve_store(store, cache)
     total = s.raw_commits().num_rows
@@ -142,8 +142,8 @@ def gc(
 
     A committed segment is never touched, and neither is a segment whose writer still runs on this host.
     """
-    from sak.pipeline.storage import tree_bytes
-    from sak.pipeline.store import list_stores
+    from ..pipeline.storage.location import tree_bytes
+    from ..pipeline.store.feature_store import list_stores
 
     total_files, total_bytes = 0, 0
     for s in list_stores(cache):

@@ -35,8 +35,8 @@ def compact(
     so a reader always finds every row. Safe beside running extractions; restart training runs
     that opened the store before.
     """
-    from sak.pipeline.store import FeatureStore, resolve_store
-    from sak.pipeline.store_transfer import compact_store
+    from ..pipeline.store.feature_store import FeatureStore, resolve_store
+    from ..pipeline.store.transfer import compact_store
 
     found = resolve_store(store, cache)
     s = FeatureStore.open(str(found.path), read_only=False)
@@ -65,8 +65,8 @@ def export(
     """
     from pathlib import Path
 
-    from sak.pipeline.store import resolve_store
-    from sak.pipeline.store_transfer import export_store
+    from ..pipeline.store.feature_store import resolve_store
+    from ..pipeline.store.transfer import export_store
 
     s = resolve_store(store, cache)
     wanted = None

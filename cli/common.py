@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from sak.manifests.errors import SakError
+from ..manifests.errors import SakError
 
 console = Console(stderr=True)
 out = Console()

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of a table."),
     ) -> None:
         """Count the student's parameters by part: backbone, adapters, routers, heads, aligners."""
-        from sak.student.params import describe_student
+        from ..student.model.params import describe_student
 
         counts = describe_student(
             backbone,

@@ -20,7 +20,7 @@ HIGHER_IS_BETTER = ("mIoU", "pixAcc", "odsF", "oisF", "maxF", "within")
 def _parse_hw(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
-    from sak.student.config import parse_img_size
+    from ..student.model.config import parse_img_size
 
     return parse_img_size(text)
 
@@ -79,7 +79,7 @@ def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, 
 
 
 def _run_fit(cfg: Any, resume: bool) -> None:
-    from sak.student.trainer import fit
+    from ..student.train.trainer import fit
 
     main = int(os.environ.get("RANK", "0")) == 0
     if not main:
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         if cache is None:
             console.print(ctx.get_help())
             raise typer.Exit(0)
-        from sak.student.train_config import TrainConfig
+        from ..student.train.config import TrainConfig
 
         friendly_errors(_run_fit)(TrainConfig(cache=str(cache), iters=iters, device=device,
                                               out=str(out_dir) if out_dir else None), False)
@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
 
           sak-train fit --cache ./cache --backbone test_vit --iters 300 --batch-size 8 --lr 1e-3 --out runs/demo
         """
-        from sak.student.train_config import TrainConfig
+        from ..student.train.config import TrainConfig
 
         student = {"levels": parse_int_list(levels, "--levels")} if levels else None
         cfg = TrainConfig(
@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         max_samples: Optional[int] = typer.Option(None, "--max-samples", help="At most N samples."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
-        from sak.student.evaluate import evaluate
+        from ..student.evaluate.evaluator import evaluate
 
         res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples)
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
@@ -210,7 +210,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
     ) -> None:
         """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        from sak.student.evaluate import export_run
+        from ..student.evaluate.evaluator import export_run
 
         res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
         table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")

@@ -23,7 +23,7 @@ DEMO_SIZE = (64, 80)
 @pytest.fixture(scope="session")
 def demo_nyud(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A procedural NYUD-v2-layout dataset (12 images, 64x80, seed 0), made once per session. Do not modify it."""
-    from sak.pipeline.demo_data import make_demo_dataset
+    from sak.pipeline.data.demo import make_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "nyud"
     return make_demo_dataset(out, n=DEMO_N, size=DEMO_SIZE, seed=0)
@@ -32,7 +32,7 @@ def demo_nyud(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def demo_cache(tmp_path: Path, demo_nyud: Path) -> tuple[Path, Path]:
     """A fresh cache dir with the demo dataset indexed under the name "nyud": returns (cache_path, dataset_root)."""
-    from sak.pipeline.datasets import index_dataset, write_dataset_index
+    from sak.pipeline.data.datasets import index_dataset, write_dataset_index
 
     cache = tmp_path / "cache"
     table = index_dataset(demo_nyud, name="nyud", fmt="nyud", workers=2)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sak.manifests.config import Config
-from sak.manifests.errors import ConfigError
+from ...manifests.config import Config
+from ...manifests.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)

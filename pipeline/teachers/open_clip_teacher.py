@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sak.manifests.errors import TeacherUnavailable
+from ...manifests.errors import TeacherUnavailable
 
 from . import weights
 from .base import Preprocess, Teacher, default_layers

@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from sak.manifests.config import Config
-from sak.manifests.errors import ConfigError, TeacherUnavailable
+from ...manifests.config import Config
+from ...manifests.errors import ConfigError, TeacherUnavailable
 
 from .base import Teacher
 
@@ -77,7 +77,9 @@ def list_teachers() -> dict[str, str]:
 
 def _ensure_sources() -> None:
     # Importing the modules registers their sources; kept lazy so `import sak.pipeline` stays light.
-    from . import open_clip_teacher, test_teacher, timm_teacher  # noqa: F401
+    from . import open_clip_teacher  # noqa: F401
+    from . import test_teacher
+    from . import timm_teacher
 
 
 def create_teacher(

@@ -8,7 +8,7 @@ tests exercise the production code path. Input 64x64, patch 8 (grid 8x8), depth 
 
 from __future__ import annotations
 
-from sak.manifests.errors import TeacherUnavailable
+from ...manifests.errors import TeacherUnavailable
 
 from .base import Teacher
 from .registry import TeacherRequest, register_source

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sak.manifests.errors import ConfigError, TeacherUnavailable
+from ...manifests.errors import ConfigError, TeacherUnavailable
 
 from . import weights
 from .base import Preprocess, Teacher, default_layers

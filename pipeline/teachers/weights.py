@@ -25,8 +25,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from sak.manifests.errors import TeacherUnavailable
-from sak.manifests.hashing import sha256_file
+from ...manifests.errors import TeacherUnavailable
+from ...manifests.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

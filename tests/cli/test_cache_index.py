@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sak.cli import cache_index
-from sak.pipeline.datasets import open_dataset
+from sak.pipeline.data.datasets import open_dataset
 
 
 @pytest.fixture()

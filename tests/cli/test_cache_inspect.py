@@ -10,9 +10,9 @@ import typer
 from typer.testing import CliRunner
 
 from sak.cli import cache_inspect, common
-from sak.pipeline.extract import ExtractConfig, extract
-from sak.pipeline.store import FeatureStore
-from sak.pipeline.store_writer import SampleKey
+from sak.pipeline.extract.job import ExtractConfig, extract
+from sak.pipeline.store.feature_store import FeatureStore
+from sak.pipeline.store.writer import SampleKey
 
 
 @pytest.fixture()

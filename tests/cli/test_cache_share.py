@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from sak.cli import cache_extract, cache_inspect, cache_share, common
-from sak.pipeline.datasets import index_dataset, write_dataset_index
-from sak.pipeline.store import FeatureStore, list_stores
+from sak.pipeline.data.datasets import index_dataset, write_dataset_index
+from sak.pipeline.store.feature_store import FeatureStore, list_stores
 
 
 @pytest.fixture()

@@ -37,7 +37,7 @@ def test_fit_eval_export_end_to_end(demo_cache, tmp_path) -> None:
     sub = tmp_path / "semseg.safetensors"
     out = _ok(runner.invoke(train_app, ["export", str(run), "--task", "semseg", "--out", str(sub), "--device", "cpu"]))
     assert "routing weights of semseg" in out and "full student vs sub-model" in out
-    from sak.student.checkpoint_io import load_student
+    from sak.student.model.io import load_student
 
     model = load_student(sub)
     assert model.cfg.task_names == ("semseg",) and model.cfg.aligner == "none"

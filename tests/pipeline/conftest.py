@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sak.pipeline.spec import FeatureSpec
-from sak.pipeline.store import FeatureStore
-from sak.pipeline.store_writer import SampleKey, WriteReport
+from sak.pipeline.store.spec import FeatureSpec
+from sak.pipeline.store.feature_store import FeatureStore
+from sak.pipeline.store.writer import SampleKey, WriteReport
 
 
 def make_spec(**overrides) -> FeatureSpec:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sak.manifests.config import canonical_json
 from sak.manifests.errors import ConfigError
-from sak.pipeline.augment import (
+from sak.pipeline.data.augment import (
     LABEL_PAD,
     ViewParams,
     apply_view_image,
@@ -20,7 +20,7 @@ from sak.pipeline.augment import (
     identity_view,
     sample_view,
 )
-from sak.pipeline.spec import FeatureSpec
+from sak.pipeline.store.spec import FeatureSpec
 
 SHA = "ab" * 32
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sak.manifests.errors import DatasetError, PathEscape, SchemaMismatch
 from sak.manifests.schemas import DATASET_SCHEMA, validate_table
-from sak.pipeline.datasets import Dataset, index_dataset, list_datasets, open_dataset, write_dataset_index
+from sak.pipeline.data.datasets import Dataset, index_dataset, list_datasets, open_dataset, write_dataset_index
 
 LABELS = ("label_semseg", "label_depth", "label_normals", "label_edge", "label_parts", "label_saliency")
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from sak.manifests.errors import DatasetError
-from sak.pipeline.demo_data import OBJECT_CLASSES, camera_intrinsics, make_demo_dataset
-from sak.pipeline.labels import load_label
+from sak.pipeline.data.demo import OBJECT_CLASSES, camera_intrinsics, make_demo_dataset
+from sak.pipeline.data.labels import load_label
 
 H, W = 64, 80
 

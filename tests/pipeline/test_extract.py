@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from sak.manifests.errors import TeacherUnavailable
-from sak.pipeline.datasets import index_dataset, open_dataset, write_dataset_index
-from sak.pipeline.extract import ExtractConfig, extract
-from sak.pipeline.images import decode_rgb
-from sak.pipeline.store import FeatureStore
+from sak.pipeline.data.datasets import index_dataset, open_dataset, write_dataset_index
+from sak.pipeline.extract.job import ExtractConfig, extract
+from sak.pipeline.data.images import decode_rgb
+from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.teachers import create_teacher
 
 
@@ -130,7 +130,7 @@ def test_bad_images_become_failed_rows_and_retry_failed_redoes_them(tmp_path: Pa
 
 
 def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
-    from sak.pipeline.augment import ViewParams, apply_view_image
+    from sak.pipeline.data.augment import ViewParams, apply_view_image
 
     cache, _ = demo_cache
     report = extract(_cfg(cache, aug="sak", views=3, limit=2, dtype="float32", layers=(3,), seed=7))

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sak.pipeline.datasets import index_dataset, write_dataset_index
-from sak.pipeline.extract import ExtractConfig, extract
-from sak.pipeline.store import FeatureStore, list_stores
-from sak.pipeline.store_writer import parse_segment_id
+from sak.pipeline.data.datasets import index_dataset, write_dataset_index
+from sak.pipeline.extract.job import ExtractConfig, extract
+from sak.pipeline.store.feature_store import FeatureStore, list_stores
+from sak.pipeline.store.writer import parse_segment_id
 from sak.pipeline.teachers import create_teacher
 
 RUNNER = """
 import sys, time, torch
 torch.set_num_threads(1)
-from sak.pipeline.extract import ExtractConfig, extract
+from sak.pipeline.extract.job import ExtractConfig, extract
 cfg = ExtractConfig.from_json(sys.argv[1])
 delay = float(sys.argv[2])
 extract(cfg, progress=lambda n, **k: time.sleep(delay) if n else None)

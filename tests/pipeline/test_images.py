@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from sak.manifests.errors import BadImage
-from sak.pipeline import images
-from sak.pipeline.images import decode_rgb, open_image_size
+from sak.pipeline.data import images
+from sak.pipeline.data.images import decode_rgb, open_image_size
 
 
 def _save(tmp_path: Path, img: Image.Image, name: str, **kw) -> Path:
@@ -161,7 +161,7 @@ def test_decoded_arrays_are_writable(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from sak.pipeline.images import decode_rgb
+    from sak.pipeline.data.images import decode_rgb
 
     for mode, shape in (("RGB", (5, 6, 3)), ("L", (5, 6)), ("RGBA", (5, 6, 4))):
         path = tmp_path / f"{mode}.png"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sak.manifests.errors import BadImage, DatasetError
-from sak.pipeline.labels import NUM_CLASSES, TASK_CHANNELS, load_label, task_channels
+from sak.pipeline.data.labels import NUM_CLASSES, TASK_CHANNELS, load_label, task_channels
 
 
 def _png(tmp_path, arr, name="l.png", mode=None):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sak.pipeline.extract import ExtractConfig, extract
-from sak.pipeline.store import FeatureStore
+from sak.pipeline.extract.job import ExtractConfig, extract
+from sak.pipeline.store.feature_store import FeatureStore
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -84,8 +84,8 @@ def guarded(monkeypatch):
 
 
 def test_training_from_a_read_only_cache_changes_nothing(demo_cache, tmp_path, guarded) -> None:
-    from sak.student.train_config import TrainConfig
-    from sak.student.trainer import fit
+    from sak.student.train.config import TrainConfig
+    from sak.student.train.trainer import fit
 
     cache, _ = demo_cache
     extract(ExtractConfig(cache=str(cache), teachers=("test:tiny",), random_init=True, device="cpu", batch_size=8,
@@ -112,7 +112,7 @@ def test_training_from_a_read_only_cache_changes_nothing(demo_cache, tmp_path, g
 
 def test_guard_catches_a_write(demo_cache, guarded) -> None:
     """The guard itself works: a writer opened on the cache is refused."""
-    from sak.pipeline.datasets import open_dataset
+    from sak.pipeline.data.datasets import open_dataset
 
     cache, _ = demo_cache
     arm, attempts = guarded

@@ -13,8 +13,8 @@ import uuid
 import numpy as np
 import pytest
 
-from sak.pipeline.store import FeatureStore, list_stores, resolve_store
-from sak.pipeline.storage import RemotePath, as_location
+from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
+from sak.pipeline.storage.location import RemotePath, as_location
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
@@ -73,7 +73,7 @@ def test_store_round_trip_behind_a_url(url_root, st) -> None:
 
 def test_segment_without_its_part_is_invisible_behind_a_url(url_root, st, monkeypatch) -> None:
     """A writer killed before its commit PUT leaves shards that no reader sees (and gc collects)."""
-    import sak.pipeline.store_writer as sw
+    import sak.pipeline.store.writer as sw
 
     store = FeatureStore.create(url_root, st.make_spec())
     st.write_segment(store, SHAS[:3])
@@ -123,9 +123,9 @@ def forbid_s3_writes(monkeypatch) -> list[str]:
 
 def test_extract_to_s3_then_train_from_it(s3_bucket, demo_cache, demo_nyud, tmp_path, monkeypatch) -> None:
     """extract test:tiny into s3://.../cache, train a few steps from it read-only, features equal a local run."""
-    from sak.pipeline.extract import ExtractConfig, extract
-    from sak.student.train_config import TrainConfig
-    from sak.student.trainer import fit
+    from sak.pipeline.extract.job import ExtractConfig, extract
+    from sak.student.train.config import TrainConfig
+    from sak.student.train.trainer import fit
 
     local_cache, _ = demo_cache
     remote_cache = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/cache"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sak.pipeline.stats import LayerStats, stats_from_json, stats_to_json
-from sak.pipeline.store import FeatureStore
+from sak.pipeline.store.stats import LayerStats, stats_from_json, stats_to_json
+from sak.pipeline.store.feature_store import FeatureStore
 
 
 
@@ -54,7 +54,7 @@ def test_store_stats_equal_numpy_over_committed_rows(st, tmp_path: Path, dtype: 
     st.write_segment(store, shas[9:], seed=2, batch=4)
     st.write_segment(store, shas[5:12], seed=3)  # a concurrent writer's duplicates: dedup keeps the first ones
     garbage = store.writer(4)  # uncommitted: must not count
-    from sak.pipeline.store_writer import SampleKey
+    from sak.pipeline.store.writer import SampleKey
 
     layers, _ = st.random_features(store.spec, 2, seed=9)
     garbage.append([SampleKey("9" * 64, "g", "s"), SampleKey("8" * 64, "h", "s")], layers)

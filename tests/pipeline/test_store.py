@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from sak.manifests.errors import SakError, SpecMismatch, StoreCorrupt
-from sak.pipeline.store import FeatureStore, list_stores, resolve_store
-from sak.pipeline.store_reader import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
-from sak.pipeline.store_writer import SampleKey, new_segment_id, parse_segment_id
+from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
+from sak.pipeline.store.arrays import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
+from sak.pipeline.store.writer import SampleKey, new_segment_id, parse_segment_id
 
 
 PLAIN_READER = textwrap.dedent(
@@ -199,7 +199,7 @@ def test_writer_rejects_wrong_shapes_and_overflow(st, tmp_path: Path) -> None:
 
 def test_direct_shard_encoder_matches_zarrs_own_writes(st, tmp_path: Path, monkeypatch) -> None:
     """The writer encodes whole shards itself when the metadata matches; zarr reads them like its own."""
-    from sak.pipeline import store_writer
+    from sak.pipeline.store import writer as store_writer
 
     monkeypatch.setattr(store_writer, "MAX_SHARD_SAMPLES", 4)  # 11 samples: shards of 4, 4 and 3
     spec = st.make_spec(dtype="bfloat16", keep_prefix=True)
@@ -224,8 +224,8 @@ def test_direct_shard_encoder_matches_zarrs_own_writes(st, tmp_path: Path, monke
 
 
 def test_shard_reader_equals_zarr_and_rejects_a_damaged_index(st, tmp_path: Path, monkeypatch) -> None:
-    from sak.pipeline import store_writer
-    from sak.pipeline.shards import ShardReader
+    from sak.pipeline.store import writer as store_writer
+    from sak.pipeline.store.shards import ShardReader
 
     monkeypatch.setattr(store_writer, "MAX_SHARD_SAMPLES", 4)
     store = FeatureStore.create(tmp_path, st.make_spec())

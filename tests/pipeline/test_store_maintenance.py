@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from sak.pipeline.store import FeatureStore, gc
-from sak.pipeline.store_writer import SampleKey
+from sak.pipeline.store.feature_store import FeatureStore, gc
+from sak.pipeline.store.writer import SampleKey
 
 
 def _garbage_writer(store: FeatureStore, st, sha: str) -> str:

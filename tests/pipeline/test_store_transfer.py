@@ -8,11 +8,11 @@ import uuid
 import numpy as np
 import pytest
 
-import sak.pipeline.store_transfer as transfer
+import sak.pipeline.store.transfer as transfer
 from sak.manifests.errors import SakError
-from sak.pipeline.store import FeatureStore
-from sak.pipeline.store_transfer import compact_store, export_store
-from sak.pipeline.storage import list_names
+from sak.pipeline.store.feature_store import FeatureStore
+from sak.pipeline.store.transfer import compact_store, export_store
+from sak.pipeline.storage.location import list_names
 
 SHAS = [f"{i:064x}" for i in range(16)]
 
@@ -115,7 +115,7 @@ def test_export_whole_store_then_a_subset_reuses_what_is_there(fragmented, tmp_p
 
 
 def test_verify_reports_a_committed_segment_missing_on_disk(fragmented) -> None:
-    from sak.pipeline.storage import remove_tree
+    from sak.pipeline.storage.location import remove_tree
 
     seg = fragmented.committed_segments()[1]
     remove_tree(fragmented.path / "segments" / seg)

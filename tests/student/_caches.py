@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sak.pipeline.datasets import index_dataset, write_dataset_index
-from sak.pipeline.store import FeatureStore
+from sak.pipeline.data.datasets import index_dataset, write_dataset_index
+from sak.pipeline.store.feature_store import FeatureStore
 
 
 def extract_store(cache: Path, teacher: str = "test:tiny", **kw) -> FeatureStore:
     """Extract a random-init test teacher over every indexed dataset of ``cache`` (segments of 8)."""
-    from sak.pipeline.extract import ExtractConfig, extract
+    from sak.pipeline.extract.job import ExtractConfig, extract
 
     rep = extract(ExtractConfig(cache=str(cache), teachers=(teacher,), random_init=True, device="cpu", batch_size=16,
                                 segment_size=8, io_threads=1, **kw))

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from sak.student.config import StudentConfig, TaskSpec, TeacherTarget
+from sak.student.model.config import StudentConfig, TaskSpec, TeacherTarget
 
 TINY_TEACHERS = (
     TeacherTarget(name="a", width=32),
@@ -31,7 +31,7 @@ def tiny_student_cfg() -> StudentConfig:
 
 @pytest.fixture(scope="session")
 def _tiny_student_master(tiny_student_cfg: StudentConfig):
-    from sak.student.model import SAKStudent
+    from sak.student.model.student import SAKStudent
 
     torch.manual_seed(0)
     return SAKStudent(tiny_student_cfg)

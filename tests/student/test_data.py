@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from sak.manifests.errors import SakError, SpecMismatch
-from sak.pipeline.augment import ViewParams, apply_view_image, apply_view_label
-from sak.pipeline.datasets import index_dataset, open_dataset, write_dataset_index
-from sak.pipeline.images import decode_rgb
-from sak.student.data import CachedTargets, normalize_image
-from sak.student.stores import CoverageError, select_stores
-from sak.student.views import label_tensor
+from sak.pipeline.data.augment import ViewParams, apply_view_image, apply_view_label
+from sak.pipeline.data.datasets import index_dataset, open_dataset, write_dataset_index
+from sak.pipeline.data.images import decode_rgb
+from sak.student.data.cached import CachedTargets, normalize_image
+from sak.student.data.stores import CoverageError, select_stores
+from sak.student.data.views import label_tensor
 
 from _caches import extract_store, indexed_cache
 
@@ -151,7 +151,7 @@ def test_missing_samples_are_reported_with_the_fix(tmp_path, demo_nyud, caplog) 
     assert f"covered {covered}/9 samples of nyud/train; {9 - covered} missing from store {store.name}" in msg
     assert "sak-cache extract --teacher test:tiny --dataset nyud" in msg and "--random-init" in msg
     assert "--allow-missing" in msg
-    with caplog.at_level(logging.WARNING, logger="sak.student.stores"):
+    with caplog.at_level(logging.WARNING, logger="sak.student.data.stores"):
         data = CachedTargets(ds, [store], "train", SIZE, allow_missing=True)
     assert len(data) == covered
     assert any("RANDOM-INIT" in r.message for r in caplog.records)  # random-init stores warn, never refuse
@@ -161,7 +161,7 @@ def test_no_store_covering_the_dataset(tmp_path, demo_nyud, cache) -> None:
     with pytest.raises(SakError, match="no feature stores in"):
         select_stores(str(tmp_path / "empty"), open_dataset(cache, "nyud"))
     other = tmp_path / "other"
-    from sak.pipeline.demo_data import make_demo_dataset
+    from sak.pipeline.data.demo import make_demo_dataset
 
     root = make_demo_dataset(other, n=4, size=SIZE, seed=99)
     write_dataset_index(cache, "other", index_dataset(root, name="other", fmt="nyud", workers=1), root)
@@ -191,7 +191,7 @@ def test_labels_are_resized_to_the_student_size_whatever_their_rank():
     # NYUD images are 480x640 and the paper's student sees 448x576: every label must follow.
     import torch
 
-    from sak.student.data import _resize
+    from sak.student.data.cached import _resize
 
     semseg = torch.tensor([[1, 2], [3, 4]], dtype=torch.int64)
     assert _resize(semseg, (4, 4), "nearest").tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]

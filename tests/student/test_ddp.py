@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sak.pipeline.datasets import open_dataset
-from sak.student.data import CachedTargets
-from sak.student.stores import select_stores
+from sak.pipeline.data.datasets import open_dataset
+from sak.student.data.cached import CachedTargets
+from sak.student.data.stores import select_stores
 
 from _caches import extract_store, indexed_cache
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sak.manifests.errors import ConfigError
-from sak.student.checkpoint_io import StudentFileError, load_student, read_student_config, save_student
-from sak.student.export import dropped_gate_mass, export_submodel, routing_weights
-from sak.student.params import count_parameters
+from sak.student.model.io import StudentFileError, load_student, read_student_config, save_student
+from sak.student.model.export import dropped_gate_mass, export_submodel, routing_weights
+from sak.student.model.params import count_parameters
 
 
 def test_routing_weights_average_the_eval_gates(tiny_student, tiny_images):

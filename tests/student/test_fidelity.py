@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sak.student.train_config import TrainConfig
-from sak.student.trainer import fit
+from sak.student.train.config import TrainConfig
+from sak.student.train.trainer import fit
 
 from _caches import extract_store, indexed_cache
 
@@ -46,10 +46,10 @@ def test_cached_and_online_losses_agree_step_by_step(cache, tmp_path) -> None:
 def test_online_targets_are_the_cached_ones_before_fp16_rounding(cache) -> None:
     import torch
 
-    from sak.pipeline.datasets import open_dataset
-    from sak.student.data import CachedTargets
-    from sak.student.online import OnlineTeachers
-    from sak.student.stores import select_stores
+    from sak.pipeline.data.datasets import open_dataset
+    from sak.student.data.cached import CachedTargets
+    from sak.student.data.online import OnlineTeachers
+    from sak.student.data.stores import select_stores
 
     ds = open_dataset(cache, "nyud")
     stores = select_stores(str(cache), ds)
@@ -71,7 +71,7 @@ def test_online_rebuilds_a_file_weights_teacher_only_from_that_file(tmp_path, de
     from safetensors.torch import save_file
 
     from sak.manifests.errors import TeacherUnavailable
-    from sak.pipeline.extract import ExtractConfig, extract
+    from sak.pipeline.extract.job import ExtractConfig, extract
     from sak.pipeline.teachers.registry import create_teacher
 
     weights = tmp_path / "tiny.safetensors"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sak.manifests.errors import ConfigError
-from sak.student.losses import (
+from sak.student.train.losses import (
     DATASET_TASK_WEIGHTS,
     TASK_WEIGHTS,
     cosine_smoothl1,

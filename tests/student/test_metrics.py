@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sak.manifests.errors import ConfigError
-from sak.student.metrics import (
+from sak.student.evaluate.metrics import (
     BoundaryF,
     DepthRMSE,
     MeanIoU,

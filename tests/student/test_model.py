@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sak.manifests.errors import ConfigError
-from sak.student.config import StudentConfig, TaskSpec, TeacherTarget, default_levels, parse_img_size
-from sak.student.model import SAKStudent
-from sak.student.params import count_config, count_parameters, describe_student
-from sak.student.router import MoRRouter
+from sak.student.model.config import StudentConfig, TaskSpec, TeacherTarget, default_levels, parse_img_size
+from sak.student.model.student import SAKStudent
+from sak.student.model.params import count_config, count_parameters, describe_student
+from sak.student.model.router import MoRRouter
 
 
 def test_config_round_trip(tiny_student_cfg):

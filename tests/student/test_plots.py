@@ -1,6 +1,6 @@
 import numpy as np
 
-from sak.student.plots import predictions_plot, render_map
+from sak.student.evaluate.plots import predictions_plot, render_map
 
 
 def test_depth_prediction_shares_the_label_colour_scale():

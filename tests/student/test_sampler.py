@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sak.manifests.errors import ConfigError
-from sak.student.sampler import BlockShuffleSampler, make_blocks
+from sak.student.data.sampler import BlockShuffleSampler, make_blocks
 
 
 def _items(n_segments: int = 3, per_segment: int = 20, skip_every: int = 0):
@@ -99,7 +99,7 @@ def test_ordered_map_keeps_order_and_bounds_the_work_in_flight() -> None:
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from sak.student.prefetch import ordered_map
+    from sak.student.data.prefetch import ordered_map
 
     live, peak, lock = [0], [0], threading.Lock()
 
@@ -119,7 +119,7 @@ def test_ordered_map_keeps_order_and_bounds_the_work_in_flight() -> None:
 
 
 def test_background_iterator_hands_errors_to_the_consumer() -> None:
-    from sak.student.prefetch import BackgroundIterator
+    from sak.student.data.prefetch import BackgroundIterator
 
     def source():
         yield 1

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sak.manifests.errors import ConfigError
-from sak.student.schedule import lr_at
+from sak.student.train.schedule import lr_at
 
 
 def test_cosine_warmup_then_decay() -> None:

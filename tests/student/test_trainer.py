@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
-from sak.student.checkpoint import load_checkpoint
-from sak.student.evaluate import evaluate
-from sak.student.train_config import TrainConfig
-from sak.student.trainer import fit
+from sak.student.train.checkpoint import load_checkpoint
+from sak.student.evaluate.evaluator import evaluate
+from sak.student.train.config import TrainConfig
+from sak.student.train.trainer import fit
 
 from _caches import extract_store, indexed_cache
 

@@ -1,0 +1,1 @@
+"""Datasets and images: layouts, manifests, decoding, labels, replayable augmentation, procedural demo data."""

@@ -1,0 +1,201 @@
+"""Find the images (and their label files) of a dataset folder in one of the layouts we know.
+
+Discovery only lists files and reads split lists; it never opens an image. It returns one
+:class:`Candidate` per manifest row, in a deterministic order, with paths relative to the
+root as written (path-escape checks, hashing and header reads happen in ``datasets.py``).
+
+Layouts:
+
+``folder``  any image folder, searched recursively (hidden entries skipped, symlinked folders
+            not followed). split = the first folder name when it is train/val/test, else train.
+            sample_id = the relative path without extension (with it, when two files differ
+            only by extension).
+``nyud``    the NYUD-v2 multi-task layout: images/<id>.png|jpg, segmentation/<id>.png,
+            depth/<id>.npy, normals/<id>.png, edge/<id>.png, gt_sets/{train,val,test}.txt.
+``pascal``  the PASCAL-Context multi-task layout: JPEGImages/<id>.jpg,
+            semseg/pascal-context/<id>.png, human_parts/<id>.png|mat, sal_distill/<id>.png,
+            normals_distill/<id>.png, ImageSets/Context/{train,val,test}.txt. Edges are derived
+            from semseg by the trainer, so label_edge stays null.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from ...manifests.errors import DatasetError
+from ...manifests.schemas import LABEL_TASKS
+
+log = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = ("auto", "folder", "nyud", "pascal")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+@dataclass
+class Candidate:
+    """One future manifest row before its file is read."""
+
+    sample_id: str
+    path: str  # POSIX, relative to the root, as written (for a missing image: the expected path)
+    split: str
+    labels: dict[str, str] = field(default_factory=dict)  # task -> relative POSIX path
+    error: str | None = None  # known to fail already (e.g. a split list names a missing image)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    split_dir: str
+    images: tuple[str, tuple[str, ...]]  # folder, accepted extensions in preference order
+    labels: dict[str, tuple[str, tuple[str, ...]]]  # task -> (folder, extensions)
+
+
+LAYOUTS: dict[str, _Layout] = {
+    "nyud": _Layout(
+        split_dir="gt_sets",
+        images=("images", (".png", ".jpg", ".jpeg")),
+        labels={
+            "semseg": ("segmentation", (".png",)),
+            "depth": ("depth", (".npy", ".png")),
+            "normals": ("normals", (".png", ".npy")),
+            "edge": ("edge", (".png",)),
+        },
+    ),
+    "pascal": _Layout(
+        split_dir="ImageSets/Context",
+        images=("JPEGImages", (".jpg", ".jpeg", ".png")),
+        labels={
+            "semseg": ("semseg/pascal-context", (".png",)),
+            "parts": ("human_parts", (".png", ".mat")),
+            "saliency": ("sal_distill", (".png",)),
+            "normals": ("normals_distill", (".png",)),
+        },
+    ),
+}
+assert all(t in LABEL_TASKS for lay in LAYOUTS.values() for t in lay.labels)
+
+
+def detect_format(root: Path) -> str:
+    """``nyud`` if root/gt_sets exists, ``pascal`` if root/ImageSets/Context exists, else ``folder``."""
+    if (root / LAYOUTS["nyud"].split_dir).is_dir():
+        return "nyud"
+    if (root / LAYOUTS["pascal"].split_dir).is_dir():
+        return "pascal"
+    return "folder"
+
+
+def discover(root: Path, fmt: str) -> list[Candidate]:
+    """Candidates of ``root`` in layout ``fmt`` (not ``auto``)."""
+    if fmt == "folder":
+        return _discover_folder(root)
+    if fmt in LAYOUTS:
+        return _discover_split_layout(root, fmt, LAYOUTS[fmt])
+    raise DatasetError(f"unknown dataset format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _discover_folder(root: Path) -> list[Candidate]:
+    rels: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if os.path.islink(os.path.join(dirpath, d)):
+                log.warning("not following symlinked folder %s; index its target as its own dataset",
+                            os.path.join(dirpath, d))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        base = PurePosixPath(*Path(dirpath).relative_to(root).parts)
+        rels.extend((base / f).as_posix() for f in filenames if not f.startswith(".") and _is_image(f))
+    rels.sort()
+    stems: dict[str, int] = {}
+    for rel in rels:
+        stem = rel.rsplit(".", 1)[0]
+        stems[stem] = stems.get(stem, 0) + 1
+    out = []
+    for rel in rels:
+        stem = rel.rsplit(".", 1)[0]
+        first = rel.split("/", 1)[0].lower() if "/" in rel else ""
+        split = first if first in SPLITS else "train"
+        out.append(Candidate(sample_id=stem if stems[stem] == 1 else rel, path=rel, split=split))
+    return out
+
+
+def _listing(folder: Path) -> set[str]:
+    """Entry names of ``folder`` (one directory read instead of one stat per sample)."""
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def _read_split_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"split list {path} cannot be read ({exc}); it must be UTF-8 text, one id per line") from None
+    ids: list[str] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        sid = line.strip()
+        if not sid or sid.startswith("#"):
+            continue
+        if sid in seen:
+            log.warning("%s lists id '%s' more than once; indexing it once", path, sid)
+            continue
+        seen.add(sid)
+        ids.append(sid)
+    return ids
+
+
+def _discover_split_layout(root: Path, fmt: str, layout: _Layout) -> list[Candidate]:
+    split_dir = root / layout.split_dir
+    split_files = [(s, split_dir / f"{s}.txt") for s in SPLITS if (split_dir / f"{s}.txt").is_file()]
+    if not split_files:
+        raise DatasetError(
+            f"{root} looks like the {fmt} layout but {split_dir} has no train.txt/val.txt/test.txt; "
+            "write one id per line there, or index it as a plain image folder with --format folder"
+        )
+    img_dir, img_exts = layout.images
+    img_names = _listing(root / img_dir)
+    label_names = {task: _listing(root / folder) for task, (folder, _) in layout.labels.items()}
+    out: list[Candidate] = []
+    where: dict[str, str] = {}
+    for split, split_file in split_files:
+        list_rel = f"{layout.split_dir}/{split_file.name}"
+        for sid in _read_split_file(split_file):
+            if sid in where:
+                raise DatasetError(
+                    f"id '{sid}' is listed in both {where[sid]} and {list_rel}; a sample belongs to one split. "
+                    "Remove it from one of the lists."
+                )
+            where[sid] = list_rel
+            if "/" in sid or "\\" in sid or sid.startswith("."):
+                out.append(Candidate(sample_id=sid, path=f"{img_dir}/{sid}", split=split,
+                                     error=f"id '{sid}' in {list_rel} is not a plain file name (no '/', '\\' "
+                                           "or leading '.'); fix the split list"))
+                continue
+            image = next((f"{sid}{e}" for e in img_exts if f"{sid}{e}" in img_names), None)
+            if image is None:
+                out.append(Candidate(sample_id=sid, path=f"{img_dir}/{sid}{img_exts[0]}", split=split,
+                                     error=f"listed in {list_rel} but no image {img_dir}/{sid}"
+                                           f"{{{','.join(img_exts)}}} exists; add the image or remove the id"))
+                continue
+            labels = {}
+            for task, (folder, exts) in layout.labels.items():
+                name = next((f"{sid}{e}" for e in exts if f"{sid}{e}" in label_names[task]), None)
+                if name is not None:
+                    labels[task] = f"{folder}/{name}"
+            out.append(Candidate(sample_id=sid, path=f"{img_dir}/{image}", split=split, labels=labels))
+    return out

@@ -1,0 +1,281 @@
+"""Extraction: run each teacher once over indexed datasets and commit its features to a FeatureStore.
+
+``extract(cfg)``:
+1. builds every teacher first (a teacher that cannot be loaded fails before any image is read),
+   derives its :class:`FeatureSpec` and creates (or reopens) its store;
+2. indexes ``cfg.data`` if given, opens the datasets, and plans the work: one sample per
+   (image, view), keyed by content (sha256), so an image reached from two datasets is
+   extracted once (its commit row names the first occurrence); samples that already have an
+   ``ok`` row in a teacher's store are skipped (resume), ``failed`` ones too unless
+   ``retry_failed``; dataset rows that failed to index become failed commit rows;
+3. cuts the samples into segments of at most ``segment_size`` and runs them as tasks
+   (:mod:`.execution`: in-process, a LocalCluster, or a remote dask scheduler). A task decodes
+   each image once for all teachers (:mod:`.extract_runner`).
+
+Concurrent runs of one spec are safe: each writes only its own segments and parts, a task
+skips samples that another writer committed since the plan was made, and remaining
+duplicates are resolved at read time (see :mod:`.store`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ...manifests.config import Config
+from ...manifests.errors import ConfigError
+from ...manifests.schemas import STATUS_OK
+
+from .execution import drop_worker_cached, run_tasks, set_worker_cached
+from .segment import RunContext, Sample, SegmentResult, SegmentTask, resolve_device, run_segment, teacher_key
+from ..store.spec import AUG_POLICIES, DTYPES, FeatureSpec
+from ..store.feature_store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig(Config):
+    """One extraction run. ``seed`` seeds random-init weights and the view sampler."""
+
+    cache: str
+    teachers: tuple[str, ...]
+    datasets: tuple[str, ...] = ()  # dataset names in the cache; empty: all indexed (or just `data`)
+    data: str | None = None  # a dataset folder to index into the cache first
+    data_name: str | None = None  # its name (default: the layout's or folder's name)
+    weights: tuple[str, ...] = ()  # one weights file per teacher, same order (or none)
+    random_init: bool = False
+    seed: int = 0
+    layers: tuple[int, ...] | None = None  # default: each teacher's default layers
+    resolution: int | None = None  # square input size; default: each teacher's native size
+    dtype: str = "float16"
+    views: int = 1
+    aug: str = "none"
+    aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; None: each image's own size
+    keep_prefix: bool = False
+    batch_size: int = 32
+    device: str = "auto"
+    workers: int = 1  # dask worker processes; 1 runs in this process
+    io_threads: int = 4  # decode/augment/preprocess threads per worker
+    scheduler: str | None = None  # tcp://host:port of an existing dask cluster
+    limit: int | None = None  # first N images (after dedup) only
+    retry_failed: bool = False
+    segment_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("cache", "data"):  # accept Path objects; the config stays JSON-able
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, str(value))
+        for name in ("teachers", "datasets", "weights"):  # a single name is a one-element tuple
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if not self.teachers:
+            raise ConfigError("name at least one teacher: --teacher dinov2 (repeat --teacher for more)")
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ConfigError(f"teacher names repeat in {list(self.teachers)}; name each teacher once")
+        if self.weights and len(self.weights) != len(self.teachers):
+            raise ConfigError(f"pass one --weights file per --teacher ({len(self.teachers)}), got {len(self.weights)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.aug not in AUG_POLICIES:
+            raise ConfigError(f"aug must be one of {AUG_POLICIES}, got {self.aug!r}")
+        if self.views < 1 or (self.aug == "none" and self.views != 1):
+            raise ConfigError(f"--views {self.views}: K > 1 views need --aug sak (and K >= 1)")
+        if self.aug_crop is not None and (self.aug == "none" or len(self.aug_crop) != 2 or min(self.aug_crop) <= 0):
+            raise ConfigError(f"--aug-crop {self.aug_crop} needs --aug sak and a positive HxW size")
+        for name in ("batch_size", "workers", "io_threads", "segment_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {self.limit}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.scheduler is not None and "://" not in self.scheduler:
+            raise ConfigError(f"scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
+
+
+@dataclass
+class TeacherReport:
+    teacher: str
+    store: Path
+    weights: str
+    done: int = 0
+    skipped_cached: int = 0
+    skipped_failed: int = 0  # failed earlier and not retried (pass retry_failed)
+    failed: int = 0  # failed in this run
+    bytes_written: int = 0
+    write_seconds: float = 0.0  # busy time of the background writers
+    seconds: float = 0.0  # wall time of the run
+    segments: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def write_mb_per_s(self) -> float:
+        """Write throughput while writing (MB per writer-busy second): compare with the data rate to see what binds."""
+        return self.bytes_written / 1e6 / self.write_seconds if self.write_seconds > 0 else 0.0
+
+    @property
+    def random_init(self) -> bool:
+        return self.weights.startswith("random-init")
+
+
+@dataclass
+class ExtractReport:
+    teachers: list[TeacherReport]
+    seconds: float
+    images: int  # distinct images considered (after dedup and limit)
+    samples: int  # (image, view) samples run in this job
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (teacher, sample_id, error)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.failed + t.skipped_failed for t in self.teachers)
+
+    @property
+    def stores(self) -> list[Path]:
+        return [t.store for t in self.teachers]
+
+
+def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
+    """The FeatureSpec of ``teacher`` under ``cfg`` (layers, dtype, views, ...)."""
+    layers = tuple(cfg.layers) if cfg.layers else tuple(teacher.default_layers)
+    teacher.check_layers(layers)
+    pp = teacher.preprocess
+    extra = {"aug_crop": tuple(cfg.aug_crop)} if cfg.aug_crop is not None else {}
+    return FeatureSpec(
+        **extra, teacher=teacher.name, weights=teacher.weights_id, layers=layers, resolution=tuple(pp.resolution),
+        resize=pp.resize, mean=tuple(pp.mean), std=tuple(pp.std), patch_size=teacher.patch_size,
+        width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
+        keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=cfg.aug, aug_seed=cfg.seed,
+    )
+
+
+def _open_datasets(cfg: ExtractConfig) -> list:
+    from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
+
+    names = list(cfg.datasets)
+    if cfg.data is not None:
+        table = index_dataset(cfg.data, name=cfg.data_name, workers=cfg.io_threads)
+        name = table.column("source")[0].as_py() if table.num_rows else (cfg.data_name or Path(cfg.data).name)
+        write_dataset_index(cfg.cache, name, table, cfg.data)
+        names = names + [name] if name not in names else names
+    if not names:
+        names = list_datasets(cfg.cache)
+    if not names:
+        raise ConfigError(
+            f"no datasets indexed in {cfg.cache}: pass --data <folder> (indexed on the fly) or run "
+            f"`sak-cache index <folder> --cache {cfg.cache}` first"
+        )
+    return [open_dataset(cfg.cache, n) for n in names]
+
+
+def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
+    t = store.commits(status)
+    return set(zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist()))
+
+
+def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
+    """The (image, view) samples still to run, in manifest order; counts skips into ``reports``."""
+    seen: set[str] = set()
+    images: list[tuple[str, str, str, str | None, str | None, str | None]] = []
+    for ds in datasets:
+        root = str(ds.root)
+        for row in ds.table.select(["sample_id", "path", "sha256", "source", "status", "error"]).to_pylist():
+            key = row["sha256"] or f"unreadable:{row['source']}:{row['sample_id']}"
+            if key in seen:
+                continue
+            seen.add(key)
+            error = None if row["status"] == STATUS_OK else (row["error"] or "dataset indexing failed")
+            images.append((key, row["sample_id"], row["source"], root, row["path"], error))
+    if cfg.limit is not None:
+        images = images[: cfg.limit]
+    done = [_store_keys(s, "ok") for s in stores]
+    failed = [_store_keys(s, "failed") for s in stores]
+    samples = []
+    for key, sample_id, source, root, path, error in images:
+        for view in range(cfg.views):
+            need = []
+            for t, rep in enumerate(reports):
+                if (key, view) in done[t]:
+                    rep.skipped_cached += 1
+                elif (key, view) in failed[t] and not cfg.retry_failed:
+                    rep.skipped_failed += 1
+                else:
+                    need.append(t)
+            if need:
+                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error))
+    return samples, len(images)
+
+
+def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractReport:
+    """Run the extraction described by ``cfg``; returns per-teacher counts and throughput.
+
+    ``progress(advance, **info)`` is called with ``total=`` once, then per batch (per segment
+    when a dask cluster runs the tasks).
+    """
+    from ..teachers import create_teacher
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    teachers, specs, stores = [], [], []
+    for i, name in enumerate(cfg.teachers):  # fail on a bad teacher before touching any image
+        weights = cfg.weights[i] if cfg.weights else None
+        teacher = create_teacher(name, weights=weights, random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution)
+        teachers.append(teacher)
+        specs.append(spec_for(teacher, cfg))
+    for spec in specs:
+        stores.append(FeatureStore.create(cfg.cache, spec))
+    reports = [TeacherReport(teacher=s.teacher, store=st.path, weights=s.weights) for s, st in zip(specs, stores)]
+    datasets = _open_datasets(cfg)
+    samples, n_images = plan_samples(cfg, datasets, stores, reports)
+    ctx = RunContext(
+        cfg=cfg, specs=tuple(specs), store_paths=tuple(str(s.path) for s in stores), device=device,
+        known_segments=tuple(frozenset(s.committed_segments()) for s in stores),
+    )
+    in_process = cfg.scheduler is None and cfg.workers <= 1
+    if in_process:  # reuse the teachers built above instead of building them again
+        for t, teacher in enumerate(teachers):
+            set_worker_cached(teacher_key(ctx, t), teacher.to(device))
+    del teachers
+    tasks = [SegmentTask(index=i, samples=tuple(samples[j : j + cfg.segment_size])) for i, j in enumerate(range(0, len(samples), cfg.segment_size))]
+    log.info("extracting %d samples of %d images in %d segment(s) for %s", len(samples), n_images, len(tasks), ", ".join(cfg.teachers))
+    if progress is not None:
+        progress(0, total=len(samples))
+
+    def on_result(res: SegmentResult) -> None:
+        if progress is not None and not in_process:
+            progress(res.samples)
+
+    try:
+        results = run_tasks(
+            run_segment, tasks, args=(ctx,), workers=cfg.workers, scheduler=cfg.scheduler, on_result=on_result,
+            local_kwargs={"progress": progress},
+        )
+    finally:
+        if in_process:  # free the models (GPU memory) once the run is over
+            for t in range(len(specs)):
+                drop_worker_cached(teacher_key(ctx, t))
+    seconds = time.perf_counter() - t0
+    failures: list[tuple[str, str, str]] = []
+    for res in results:
+        for t, rep in enumerate(reports):
+            part = res.teachers[t]
+            rep.done += part.done
+            rep.failed += part.failed
+            rep.skipped_cached += part.skipped_cached
+            rep.bytes_written += part.bytes_written
+            rep.write_seconds += part.write_seconds
+            rep.segments += part.segments
+        failures += [(cfg.teachers[t], sid, err) for t, sid, err in res.failures]
+    for rep in reports:
+        rep.seconds = seconds
+    return ExtractReport(teachers=reports, seconds=seconds, images=n_images, samples=len(samples), failures=failures)

@@ -1,0 +1,335 @@
+"""One extraction task: a segment of (image, view) samples, run through every teacher that needs them.
+
+Inside a task:
+* a thread pool decodes each image once (``decode_rgb``), builds its views (identity, or the
+  replayable ``sample_view`` params applied with ``apply_view_image``) and each teacher's
+  preprocessing, a few batches ahead of the model (prefetch);
+* each teacher runs batched under ``torch.inference_mode`` (autocast fp16/bf16 on CUDA, matching
+  the store dtype), its maps are converted to the store dtype on the device, copied to host, and
+  handed to that teacher's :class:`SegmentWriter`, whose background thread compresses and writes;
+* a sample that cannot be decoded (:class:`BadImage`) or gives non-finite values becomes a
+  ``failed`` commit row with its error, and the task goes on;
+* at the end every writer commits its segment (one part per teacher store). If the task dies,
+  nothing of it is committed.
+Models and open stores are cached per worker process (:func:`.execution.worker_cached`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ...manifests.errors import SakError
+from ...manifests.paths import resolve_inside
+
+from .execution import worker_cached, worker_index
+from ..store.spec import FeatureSpec
+from ..store.feature_store import FeatureStore
+from ..store.writer import SampleKey
+
+log = logging.getLogger(__name__)
+
+NON_FINITE = "non-finite feature values (float16 overflow?); extract this teacher with --dtype bfloat16 or float32"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (image, view) to extract, and which teachers (indices) still need it."""
+
+    image_sha256: str  # content key; "unreadable:<source>:<sample_id>" when indexing could not hash it
+    sample_id: str
+    source: str
+    root: str  # dataset root
+    path: str  # image path relative to the root (resolved, path-escape checked, in the worker)
+    view: int
+    teachers: tuple[int, ...]
+    error: str | None = None  # dataset-level failure: recorded as failed without decoding
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    index: int
+    samples: tuple[Sample, ...]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a worker needs (picklable): the config, the specs and where their stores are."""
+
+    cfg: Any  # ExtractConfig
+    specs: tuple[FeatureSpec, ...]
+    store_paths: tuple[str, ...]
+    device: str
+    known_segments: tuple[frozenset, ...]  # committed segments per store when the plan was made
+
+
+@dataclass
+class TeacherPart:
+    done: int = 0
+    failed: int = 0
+    skipped_cached: int = 0  # committed by another writer after the plan was made
+    bytes_written: int = 0
+    write_seconds: float = 0.0
+    segments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SegmentResult:
+    index: int
+    samples: int
+    teachers: list[TeacherPart]
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (teacher index, sample_id, error)
+
+
+@dataclass
+class _Prepared:
+    sample: Sample
+    view_params: str
+    inputs: dict[int, Any]  # teacher index -> (3, H, W) float32 tensor
+    error: str | None = None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SakError(f"device {device!r} asked for, but torch sees no CUDA GPU; pass --device cpu")
+    return device
+
+
+def _worker_device(device: str) -> str:
+    """One GPU per dask worker process when several GPUs are visible."""
+    idx = worker_index()
+    if device == "cuda" and idx is not None:
+        import torch
+
+        count = torch.cuda.device_count()
+        if count > 1:
+            return f"cuda:{idx % count}"
+    return device
+
+
+def teacher_key(ctx: RunContext, t: int) -> tuple:
+    cfg = ctx.cfg
+    weights = cfg.weights[t] if cfg.weights else None
+    return ("teacher", cfg.teachers[t], weights, cfg.random_init, cfg.seed, cfg.resolution, _worker_device(ctx.device))
+
+
+def _teacher(ctx: RunContext, t: int):
+    from ..teachers import create_teacher
+
+    cfg, key = ctx.cfg, teacher_key(ctx, t)
+    return worker_cached(
+        key,
+        lambda: create_teacher(
+            cfg.teachers[t], weights=key[2], random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution
+        ).to(key[-1]),
+    )
+
+
+def _late_keys(store: FeatureStore, known: frozenset) -> set[tuple[str, int]]:
+    """(sha256, view) keys with an ok row in parts committed after the plan (by other writers)."""
+    new = [s for s in store.committed_segments() if s not in known]
+    if not new:
+        return set()
+    t = pa.concat_tables([store.read_part(s) for s in new])
+    return {(h, v) for h, v, st in zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), t.column("status").to_pylist()) if st == "ok"}
+
+
+def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
+    """Decode one image once and build every (view, teacher) input its samples need."""
+    import torch
+
+    from ..data.images import decode_rgb
+
+    first = group[0]
+    if first.error is not None:
+        return [_Prepared(s, "{}", {}, first.error) for s in group]
+    try:
+        rgb = decode_rgb(resolve_inside(first.root, first.path))
+    except SakError as exc:  # BadImage, PathEscape
+        return [_Prepared(s, "{}", {}, str(exc)) for s in group]
+    from ..data.augment import apply_view_image, identity_view, sample_view
+
+    hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+    out, x01 = [], None
+    for s in group:
+        try:
+            if cfg.aug == "none":
+                params = identity_view(hw)
+                inputs = {t: teachers[t].preprocess(rgb) for t in s.teachers}
+            else:
+                params = sample_view(s.image_sha256, s.view, hw, policy=cfg.aug, seed=cfg.seed, crop_hw=cfg.aug_crop)
+                if x01 is None:
+                    x01 = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+                view = apply_view_image(x01, params)
+                inputs = {t: teachers[t].preprocess.from_tensor(view) for t in s.teachers}
+            out.append(_Prepared(s, params.to_json(), inputs))
+        except (SakError, ValueError, RuntimeError) as exc:
+            log.debug("view %d of %s failed", s.view, s.sample_id, exc_info=True)
+            out.append(_Prepared(s, "{}", {}, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _image_groups(samples: list[Sample]) -> list[list[Sample]]:
+    groups: list[list[Sample]] = []
+    for s in samples:
+        if groups and groups[-1][0].image_sha256 == s.image_sha256:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def _prepared_batches(samples: list[Sample], teachers: list, cfg) -> Iterator[list[_Prepared]]:
+    """Prepared samples in plan order, ``batch_size`` at a time, decoded ahead in a thread pool."""
+    groups = _image_groups(samples)
+    ahead = max(2 * cfg.batch_size, 4 * cfg.io_threads)
+    batch: list[_Prepared] = []
+    with ThreadPoolExecutor(max_workers=cfg.io_threads, thread_name_prefix="sak-decode") as pool:
+        pending: deque = deque()
+        queued = 0
+        it = iter(groups)
+        while True:
+            while queued < ahead:
+                group = next(it, None)
+                if group is None:
+                    break
+                pending.append((len(group), pool.submit(_prepare_image, group, teachers, cfg)))
+                queued += len(group)
+            if not pending:
+                break
+            n, fut = pending.popleft()
+            queued -= n
+            batch.extend(fut.result())
+            while len(batch) >= cfg.batch_size:
+                yield batch[: cfg.batch_size]
+                batch = batch[cfg.batch_size :]
+    if batch:
+        yield batch
+
+
+def _to_storage(t, dtype: str):
+    """Device tensor -> (host numpy array in the on-disk dtype, per-sample finite mask)."""
+    import torch
+
+    conv = t.to({"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype])
+    finite = torch.isfinite(conv).flatten(1).all(dim=1)
+    if dtype == "bfloat16":
+        conv = conv.view(torch.int16)
+    arr = conv.contiguous().cpu().numpy()
+    return (arr.view(np.uint16) if dtype == "bfloat16" else arr), finite.cpu().numpy()
+
+
+def _forward(teacher, spec: FeatureSpec, inputs: list, device: str):
+    """Batched teacher forward -> (layer arrays, prefix arrays or None, finite mask), store dtype."""
+    import torch
+
+    x = torch.stack(inputs)
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        x = x.pin_memory().to(device, non_blocking=True)
+    amp = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec.dtype)
+    ctx = torch.autocast("cuda", dtype=amp) if (on_cuda and amp is not None) else nullcontext()
+    with torch.inference_mode(), ctx:
+        maps, prefix = teacher.forward_layers(x, spec.layers)
+    finite = np.ones(len(inputs), dtype=bool)
+    layers = []
+    for m in maps:
+        arr, ok = _to_storage(m, spec.dtype)
+        layers.append(arr)
+        finite &= ok
+    pre = None
+    if spec.keep_prefix:
+        if prefix is None:
+            raise SakError(f"teacher {spec.teacher} returned no prefix tokens; extract it without --keep-prefix")
+        pre = []
+        for p in prefix:
+            arr, ok = _to_storage(p, spec.dtype)
+            pre.append(arr)
+            finite &= ok
+    return layers, pre, finite
+
+
+def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None] | None = None) -> SegmentResult:
+    """Extract one segment for every teacher; commit one part per teacher store. Worker entry point."""
+    cfg, specs = ctx.cfg, ctx.specs
+    if worker_index() is not None and cfg.scheduler is None:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.workers)))
+    result = SegmentResult(index=task.index, samples=len(task.samples), teachers=[TeacherPart() for _ in specs])
+    stores = [worker_cached(("store", p), lambda p=p: FeatureStore.open(p, read_only=False)) for p in ctx.store_paths]
+    samples = list(task.samples)
+    late = [_late_keys(store, known) for store, known in zip(stores, ctx.known_segments)]
+    if any(late):
+        kept = []
+        for s in samples:
+            need = tuple(t for t in s.teachers if (s.image_sha256, s.view) not in late[t])
+            for t in set(s.teachers) - set(need):
+                result.teachers[t].skipped_cached += 1
+            if need:
+                kept.append(dataclasses.replace(s, teachers=need))
+        samples = kept
+    counts = [sum(t in s.teachers for s in samples) for t in range(len(specs))]
+    teachers = [_teacher(ctx, t) if counts[t] else None for t in range(len(specs))]
+    device = _worker_device(ctx.device)
+    writers = [stores[t].writer(counts[t]) if counts[t] else None for t in range(len(specs))]
+    try:
+        for batch in _prepared_batches(samples, teachers, cfg):
+            n_failed = 0
+            for t, spec in enumerate(specs):
+                if writers[t] is None:
+                    continue
+                mine = [p for p in batch if t in p.sample.teachers]
+                for p in mine:
+                    if p.error is not None:
+                        writers[t].add_failed(_key(p), p.error)
+                        result.failures.append((t, p.sample.sample_id, p.error))
+                        n_failed += 1
+                good = [p for p in mine if p.error is None]
+                if not good:
+                    continue
+                layers, prefix, finite = _forward(teachers[t], spec, [p.inputs[t] for p in good], device)
+                if not finite.all():
+                    for p in (p for p, ok in zip(good, finite) if not ok):
+                        writers[t].add_failed(_key(p), NON_FINITE)
+                        result.failures.append((t, p.sample.sample_id, NON_FINITE))
+                        n_failed += 1
+                    good = [p for p, ok in zip(good, finite) if ok]
+                    layers = [a[finite] for a in layers]
+                    prefix = [a[finite] for a in prefix] if prefix is not None else None
+                if good:
+                    writers[t].append([_key(p) for p in good], layers, prefix)
+            if progress is not None:
+                progress(len(batch), failed=n_failed)
+        for t, writer in enumerate(writers):
+            if writer is None:
+                continue
+            rep = writer.commit()
+            part = result.teachers[t]
+            part.done, part.failed = rep.n_ok, rep.n_failed
+            part.bytes_written, part.write_seconds = rep.bytes_written, rep.write_seconds
+            part.segments.append(rep.segment_id)
+    except BaseException:
+        for writer in writers:
+            if writer is not None:
+                writer.abort()
+        raise
+    return result
+
+
+def _key(p: _Prepared) -> SampleKey:
+    s = p.sample
+    return SampleKey(s.image_sha256, s.sample_id, s.source, s.view, p.view_params)

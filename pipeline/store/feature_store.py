@@ -1,0 +1,365 @@
+"""FeatureStore: one teacher feature spec as plain Zarr v3 segments + Parquet commit records.
+
+Layout (see DESIGN.md "Feature store")::
+
+    <cache>/features/<teacher>-<spec_id>/
+      spec.json                              canonical FeatureSpec, written atomically, read first
+      segments/<segment_id>/layer_<i>        (n, h, w, c), one chunk per sample, sharded, zstd
+      segments/<segment_id>/prefix_<i>       (n, p, c) when the spec keeps prefix tokens
+      manifest/part-<segment_id>.parquet     commit record (COMMIT_SCHEMA), written last
+      stats/<segment_id>.json                per-layer count/mean/M2 (float64)
+
+Only rows of committed parts exist. Concurrent writers never share files; if two of
+them extract the same image and view, **read-time dedup** decides deterministically:
+for each ``(image_sha256, view)`` the ``ok`` row from the lexicographically smallest
+``segment_id`` wins (segment ids start with their UTC creation time, so the earliest
+writer wins); a key with no ok row is represented by its failed row from the largest
+(latest) segment id. ``stats()`` removes the statistics of the rows dedup drops, so it
+equals the statistics over exactly the rows ``commits()`` returns.
+
+A store may live on local disk or behind any fsspec URL (``s3://``, ``gs://``, ``memory://``);
+see :mod:`.storage`: local paths stay plain :class:`pathlib.Path` objects, URLs become
+:class:`.storage.RemotePath`. A store opened ``read_only`` never writes, on either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...manifests.config import canonical_json
+from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
+from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
+
+from .spec import FORMAT_VERSION, FeatureSpec
+from .stats import LayerStats, merge_all, stats_from_json
+from .shards import ShardReader, fast_shards_supported
+from .commits import dedup_commits, dropped_ok_rows, rows_by_segment
+from .arrays import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
+from ..storage.location import RemotePath, as_location, read_parquet, zarr_store
+from ..storage.location import list_names
+from .writer import SegmentWriter, tree_bytes, write_text_atomic
+
+if TYPE_CHECKING:
+    from .maintenance import VerifyReport
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+CREATED_FILE = "created.json"  # who/when, kept out of spec.json (the spec is the store's hash identity)
+FEATURES_DIR = "features"
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+
+#: Which command-line flag sets each spec field, for SpecMismatch messages.
+_FLAG = {
+    "layers": "--layers", "resolution": "--resolution", "dtype": "--dtype", "views": "--views", "aug": "--aug",
+    "keep_prefix": "--keep-prefix", "weights": "--weights / --random-init", "aug_seed": "--seed", "teacher": "--teacher",
+}
+
+
+# -- file-system helpers (the only places that touch the disk directly) ----------
+def _as_path(path_or_url: str | os.PathLike[str]) -> "Path | RemotePath":
+    return as_location(path_or_url)
+
+
+def _read_text(path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+# -- spec comparison -------------------------------------------------------------
+def spec_differences(have: FeatureSpec, want: FeatureSpec | dict) -> list[tuple[str, object, object]]:
+    """[(field, stored value, asked value)] for the fields that differ."""
+    a = have.to_dict()
+    b = want.to_dict() if isinstance(want, FeatureSpec) else {k: json.loads(canonical_json(v)) for k, v in want.items()}
+    return [(k, a.get(k), b[k]) for k in sorted(b) if a.get(k) != b[k]]
+
+
+def _mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> str:
+    parts = [f"{k} {v_have!r} (you asked for {v_want!r}; pass {_FLAG.get(k, k)} to match)" for k, v_have, v_want in diffs]
+    return (
+        f"store {where} was written with " + "; ".join(parts) + ". "
+        "Pass the stored values, or extract again (a different spec gets its own store)."
+    )
+
+
+def write_created_record(path) -> None:
+    """Write ``<store>/created.json`` (``created_by`` user@host, ``created_at`` UTC) unless it exists."""
+    import getpass
+    import socket
+    from datetime import datetime, timezone
+
+    if (path / CREATED_FILE).exists():
+        return
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    record = {"created_by": f"{user}@{socket.gethostname()}", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text_atomic(path / CREATED_FILE, json.dumps(record, sort_keys=True) + "\n")
+
+
+class FeatureStore:
+    """A feature store of one spec. Use :meth:`create` (writers) or :meth:`open` (readers)."""
+
+    def __init__(self, path, spec: FeatureSpec, *, read_only: bool = True) -> None:
+        self.path = as_location(path)
+        self.spec = spec
+        self.read_only = read_only
+        self._arrays: dict[tuple[str, str], object] = {}
+        self._parts: dict[str, pa.Table] = {}
+        self._lock = threading.Lock()
+
+    # -- opening ------------------------------------------------------------------
+    @staticmethod
+    def path_for(cache_root: str | os.PathLike[str], spec: FeatureSpec):
+        return _as_path(cache_root) / FEATURES_DIR / spec.store_name
+
+    @classmethod
+    def create(cls, cache_root: str | os.PathLike[str], spec: FeatureSpec) -> "FeatureStore":
+        """Create the store of ``spec`` in a cache (idempotent for an equal spec; refuses a different one)."""
+        path = cls.path_for(cache_root, spec)
+        if (path / SPEC_FILE).exists():
+            store = cls.open(path, read_only=False)
+            diffs = spec_differences(store.spec, spec)
+            if diffs:
+                raise SpecMismatch(_mismatch_message(str(path), diffs))
+            return store
+        for sub in ("segments", "manifest", "stats"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path / SPEC_FILE, canonical_json(spec) + "\n")
+        write_created_record(path)
+        log.info("created feature store %s", path)
+        return cls(path, spec, read_only=False)
+
+    @classmethod
+    def open(cls, path_or_url: str | os.PathLike[str], *, read_only: bool = True) -> "FeatureStore":
+        """Open an existing store by its directory; reads and checks ``spec.json`` first."""
+        path = _as_path(path_or_url)
+        spec_path = path / SPEC_FILE
+        if not spec_path.exists():
+            raise StoreCorrupt(
+                f"{path} is not a feature store (no {SPEC_FILE}). List stores with `sak-cache ls --cache <cache>`."
+            )
+        try:
+            data = json.loads(_read_text(spec_path))
+        except ValueError as exc:
+            raise StoreCorrupt(f"{spec_path}: not valid JSON ({exc}); the store is damaged: extract again.") from exc
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != FORMAT_VERSION:
+            raise SpecMismatch(
+                f"{spec_path}: store format version {version!r} is not supported by this sak (supports {FORMAT_VERSION}); "
+                "upgrade sak to read it, or extract again into a new cache."
+            )
+        try:
+            spec = FeatureSpec.from_dict(data)
+        except ConfigError as exc:
+            raise SpecMismatch(f"{spec_path}: {exc}") from exc
+        if path.name != spec.store_name:
+            log.warning("store directory %s does not match its spec name %s (renamed?)", path, spec.store_name)
+        return cls(path, spec, read_only=read_only)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, teacher={self.spec.teacher!r}, read_only={self.read_only})"
+
+    def __getstate__(self) -> dict:  # picklable for dask: drop open arrays and caches
+        return {"path": self.path, "spec": self.spec, "read_only": self.read_only}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["spec"], read_only=state["read_only"])
+
+    def require(self, **expected) -> None:
+        """Raise :class:`SpecMismatch` naming the fields whose stored value differs, e.g. ``require(layers=(11,))``."""
+        diffs = spec_differences(self.spec, expected)
+        if diffs:
+            raise SpecMismatch(_mismatch_message(str(self.path), diffs))
+
+    # -- commits ----------------------------------------------------------------
+    def committed_segments(self) -> list[str]:
+        names = list_names(self.path / "manifest", PART_PREFIX, PART_SUFFIX)
+        return [n[len(PART_PREFIX) : -len(PART_SUFFIX)] for n in names]
+
+    def raw_commits(self) -> pa.Table:
+        """Every row of every committed part (duplicates included), in segment order."""
+        with self._lock:
+            for seg in self.committed_segments():
+                if seg not in self._parts:  # parts are immutable: read each once
+                    self._parts[seg] = self.read_part(seg)
+            tables = [self._parts[s] for s in sorted(self._parts)]
+        return pa.concat_tables(tables) if tables else COMMIT_SCHEMA.empty_table()
+
+    def part_path(self, segment_id: str):
+        return self.path / "manifest" / f"{PART_PREFIX}{segment_id}{PART_SUFFIX}"
+
+    def read_part(self, segment_id: str) -> pa.Table:
+        """The commit part of one segment (validated against COMMIT_SCHEMA)."""
+        return read_parquet(self.part_path(segment_id), COMMIT_SCHEMA)
+
+    def created(self) -> dict:
+        """``created.json``: who created the store (``user@host``) and when (UTC ISO); {} for older stores."""
+        path = self.path / CREATED_FILE
+        try:
+            data = json.loads(_read_text(path))
+        except (FileNotFoundError, ValueError, OSError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def commits(self, status: str | None = STATUS_OK, *, dedup: bool = True) -> pa.Table:
+        """Committed rows, one per ``(image_sha256, view)`` after read-time dedup (see module doc).
+
+        ``status="ok"`` (default) or ``"failed"`` filters; ``None`` returns both kinds.
+        """
+        raw = self.raw_commits()
+        table = dedup_commits(raw) if dedup else raw
+        if status is not None:
+            table = table.filter(pc.equal(table.column("status"), status))
+        return table
+
+    # -- reading ------------------------------------------------------------------
+    def array(self, segment_id: str, name: str, *, fast: bool = False):
+        """The zarr array (mode "r"), or with ``fast`` a :class:`ShardReader` when the layout allows it."""
+        key = (segment_id, name, fast)
+        arr = self._arrays.get(key)
+        if arr is None:
+            import zarr
+
+            path = self.path / "segments" / segment_id / name
+            if not path.exists():
+                raise StoreCorrupt(
+                    f"{path} is missing although segment {segment_id} is committed; run `sak-cache verify {self.path}`."
+                )
+            arr = zarr.open_array(zarr_store(path, read_only=True), mode="r")
+            if fast and fast_shards_supported(arr):
+                arr = ShardReader(path, arr)
+            self._arrays[key] = arr
+        return arr
+
+    def _layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
+        if layers is None:
+            return self.spec.layers
+        missing = [i for i in layers if i not in self.spec.layers]
+        if missing:
+            raise SpecMismatch(
+                f"store {self.path} was written with layers {list(self.spec.layers)}; you asked for {list(layers)}: "
+                f"pass --layers {','.join(map(str, self.spec.layers))} (or a subset) or extract again."
+            )
+        return tuple(layers)
+
+    def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+        """{layer: (n, h, w, c)} for ``rows`` of one segment, in the given order; contiguous slice reads only.
+
+        float16 stores return float16, bfloat16 and float32 stores return float32.
+        """
+        return {
+            i: decode_stored(read_rows_contiguous(self.array(segment_id, layer_array_name(i), fast=True), rows), self.spec.dtype)
+            for i in self._layers(layers)
+        }
+
+    def read_prefix(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+        """{layer: (n, p, c)} prefix (CLS/register) tokens; only for stores whose spec keeps them."""
+        if not self.spec.keep_prefix:
+            raise SpecMismatch(f"store {self.path} was extracted without prefix tokens; extract again with --keep-prefix.")
+        return {
+            i: decode_stored(read_rows_contiguous(self.array(segment_id, prefix_array_name(i), fast=True), rows), self.spec.dtype)
+            for i in self._layers(layers)
+        }
+
+    def read_sample(self, image_sha256: str, view: int = 0, layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+        """{layer: (h, w, c)} of one committed sample by content hash (convenience; slow for many samples)."""
+        t = self.commits()
+        mask = pc.and_(pc.equal(t.column("image_sha256"), image_sha256), pc.equal(t.column("view"), view))
+        hit = t.filter(mask)
+        if hit.num_rows == 0:
+            raise KeyError(f"no committed sample {image_sha256[:12]} view {view} in {self.path}")
+        seg, row = hit.column("segment_id")[0].as_py(), hit.column("row")[0].as_py()
+        return {k: v[0] for k, v in self.read_rows(seg, [row], layers).items()}
+
+    # -- statistics ---------------------------------------------------------------
+    def stats(self) -> dict[int, LayerStats]:
+        """Per-layer channel statistics over exactly the rows of ``commits()`` (committed, deduplicated, ok)."""
+        per_layer: dict[int, list[LayerStats]] = {i: [] for i in self.spec.layers}
+        raw = self.raw_commits()
+        ok_segments = set(raw.filter(pc.equal(raw.column("status"), STATUS_OK)).column("segment_id").to_pylist())
+        for seg in sorted(ok_segments):
+            path = self.path / "stats" / f"{seg}.json"
+            if not path.exists():
+                raise StoreCorrupt(f"{path} is missing for committed segment {seg}; run `sak-cache verify {self.path}`.")
+            for layer, st in stats_from_json(_read_text(path), str(path)).items():
+                if layer in per_layer:
+                    per_layer[layer].append(st)
+        totals = {i: merge_all(v, self.spec.width) for i, v in per_layer.items()}
+        dropped = dropped_ok_rows(raw)
+        if dropped.num_rows:  # duplicates from concurrent writers: remove what dedup hides
+            for seg, rows in rows_by_segment(dropped).items():
+                for layer, values in self.read_rows(seg, rows).items():
+                    for v in values:
+                        totals[layer] = totals[layer].subtract(LayerStats.from_values(v))
+        return totals
+
+    # -- writing ------------------------------------------------------------------
+    def writer(self, capacity: int, *, segment_id: str | None = None, durable: bool = True) -> SegmentWriter:
+        if self.read_only:
+            raise SakError(f"store {self.path} is open read-only; open it with read_only=False to write")
+        return SegmentWriter(spec=self.spec, store_path=self.path, capacity=capacity, segment_id=segment_id, durable=durable)
+
+    # -- maintenance --------------------------------------------------------------
+    def size_bytes(self) -> int:
+        return tree_bytes(self.path)
+
+    def verify(self, progress: Callable[..., None] | None = None) -> "VerifyReport":
+        """Recompute every committed ok sample's checksum from the stored bytes, reading through zarr."""
+        from .maintenance import verify_store
+
+        return verify_store(self, progress)
+
+    def gc(self, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
+        """Uncommitted segments (and their stats) and stale temp files; deleted unless ``dry_run``.
+
+        A segment with a commit part is never touched. A segment without one is garbage when its
+        writer is known dead (same host, pid gone) or it has not changed for ``grace_seconds``.
+        """
+        from .maintenance import gc_store
+
+        return gc_store(self, dry_run=dry_run, grace_seconds=grace_seconds)
+
+
+
+def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
+    """Module-level alias of :meth:`FeatureStore.gc`."""
+    return store.gc(dry_run=dry_run, grace_seconds=grace_seconds)
+
+
+def list_stores(cache_root: str | os.PathLike[str]) -> list[FeatureStore]:
+    """Every store of a cache (``<cache>/features/*/spec.json``), sorted by name."""
+    root = _as_path(cache_root) / FEATURES_DIR
+    return [FeatureStore.open(root / n) for n in list_names(root) if (root / n / SPEC_FILE).exists()]
+
+
+def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None) -> FeatureStore:
+    """A store by path, or by name (or unique name prefix / teacher name) inside ``cache_root``."""
+    path = _as_path(ref)
+    if (path / SPEC_FILE).exists():
+        return FeatureStore.open(path)
+    if cache_root is not None:
+        stores = list_stores(cache_root)
+        hits = [s for s in stores if s.name == str(ref)] or [
+            s for s in stores if s.name.startswith(str(ref)) or s.spec.teacher == str(ref)
+        ]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise SakError(f"{ref!r} matches several stores: {', '.join(s.name for s in hits)}; pass the full name")
+        names = ", ".join(s.name for s in stores) or "none"
+        raise SakError(f"no store {ref!r} in {_as_path(cache_root) / FEATURES_DIR} (stores: {names})")
+    raise SakError(f"{ref} is not a feature store directory; pass a store path or --cache with a store name")

@@ -1,0 +1,181 @@
+"""The one on-disk shard layout this package writes, encoded and read directly (zarr reads it too).
+
+Segment arrays use Zarr v3 ``sharding_indexed`` with one-sample inner chunks, inner codecs
+``bytes(little) + zstd(level 3)``, index codecs ``bytes(little) + crc32c`` and the index at
+the end of the shard. Writing and reading such shards through zarr-python costs about 0.3 ms
+per inner chunk in its async codec pipeline, which dominates for small feature maps
+(measured here: 4-9 MB/s for 8x8x32 maps). :func:`encode_shard` and :class:`ShardReader`
+implement exactly this layout with numcodecs' zstd (the codec zarr itself uses);
+:func:`fast_shards_supported` checks an array's metadata first, and anything else goes
+through zarr. ``sak-cache verify`` always reads through zarr, an independent decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ...manifests.errors import StoreCorrupt
+
+ZSTD_LEVEL = 3
+_ABSENT = np.uint64(2**64 - 1)
+
+
+def _expected_codecs() -> list[dict]:
+    return [{
+        "name": "sharding_indexed",
+        "configuration": {
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            "index_location": "end",
+        },
+    }]
+
+
+def fast_shards_supported(array) -> bool:
+    """True when ``array``'s metadata is exactly the layout :func:`encode_shard` writes (else zarr writes)."""
+    meta = json.loads(json.dumps(array.metadata.to_dict()))  # tuples -> lists
+    codecs = meta.get("codecs") or []
+    if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+        return False
+    conf = dict(codecs[0].get("configuration", {}))
+    inner = conf.pop("chunk_shape", None)
+    key = meta.get("chunk_key_encoding", {})
+    return (
+        [{"name": "sharding_indexed", "configuration": conf}] == _expected_codecs()
+        and inner == [1, *array.shape[1:]]
+        and key == {"name": "default", "configuration": {"separator": "/"}}
+    )
+
+
+def encode_shard(block: np.ndarray, shard_samples: int) -> bytes:
+    """A Zarr v3 ``sharding_indexed`` shard of one-sample inner chunks, as zarr would write it.
+
+    Layout (Zarr v3 sharding spec): the zstd-compressed inner chunks back to back, then the
+    index, (offset, nbytes) as little-endian uint64 per inner chunk in C order (2**64-1 for
+    an absent chunk), then the crc32c of the index. This skips zarr's per-chunk async
+    overhead (about 0.3 ms per chunk), which dominates for small feature maps; zarr reads it.
+    """
+    import google_crc32c
+    from numcodecs import Zstd
+
+    codec = Zstd(level=ZSTD_LEVEL)
+    little = block.astype(block.dtype.newbyteorder("<"), copy=False)
+    index = np.full((shard_samples, 2), np.iinfo(np.uint64).max, dtype="<u8")
+    parts, offset = [], 0
+    for i in range(little.shape[0]):
+        enc = codec.encode(np.ascontiguousarray(little[i]))
+        index[i] = (offset, len(enc))
+        offset += len(enc)
+        parts.append(enc)
+    raw_index = index.tobytes()
+    parts.append(raw_index)
+    parts.append(np.uint32(google_crc32c.value(raw_index)).astype("<u4").tobytes())
+    return b"".join(parts)
+
+
+class ShardReader:
+    """Slice reads of a segment array written by :func:`.store_writer.encode_shard`, without zarr's per-chunk overhead.
+
+    Reads only the shard index (checked with its crc32c) and the byte span of the wanted
+    chunks; absent chunks or shards read as the fill value 0, as in zarr. Use it only for
+    arrays whose metadata :func:`.store_writer.fast_shards_supported` accepts.
+    """
+
+    def __init__(self, path, array) -> None:
+        self.path = str(path)
+        self._dir = path
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.shard_samples = int(array.shards[0])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, step = key.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("ShardReader supports contiguous slices only")
+        return self.read(start, max(start, stop))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        import google_crc32c
+        from numcodecs import Zstd
+
+        codec, s = Zstd(), self.shard_samples
+        sample_shape = self.shape[1:]
+        little = self.dtype.newbyteorder("<")
+        out = np.zeros((stop - start, *sample_shape), dtype=self.dtype)
+        index_bytes = 16 * s
+        for k in range(start // s, (stop - 1) // s + 1 if stop > start else start // s):
+            path = self._dir.joinpath("c", str(k), *(["0"] * len(sample_shape)))
+            lo, hi = max(start, k * s), min(stop, (k + 1) * s)
+            try:
+                fh = _open_shard(path)
+            except FileNotFoundError:
+                continue
+            with fh:
+                tail = fh.tail(index_bytes + 4)
+                if np.frombuffer(tail[-4:], "<u4")[0] != google_crc32c.value(tail[:-4]):
+                    raise StoreCorrupt(
+                        f"{path}: shard index checksum mismatch (the file is damaged); run `sak-cache verify` on the store"
+                    )
+                sel = np.frombuffer(tail[:-4], "<u8").reshape(s, 2)[lo - k * s : hi - k * s]
+                present = sel[:, 0] != _ABSENT
+                if not present.any():
+                    continue
+                begin = int(sel[present, 0].min())
+                buf = fh.span(begin, int((sel[present, 0] + sel[present, 1]).max()))
+            for j, (off, nbytes) in enumerate(sel):
+                if off == _ABSENT:
+                    continue
+                raw = codec.decode(buf[int(off) - begin : int(off) - begin + int(nbytes)])
+                out[lo - start + j] = np.frombuffer(raw, dtype=little).reshape(sample_shape)
+        return out
+
+
+class _LocalShard:
+    """Byte-range reads of a local shard file (one open file, seek + read)."""
+
+    def __init__(self, path) -> None:
+        self._fh = open(path, "rb")
+
+    def tail(self, n: int) -> bytes:
+        self._fh.seek(-n, os.SEEK_END)
+        return self._fh.read(n)
+
+    def span(self, start: int, end: int) -> bytes:
+        self._fh.seek(start)
+        return self._fh.read(end - start)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
+class _RemoteShard:
+    """Byte-range reads of a shard object through fsspec (``cat_file`` with start/end: HTTP range GETs)."""
+
+    def __init__(self, path) -> None:
+        self._path = path
+        self._size = int(path.fs.size(path.path))  # raises FileNotFoundError when absent, like open()
+
+    def tail(self, n: int) -> bytes:
+        return self._path.read_range(self._size - n, self._size)
+
+    def span(self, start: int, end: int) -> bytes:
+        return self._path.read_range(start, end)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _open_shard(path):
+    from ..storage.location import RemotePath
+
+    return _RemoteShard(path) if isinstance(path, RemotePath) else _LocalShard(path)

@@ -1,0 +1,254 @@
+"""Choosing feature stores for a training run and joining them with a dataset split.
+
+The join is an inner join on ``(sha256, view)``: a (sample, view) is served only if
+every chosen store holds it. Everything that would make the targets wrong is refused
+here, before any training step: no store for the dataset, stores with different view
+policies, an ambiguous or unknown teacher name, or (unless ``allow_missing``) samples
+that some store does not hold yet; the refusal says which extract fills the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...manifests.errors import DatasetError, SakError, SpecMismatch
+from ...manifests.schemas import STATUS_OK
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One (sample, view) the loader can serve: its manifest row and where each store keeps it."""
+
+    row: Mapping[str, Any]
+    view: int
+    view_params: str | None  # canonical JSON of the view; None: identity
+    locations: tuple[tuple[str, int], ...]  # (segment_id, row) per store, in store order
+
+
+class CoverageError(SakError):
+    """Some samples of the split are missing from a feature store."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a split the chosen stores cover."""
+
+    dataset: str
+    split: str
+    samples: int  # ok samples in the split
+    covered: int  # samples every store holds (at least one view)
+    items: int  # (sample, view) pairs served
+    missing: dict[str, int] = field(default_factory=dict)  # store name -> samples it lacks
+
+    def summary(self) -> str:
+        text = f"covered {self.covered}/{self.samples} samples of {self.dataset}/{self.split}"
+        if self.items != self.covered:
+            text += f" ({self.items} views)"
+        gaps = [f"{n} missing from store {name}" for name, n in self.missing.items() if n]
+        return text + ("; " + "; ".join(gaps) if gaps else "")
+
+
+def base_key(spec: Any) -> str:
+    """A short, module-name-safe teacher name: the registry alias when there is one (``dinov2``)."""
+    from ...pipeline.teachers.registry import ALIASES
+
+    for alias, full in ALIASES.items():
+        if full == spec.teacher:
+            return alias
+    return re.sub(r"[^A-Za-z0-9_]", "_", spec.teacher.split(":", 1)[-1])
+
+
+def teacher_key(store: Any, stores: Sequence[Any]) -> str:
+    """The name a store's targets go by in the student; stores of one teacher get their spec id appended."""
+    key = base_key(store.spec)
+    if sum(base_key(s.spec) == key for s in stores) > 1:
+        key = f"{key}_{store.spec.spec_id[:6]}"
+    return key
+
+
+def extract_hint(spec: Any, dataset: str, cache: str) -> str:
+    """The command that extracts (more of) a store of this spec."""
+    opts = [f"--teacher {spec.teacher}", f"--dataset {dataset}", f"--cache {cache}",
+            f"--layers {','.join(map(str, spec.layers))}", f"--resolution {spec.resolution[0]}"]
+    if spec.random_init:
+        opts.append(f"--random-init --seed {spec.weights.split(':', 1)[1]}")
+    elif spec.aug_seed:
+        opts.append(f"--seed {spec.aug_seed}")
+    if spec.views > 1 or spec.aug != "none":
+        opts.append(f"--views {spec.views} --aug {spec.aug}")
+    if spec.dtype != "float16":
+        opts.append(f"--dtype {spec.dtype}")
+    if spec.keep_prefix:
+        opts.append("--keep-prefix")
+    return "sak-cache extract " + " ".join(opts)
+
+
+def describe(store: Any) -> str:
+    s = store.spec
+    return (f"{store.name} (teacher {s.teacher}, resolution {s.resolution[0]}x{s.resolution[1]}, grid "
+            f"{s.grid[0]}x{s.grid[1]}, layers {list(s.layers)}, views {s.views} aug {s.aug})")
+
+
+def _split_table(dataset: Any, split: str) -> pa.Table:
+    """The dataset's ok rows of ``split``, filtered in Arrow (no per-row Python on 100k-row manifests)."""
+    t = dataset.table
+    return t.filter(pc.and_(pc.equal(t.column("status"), STATUS_OK), pc.equal(t.column("split"), split)))
+
+
+def split_rows(dataset: Any, split: str) -> list[dict]:
+    rows = _split_table(dataset, split).to_pylist()
+    if not rows:
+        raise DatasetError(
+            f"dataset '{dataset.name}' has no ok samples in split '{split}' (splits: {dataset.splits()}); "
+            "pick another split (--train-split / --split) or index the dataset with split lists"
+        )
+    return rows
+
+
+def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str = "train") -> list[Any]:
+    """The stores to train from: those named in ``refs`` or, when empty, every store covering the split.
+
+    A ref is a store name (or unique prefix), a teacher name or alias, optionally with
+    ``@RES`` to pick the store of that input resolution (``dinov2@448``).
+    """
+    from ...pipeline.store.feature_store import list_stores
+    from ...pipeline.teachers.registry import ALIASES
+
+    stores = list_stores(cache)
+    if not stores:
+        raise SakError(
+            f"no feature stores in {cache}/features: extract one first, e.g. "
+            f"sak-cache extract --teacher dinov2 --dataset {dataset.name} --cache {cache}"
+        )
+    if not refs:
+        shas = _split_table(dataset, split).column("sha256").combine_chunks()
+        if not len(shas):
+            split_rows(dataset, split)  # raises the "no ok samples in split" error
+        chosen = [s for s in stores if pc.any(pc.is_in(s.commits().column("image_sha256"), value_set=shas)).as_py()]
+        if not chosen:
+            raise SakError(
+                f"no feature store in {cache}/features covers dataset '{dataset.name}' (split {split}); stores: "
+                f"{', '.join(s.name for s in stores)}. Extract one: sak-cache extract --teacher dinov2 "
+                f"--dataset {dataset.name} --cache {cache}"
+            )
+        return chosen
+    chosen = []
+    for ref in refs:
+        name, _, res = ref.partition("@")
+        full = ALIASES.get(name, name)
+        hits = [s for s in stores if s.name == name] or [
+            s for s in stores if s.name.startswith(name) or s.spec.teacher in (name, full) or base_key(s.spec) == name
+        ]
+        if not hits:
+            raise SakError(
+                f"no feature store for teacher {name!r} in {cache}/features; stores: "
+                f"{'; '.join(describe(s) for s in stores)}. Extract it: sak-cache extract --teacher {name} "
+                f"--dataset {dataset.name} --cache {cache}"
+            )
+        if res:
+            want = tuple(int(p) for p in res.lower().split("x"))
+            want = want * 2 if len(want) == 1 else want
+            matched = [s for s in hits if tuple(s.spec.resolution) == want]
+            if not matched:
+                raise SpecMismatch(
+                    f"you asked for teacher {name!r} at resolution {res}, but its store(s) were written at: "
+                    f"{'; '.join(describe(s) for s in hits)}. Pass one of those resolutions "
+                    f"(--teachers {name}@{hits[0].spec.resolution[0]}) or extract again with --resolution {res}"
+                )
+            hits = matched
+        if len(hits) > 1:
+            raise SakError(
+                f"{ref!r} matches several stores: {'; '.join(describe(s) for s in hits)}. "
+                f"Pass a store name or NAME@RESOLUTION in --teachers"
+            )
+        if hits[0] not in chosen:
+            chosen.append(hits[0])
+    return chosen
+
+
+class StoreJoin:
+    """Inner join of a split's ok rows with stores on ``(sha256, view)``; ``.items`` and ``.coverage``."""
+
+    def __init__(self, dataset: Any, stores: Sequence[Any], split: str, *, aug: str = "auto",
+                 allow_missing: bool = False, cache_hint: str = "./cache") -> None:
+        self.stores = list(stores)
+        rows = split_rows(dataset, split)
+        if not self.stores:
+            self.items = [Item(row=r, view=0, view_params=None, locations=()) for r in rows]
+            self.coverage = Coverage(dataset.name, split, len(rows), len(rows), len(rows))
+            return
+        self._check_specs(aug)
+        for s in self.stores:
+            if s.spec.random_init:
+                log.warning("store %s holds RANDOM-INIT %s features (%s): fine for tests and demos, "
+                            "not a foundation model's knowledge", s.name, s.spec.teacher, s.spec.weights)
+        index = [self._index(s) for s in self.stores]
+        views = self.stores[0].spec.views
+        replay = self.stores[0].spec.aug != "none"
+        self.items, missing = [], {s.name: 0 for s in self.stores}
+        covered = 0
+        for row in rows:
+            sha = row["sha256"]
+            for name, idx in zip(missing, index):
+                if not any((sha, v) in idx for v in range(views)):
+                    missing[name] += 1
+            got = 0
+            for v in range(views):
+                hits = [idx.get((sha, v)) for idx in index]
+                if any(h is None for h in hits):
+                    continue
+                params = hits[0][2]
+                if any(h[2] != params for h in hits[1:]):
+                    raise SpecMismatch(
+                        f"stores {', '.join(s.name for s in self.stores)} recorded different augmentations for sample "
+                        f"{row['sample_id']} view {v}; their targets do not match one image. Extract them with the same "
+                        "--views/--aug/--seed"
+                    )
+                self.items.append(Item(row=row, view=v, view_params=params if replay else None,
+                                       locations=tuple((h[0], h[1]) for h in hits)))
+                got += 1
+            covered += got > 0
+        self.coverage = Coverage(dataset.name, split, len(rows), covered, len(self.items), missing)
+        log.debug("%s", self.coverage.summary())
+        if covered == 0:
+            raise CoverageError(
+                f"no sample of {dataset.name}/{split} is in every store ({self.coverage.summary()}); "
+                + "; ".join(f"fill {s.name}: {extract_hint(s.spec, dataset.name, cache_hint)}" for s in self.stores)
+            )
+        if covered < len(rows) and not allow_missing:
+            fixes = "; ".join(f"fill {s.name}: {extract_hint(s.spec, dataset.name, cache_hint)}"
+                              for s in self.stores if missing[s.name])
+            raise CoverageError(
+                f"{self.coverage.summary()}. {fixes} (extraction resumes where it stopped), "
+                "or pass --allow-missing to train on the covered samples only"
+            )
+
+    def _check_specs(self, aug: str) -> None:
+        first = self.stores[0].spec
+        for s in self.stores[1:]:
+            if (s.spec.views, s.spec.aug, s.spec.aug_seed) != (first.views, first.aug, first.aug_seed):
+                raise SpecMismatch(
+                    f"stores hold different augmentation views: {describe(self.stores[0])} vs {describe(s)}; "
+                    "a sample's targets must come from one augmented image. Extract every teacher with the same "
+                    "--views/--aug/--seed, or train from stores with one policy"
+                )
+        if aug == "none" and first.aug != "none":
+            raise SpecMismatch(
+                f"--aug none, but {describe(self.stores[0])} holds augmented views: un-augmented images would be "
+                "paired with targets of augmented ones. Drop --aug none (the stored views are replayed exactly) "
+                "or train from stores extracted with --aug none"
+            )
+
+    @staticmethod
+    def _index(store: Any) -> Mapping[tuple[str, int], tuple[str, int, str]]:
+        t = store.commits()
+        cols = [t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row", "view_params")]
+        return {(sha, int(v)): (seg, int(row), params) for sha, v, seg, row, params in zip(*cols)}

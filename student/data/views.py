@@ -1,0 +1,39 @@
+"""Replaying stored augmentation views on images and labels (thin layer over ``sak.pipeline.data.augment``).
+
+``params=None`` is the identity view (stores extracted with ``--aug none``): nothing
+is resampled. Labels come back channels-first for dense tasks (see ``student.data``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...pipeline.data.augment import ViewParams, apply_view_image, apply_view_label
+
+CLASS_TASKS = ("semseg", "parts")
+
+
+def parse(view_params: str | None) -> ViewParams | None:
+    """The stored view of a commit row, or None for the identity view."""
+    return None if view_params is None else ViewParams.from_json(view_params)
+
+
+def apply_image(img01_chw: torch.Tensor, params: ViewParams | None) -> torch.Tensor:
+    return img01_chw if params is None else apply_view_image(img01_chw, params)
+
+
+def label_tensor(task: str, label: np.ndarray) -> torch.Tensor:
+    """A loaded label as a tensor: class maps (H, W) int64; normals (3, H, W); others (1, H, W) float32."""
+    t = torch.from_numpy(np.ascontiguousarray(label))
+    if task in CLASS_TASKS:
+        return t.long()
+    if t.ndim == 3:  # normals (H, W, 3)
+        return t.permute(2, 0, 1).float().contiguous()
+    return t[None].float()
+
+
+def apply_label(label: np.ndarray, params: ViewParams | None, task: str) -> torch.Tensor:
+    if params is not None:
+        label = apply_view_label(label, params, task).numpy()
+    return label_tensor(task, label)

@@ -1,0 +1,1 @@
+"""Evaluation: streaming metrics, scoring a run's student, plots."""

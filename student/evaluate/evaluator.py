@@ -1,0 +1,200 @@
+"""Evaluate a student on a dataset split with the paper's metrics (``student.metrics``).
+
+``evaluate_model(model, data)`` runs a built model over a :class:`CachedTargets` split
+(in manifest order, no augmentation) and returns ``{"<task>/<metric>": value}``.
+``evaluate(run_dir)`` rebuilds a run's student from ``config.json`` and its last
+checkpoint; with ``step0=True`` it also evaluates the untrained student the run
+started from (same seed, same init), so the improvement is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..train.checkpoint import load_checkpoint, write_json_atomic
+from ..data.cached import CachedTargets
+from ..train.setup import autocast
+from ..data.views import CLASS_TASKS
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    data: CachedTargets,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    max_samples: int | None = None,
+    workers: int = 2,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, float]:
+    """Metrics of ``model`` over ``data`` (every item once, in order; at most ``max_samples``)."""
+    from .metrics import metric_for_task
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    metrics = {t: metric_for_task(t, data.dataset.format) for t in data.tasks}
+    sampler = data.sampler(block_size=max(1, batch_size), window=1, shuffle=False)
+    seen = 0
+    try:
+        with data.batches(batch_size, sampler, workers=workers, drop_last_epoch=True) as loader:
+            for batch in loader:
+                if max_samples is not None and seen >= max_samples:
+                    break
+                batch = batch.to(device)
+                with autocast(device):
+                    out = model(batch.image, distill=False)
+                for task, metric in metrics.items():
+                    metric.update(out.tasks[task].float(), batch.labels[task], batch.masks[task])
+                seen += batch.image.shape[0]
+                if progress is not None:
+                    progress(batch.image.shape[0])
+    finally:
+        model.train(was_training)
+    result: dict[str, float] = {}
+    for task, metric in metrics.items():
+        for key, value in metric.compute().items():
+            result[f"{task}/{key}"] = float(value)
+    return result
+
+
+def write_eval(run_dir: str | os.PathLike[str], step: int, metrics: dict[str, float], split: str = "val") -> dict[str, float]:
+    """Write ``eval/step_<step>.json`` atomically; returns ``metrics``."""
+    write_json_atomic(Path(run_dir) / "eval" / f"step_{step}.json", {"step": step, "split": split, "metrics": metrics})
+    log.info("eval step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+    return metrics
+
+
+def evaluate(
+    run_dir: str | os.PathLike[str],
+    split: str = "val",
+    *,
+    step0: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
+    max_samples: int | None = None,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's last checkpoint on ``split``: ``{"step", "split", "metrics", "baseline"}``.
+
+    ``baseline`` holds the untrained (step-0) student's metrics: recomputed when
+    ``step0`` is true, else read from ``eval/step_0.json`` when the split is the run's val split.
+    """
+    from ..train.setup import load_run, pick_device
+
+    dev = pick_device(device)
+    loaded = load_run(run_dir, split=split)
+    weights, _, record = load_checkpoint(Path(run_dir) / "ckpt" / "last.safetensors")
+    bs = batch_size or loaded.cfg.batch_size
+    out: dict[str, Any] = {"step": int(record["step"]), "split": split}
+    if step0:
+        fresh = loaded.build_model().to(dev)
+        out["baseline"] = evaluate_model(fresh, loaded.data, batch_size=bs, device=dev, max_samples=max_samples)
+    elif split == loaded.cfg.val_split and (Path(run_dir) / "eval" / "step_0.json").exists():
+        out["baseline"] = json.loads((Path(run_dir) / "eval" / "step_0.json").read_text())["metrics"]
+    model = loaded.build_model()
+    model.load_state_dict(weights)
+    out["metrics"] = evaluate_model(model.to(dev), loaded.data, batch_size=bs, device=dev,
+                                    max_samples=max_samples, progress=progress)
+    return out
+
+
+@torch.no_grad()
+def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device: torch.device | str = "cpu") -> list[dict]:
+    """The first ``n`` samples of ``data`` as plot rows: image in [0, 1], labels and predictions as arrays."""
+    from ..data.cached import IMAGENET_MEAN, IMAGENET_STD
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for i in range(min(n, len(data))):
+            s = data[i]
+            with autocast(device):
+                out = model(s["image"][None].to(device), distill=False)
+            img = s["image"] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            preds, labels = {}, {}
+            for task, p in out.tasks.items():
+                p = p[0].float().cpu()
+                preds[task] = _as_map(task, p, prediction=True)
+                if s["masks"].get(task):
+                    labels[task] = _as_map(task, s["labels"][task], prediction=False)
+            rows.append({"image": img.permute(1, 2, 0).numpy(), "labels": labels, "preds": preds})
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def _as_map(task: str, x: torch.Tensor, *, prediction: bool):
+    if task in CLASS_TASKS:
+        return (x.argmax(0) if prediction else x).numpy()
+    if task == "normals":
+        return (torch.nn.functional.normalize(x, dim=0) if prediction else x).permute(1, 2, 0).numpy()
+    if task in ("edge", "saliency") and prediction:
+        return torch.sigmoid(x[0]).numpy()
+    return x[0].numpy()
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    task: str,
+    out: str | os.PathLike[str],
+    *,
+    threshold: float = 0.1,
+    split: str = "val",
+    max_images: int | None = 64,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Export a one-task sub-model of a run's student (teachers whose mean gate > ``threshold``).
+
+    Gates are averaged over up to ``max_images`` images of ``split``; the sub-model is
+    saved with ``student.checkpoint_io.save_student`` and evaluated next to the full model
+    on the same images. Returns kept/dropped teachers, routing weights, dropped gate
+    mass, both models' metrics for ``task`` and the file path.
+    """
+    from ..model.io import save_student
+    from ..model.export import dropped_gate_mass, export_submodel, routing_weights
+    from ..train.setup import load_run, pick_device
+
+    dev = pick_device(device)
+    loaded = load_run(run_dir, split=split)
+    weights, _, record = load_checkpoint(Path(run_dir) / "ckpt" / "last.safetensors")
+    model = loaded.build_model()
+    model.load_state_dict(weights)
+    model.to(dev)
+    bs = batch_size or loaded.cfg.batch_size
+    sampler = loaded.data.sampler(block_size=bs, window=1, shuffle=False)
+    images, seen = [], 0
+    with loaded.data.batches(bs, sampler, workers=0, drop_last_epoch=True) as loader:
+        for batch in loader:
+            if max_images is not None and seen >= max_images:
+                break
+            images.append(batch.image)
+            seen += batch.image.shape[0]
+    gates = routing_weights(model, images, task, device=dev)
+    sub, kept = export_submodel(model, task, threshold, weights=gates)
+    path = save_student(out, sub)
+    one_task = CachedTargets(loaded.data.dataset, (), split, loaded.data.img_size, tasks=(task,))
+    full_metrics = evaluate_model(model, one_task, batch_size=bs, device=dev, max_samples=max_images)
+    sub_metrics = evaluate_model(sub, one_task, batch_size=bs, device=dev, max_samples=max_images)
+    names = loaded.student_cfg.teacher_names
+    return {
+        "task": task, "step": int(record["step"]), "path": str(path), "threshold": threshold,
+        "kept": list(kept), "dropped": [n for n in names if n not in kept],
+        "experts": list(loaded.student_cfg.expert_names), "routing": gates.mean(0).tolist(),
+        "dropped_gate_mass": dropped_gate_mass(gates, kept, names),
+        "full_metrics": full_metrics, "sub_metrics": sub_metrics,
+        "full_params": sum(p.numel() for p in model.parameters()),
+        "sub_params": sum(p.numel() for p in sub.parameters()),
+    }

@@ -1,0 +1,227 @@
+"""The SAK student's configuration: backbone, teachers to distill, tasks to predict.
+
+A :class:`StudentConfig` is the complete record of a student's architecture:
+``SAKStudent(cfg)`` rebuilds the same module tree (and so loads the same state
+dict) on any machine, and ``StudentConfig.from_dict(cfg.to_dict()) == cfg``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ...manifests.config import Config
+from ...manifests.errors import ConfigError
+
+#: Feature levels (block indices) of the official SAK code, by backbone depth
+#: (``out_indices_cfg`` there: small/base 12 blocks, large 24, huge 32, giant 40).
+LEVELS_BY_DEPTH: dict[int, tuple[int, ...]] = {
+    12: (2, 5, 8, 11),
+    24: (5, 11, 17, 23),
+    32: (7, 15, 23, 31),
+    40: (9, 19, 29, 39),
+}
+
+#: Block count of the timm ViT families, read from the model name (no model is built).
+_DEPTH_BY_SIZE = {"tiny": 12, "small": 12, "base": 12, "medium": 12, "large": 24, "huge": 32, "giant": 40}
+
+_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+ALIGNER_MODES = ("auto", "linear", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherTarget(Config):
+    """One teacher the student distills: its name (as in the feature store), channel width and grid."""
+
+    name: str
+    width: int
+    grid: tuple[int, int] | None = None  # the teacher's patch grid (h, w); informational, None if unknown
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("TeacherTarget.name is empty; use the teacher's name, e.g. 'dinov2' or 'test:tiny'")
+        if self.width <= 0:
+            raise ConfigError(f"teacher {self.name!r}: width must be a positive channel count, got {self.width}")
+        if self.grid is not None and (len(self.grid) != 2 or min(self.grid) <= 0):
+            raise ConfigError(f"teacher {self.name!r}: grid must be (h, w) with positive sides, got {self.grid}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec(Config):
+    """One dense prediction task: its name (``semseg``, ``depth``, ...) and output channels."""
+
+    name: str
+    channels: int
+
+    def __post_init__(self) -> None:
+        if not _TASK_NAME.match(self.name):
+            raise ConfigError(
+                f"task name {self.name!r} must start with a letter and use only letters, digits and '_' "
+                "(it names modules in the state dict); e.g. 'semseg', 'depth', 'normals', 'edge'"
+            )
+        if self.channels <= 0:
+            raise ConfigError(f"task {self.name!r}: channels must be positive, got {self.channels}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentConfig(Config):
+    """The SAK student (ICLR 2025) as built by :class:`sak.student.model.student.SAKStudent`.
+
+    - ``backbone``: a timm ViT name (the Teacher-Agnostic Stem, TAS); built with
+      ``pretrained``, ``img_size`` and ``num_classes=0``; its final norm is removed.
+    - ``levels``: block indices whose outputs feed the distillation and the heads.
+    - ``teachers``: one Teacher-Specific Adapter Path (TSAP) per teacher, in this order;
+      the routers' experts are ``("stem", *teacher names)``.
+    - ``adapter_ratio``: bottleneck width of the adapters as a fraction of the
+      embedding dim (official ``down_ratio=4`` -> 0.25).
+    - ``aligner``: ``"auto"`` (official behaviour: a Linear(d, C_t) per (level, teacher)
+      only when C_t != d, else identity; the official ViT-B/L configs with equal-width
+      teachers run with ``aligner: False``), ``"linear"`` (always a Linear) or
+      ``"none"`` (no distillation outputs at all; exported sub-models).
+    - ``noisy_gating``: the routers emit 2E logits (clean + noise scale) and add
+      Gaussian noise in training mode (official default True).
+    - ``stem_norm``: a LayerNorm on the stem features per level before routing.
+      The official code feeds the raw block output (the backbone's final norm is
+      removed), so the default is False; True is an option we offer.
+    """
+
+    backbone: str = "vit_small_patch16_224"
+    img_size: tuple[int, int] = (224, 224)
+    levels: tuple[int, ...] = (2, 5, 8, 11)
+    teachers: tuple[TeacherTarget, ...] = ()
+    tasks: tuple[TaskSpec, ...] = ()
+    adapter_ratio: float = 0.25
+    pretrained: bool = False
+    aligner: str = "auto"
+    noisy_gating: bool = True
+    noise_eps: float = 0.01  # floor of the noise std: softplus(raw) + noise_eps (official 1e-2)
+    stem_norm: bool = False
+    head_kernel: int = 3
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.img_size) != 2 or min(self.img_size) <= 0:
+            raise ConfigError(f"img_size must be (H, W) with positive sides, got {self.img_size}; e.g. (448, 576)")
+        if not self.levels:
+            raise ConfigError("levels is empty; use the official levels (2, 5, 8, 11) for ViT-S/B, (5, 11, 17, 23) for ViT-L")
+        if any(b <= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[0] < 0:
+            raise ConfigError(f"levels must be increasing non-negative block indices, got {self.levels}")
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"teacher names must be unique, got {names}")
+        tasks = [t.name for t in self.tasks]
+        if len(set(tasks)) != len(tasks):
+            raise ConfigError(f"task names must be unique, got {tasks}")
+        if not 0.0 < self.adapter_ratio <= 1.0:
+            raise ConfigError(f"adapter_ratio must be in (0, 1], got {self.adapter_ratio} (official: 0.25)")
+        if self.aligner not in ALIGNER_MODES:
+            raise ConfigError(f"aligner must be one of {ALIGNER_MODES}, got {self.aligner!r}")
+        if self.noise_eps < 0:
+            raise ConfigError(f"noise_eps must be >= 0, got {self.noise_eps}")
+        if self.head_kernel <= 0 or self.head_kernel % 2 == 0:
+            raise ConfigError(f"head_kernel must be a positive odd size, got {self.head_kernel}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def teacher_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.teachers)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        """Router experts in gate order: the stem first, then the teachers (official order)."""
+        return ("stem", *self.teacher_names)
+
+    @property
+    def num_experts(self) -> int:
+        return 1 + len(self.teachers)
+
+    def teacher(self, name: str) -> TeacherTarget:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"student has no teacher {name!r}; its teachers are {list(self.teacher_names)}")
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise ConfigError(f"student has no task {name!r}; its tasks are {list(self.task_names)}")
+
+    # -- helpers -------------------------------------------------------------------------
+    @classmethod
+    def for_backbone(
+        cls,
+        backbone: str,
+        *,
+        teachers: tuple[TeacherTarget, ...] | list[TeacherTarget] = (),
+        tasks: tuple[TaskSpec, ...] | list[TaskSpec] = (),
+        img_size: int | tuple[int, int] | None = None,
+        **kwargs: object,
+    ) -> "StudentConfig":
+        """A config with the official levels for ``backbone``'s depth and its native input size.
+
+        ``img_size`` defaults to the size in the name (``vit_base_patch16_384`` -> 384x384).
+        """
+        if "levels" not in kwargs:
+            kwargs["levels"] = default_levels(backbone)
+        return cls(
+            backbone=backbone,
+            img_size=parse_img_size(img_size) if img_size is not None else native_img_size(backbone),
+            teachers=tuple(teachers),
+            tasks=tuple(tasks),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def backbone_depth(backbone: str) -> int:
+    """Block count of a timm ViT from its name; builds it on the meta device if the name does not say."""
+    size = re.search(r"_(tiny|small|medium|base|large|huge|giant)_", backbone + "_")
+    if size:
+        return _DEPTH_BY_SIZE[size.group(1)]
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    return len(model.blocks)
+
+
+def default_levels(backbone: str) -> tuple[int, ...]:
+    """The official feature levels for ``backbone`` (four evenly spaced blocks ending at the last)."""
+    depth = backbone_depth(backbone)
+    if depth in LEVELS_BY_DEPTH:
+        return LEVELS_BY_DEPTH[depth]
+    step = depth // 4
+    return tuple(step * (i + 1) - 1 for i in range(3)) + (depth - 1,)
+
+
+def native_img_size(backbone: str) -> tuple[int, int]:
+    """Input size in a timm name (``..._384`` -> (384, 384)); 224 when the name has none."""
+    m = re.search(r"_(\d{3,4})(?:\.|$)", backbone)
+    side = int(m.group(1)) if m else 224
+    return (side, side)
+
+
+def parse_img_size(value: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``448x576``, ``512``, 512 or (448, 576) -> (H, W)."""
+    try:
+        if isinstance(value, int):
+            return (value, value)
+        if isinstance(value, str):
+            parts = [int(p) for p in value.lower().replace(",", "x").split("x") if p.strip()]
+        else:
+            parts = [int(p) for p in value]
+    except ValueError:
+        raise ConfigError(f"image size {value!r} is not HxW or a single side, e.g. 448x576 or 512") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ConfigError(f"image size {value!r} is not HxW or a single side, e.g. 448x576 or 512")
+    return (parts[0], parts[1])

@@ -1,0 +1,1 @@
+"""Training: the run config, setup, losses, schedules, checkpoints and the training loop."""
