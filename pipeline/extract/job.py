@@ -28,11 +28,25 @@ from typing import Callable
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
 from ...manifests.schemas import STATUS_OK
-
-from .execution import drop_worker_cached, run_tasks, set_worker_cached
-from .segment import RunContext, Sample, SegmentResult, SegmentTask, resolve_device, run_segment, teacher_key
-from ..store.spec import AUG_POLICIES, DTYPES, FeatureSpec
+from ..data.datasets import (
+    index_dataset,
+    list_datasets,
+    open_dataset,
+    write_dataset_index,
+)
 from ..store.feature_store import FeatureStore
+from ..store.spec import AUG_POLICIES, DTYPES, FeatureSpec
+from ..teachers import create_teacher
+from .execution import drop_worker_cached, run_tasks, set_worker_cached
+from .segment import (
+    RunContext,
+    Sample,
+    SegmentResult,
+    SegmentTask,
+    resolve_device,
+    run_segment,
+    teacher_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +174,6 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
 
 
 def _open_datasets(cfg: ExtractConfig) -> list:
-    from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
-
     names = list(cfg.datasets)
     if cfg.data is not None:
         table = index_dataset(cfg.data, name=cfg.data_name, workers=cfg.io_threads)
@@ -222,8 +234,6 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
     ``progress(advance, **info)`` is called with ``total=`` once, then per batch (per segment
     when a dask cluster runs the tasks).
     """
-    from ..teachers import create_teacher
-
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     teachers, specs, stores = [], [], []

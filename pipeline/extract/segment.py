@@ -30,11 +30,13 @@ import pyarrow as pa
 
 from ...manifests.errors import SakError
 from ...manifests.paths import resolve_inside
-
-from .execution import worker_cached, worker_index
-from ..store.spec import FeatureSpec
+from ..data.augment import apply_view_image, identity_view, sample_view
+from ..data.images import decode_rgb
 from ..store.feature_store import FeatureStore
+from ..store.spec import FeatureSpec
 from ..store.writer import SampleKey
+from ..teachers import create_teacher
+from .execution import worker_cached, worker_index
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +129,6 @@ def teacher_key(ctx: RunContext, t: int) -> tuple:
 
 
 def _teacher(ctx: RunContext, t: int):
-    from ..teachers import create_teacher
-
     cfg, key = ctx.cfg, teacher_key(ctx, t)
     return worker_cached(
         key,
@@ -151,8 +151,6 @@ def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
     """Decode one image once and build every (view, teacher) input its samples need."""
     import torch
 
-    from ..data.images import decode_rgb
-
     first = group[0]
     if first.error is not None:
         return [_Prepared(s, "{}", {}, first.error) for s in group]
@@ -160,8 +158,6 @@ def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
         rgb = decode_rgb(resolve_inside(first.root, first.path))
     except SakError as exc:  # BadImage, PathEscape
         return [_Prepared(s, "{}", {}, str(exc)) for s in group]
-    from ..data.augment import apply_view_image, identity_view, sample_view
-
     hw = (int(rgb.shape[0]), int(rgb.shape[1]))
     out, x01 = [], None
     for s in group:
