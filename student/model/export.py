@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import torch
+from torch import nn
 
 from ...manifests.errors import ConfigError
 
@@ -117,7 +118,7 @@ def export_submodel(
     )
     experts = [0] + [k + 1 for k in kept_idx]
     rows = experts + [cfg.num_experts + e for e in experts] if cfg.noisy_gating else experts
-    last = len(model.routers[task][0].mlp) - 1
+    last = len(cast(nn.ModuleList, model.routers[task])[0].mlp) - 1
 
     state = {}
     for key, value in model.state_dict().items():

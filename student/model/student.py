@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ class StudentOutput:
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def build_backbone(cfg: StudentConfig) -> nn.Module:
+def build_backbone(cfg: StudentConfig) -> Any:
     """``timm.create_model(backbone, pretrained, img_size, num_classes=0)`` with the final norm removed."""
     import timm
 
@@ -89,7 +90,7 @@ class SAKStudent(nn.Module):
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vit = build_backbone(cfg)
+        self.vit: Any = build_backbone(cfg)  # a timm VisionTransformer; its submodules are typed as Module
         dim = int(self.vit.embed_dim)
         depth = len(self.vit.blocks)
         if cfg.levels[-1] >= depth:
@@ -181,7 +182,7 @@ class SAKStudent(nn.Module):
             reps = [branch.represent(li, r[:, p:]) for branch, r in zip(self.tsap, res)]
             if want_distill:
                 for name, aligners, rep in zip(cfg.teacher_names, self.aligners, reps):
-                    a = aligners[li](rep)  # (B, N, C_t)
+                    a = cast(nn.ModuleList, aligners)[li](rep)  # (B, N, C_t)
                     maps[name].append(a.transpose(1, 2).reshape(b, a.shape[-1], gh, gw))
             if cfg.tasks:
                 stem = x[:, p:]
@@ -189,7 +190,7 @@ class SAKStudent(nn.Module):
                     stem = self.stem_norms[li](stem)
                 experts = [stem, *reps]
                 for task in cfg.task_names:
-                    g = self.routers[task][li](stem)  # (B, E)
+                    g = cast(nn.ModuleList, self.routers[task])[li](stem)  # (B, E)
                     gates[task].append(g)
                     routed[task].append(mix(g, experts))
 
