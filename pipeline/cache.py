@@ -1,0 +1,58 @@
+"""A cache root as one object: its indexed datasets and its feature stores.
+
+``open_cache("./cache")`` (a path or an fsspec URL) is the entry point for Python users; the
+CLI commands are thin layers over the same functions. Nothing is read until asked for, and a
+cache is opened read-only: writing happens through :func:`sak.pipeline.extract` and
+``sak-cache index``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..manifests.errors import SakError
+from .data.datasets import Dataset, list_datasets, open_dataset
+from .store.feature_store import FEATURES_DIR, FeatureStore, list_stores, resolve_store
+
+
+@dataclass(frozen=True)
+class Cache:
+    """One cache root (``<cache>/datasets/*.parquet`` + ``<cache>/features/<store>/``)."""
+
+    root: str
+
+    def datasets(self) -> list[str]:
+        """Names of the indexed datasets, sorted."""
+        return list_datasets(self.root)
+
+    def dataset(self, name: str, *, root_override: str | os.PathLike[str] | None = None) -> Dataset:
+        """An indexed dataset; ``root_override`` points at its images when they moved."""
+        return open_dataset(self.root, name, root_override=root_override)
+
+    def stores(self) -> list[FeatureStore]:
+        """Every feature store of the cache, sorted by name."""
+        return list_stores(self.root)
+
+    def store(self, ref: str) -> FeatureStore:
+        """A store by full name, unique name prefix or teacher name (read-only)."""
+        return resolve_store(ref, self.root)
+
+    def __str__(self) -> str:
+        return self.root
+
+
+def open_cache(root: str | os.PathLike[str]) -> Cache:
+    """Open a cache root (a local folder or an fsspec URL such as ``s3://bucket/cache``).
+
+    Raises :class:`SakError` when the folder exists but holds neither datasets nor stores
+    (probably a mistyped path); an absent folder is refused the same way.
+    """
+    cache = Cache(os.fspath(root))
+    if not cache.datasets() and not cache.stores():
+        raise SakError(
+            f"{cache.root} holds no indexed dataset (datasets/*.parquet) and no feature store ({FEATURES_DIR}/*/spec.json). "
+            "Check the path, or make one: sak-cache index <images> --cache "
+            f"{cache.root}, then sak-cache extract -t <teacher> --cache {cache.root}"
+        )
+    return cache
