@@ -5,7 +5,7 @@ module itself never imports an adapter. This is the only table of teacher names 
 everything else (``sak-train describe``, store lookup, online teachers) asks the registry.
 
 The paper records are timm's facts for each tag (checked against timm's model config on the
-meta device in ``tests/pipeline/teachers/test_info.py``). Alias targets are part of every
+meta device in ``tests/pipeline/teachers/test_teacher_info.py``). Alias targets are part of every
 store name (the spec hashes the full name): changing one is a format decision, not a cleanup.
 """
 
