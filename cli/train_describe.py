@@ -33,13 +33,13 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def describe(
         backbone: str = typer.Option("vit_base_patch16_384", help="timm ViT used as the stem (TAS)."),
-        teachers: str = typer.Option("dinov2,sam,clip", help="Comma-separated teacher names (one adapter path each)."),
+        teachers: str = typer.Option("dinov2,sam,clip", help="Comma-separated teacher names or aliases (one adapter path each); widths come from the teacher registry."),
         tasks: str = typer.Option(
             "semseg,depth,normals,edge", help="Comma-separated tasks; 'name:channels' overrides the channel count."
         ),
         img_size: Optional[str] = typer.Option(None, "--img-size", help="HxW (e.g. 448x576); default: the backbone's."),
         teacher_widths: Optional[str] = typer.Option(
-            None, "--teacher-widths", help="Widths of teachers not in the built-in table: 'name=768,other=1024'."
+            None, "--teacher-widths", help="Widths of teachers the registry cannot describe (e.g. unregistered plugins): 'name=768,other=1024'."
         ),
         dataset: str = typer.Option("nyud", help="Dataset format for default class counts (nyud: 40, pascal: 21)."),
         aligner: str = typer.Option("auto", help="auto (Linear only if widths differ, official), linear, none."),

@@ -8,65 +8,14 @@ prefix (CLS/register) tokens shaped (B, p, C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...manifests.config import Config
 from ...manifests.errors import ConfigError
 
+from .info import TeacherInfo, default_layers
+from .preprocess import Preprocess
 
-@dataclass(frozen=True, kw_only=True)
-class Preprocess(Config):
-    """How an RGB uint8 image becomes the teacher's input tensor."""
-
-    resolution: tuple[int, int]  # (H, W)
-    resize: str = "squash"  # or "longest-pad" (SAM: longest side to max(resolution), zero-pad bottom/right)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    def __post_init__(self) -> None:
-        if self.resize not in ("squash", "longest-pad"):
-            raise ConfigError(f"resize must be 'squash' or 'longest-pad', got {self.resize!r}")
-
-    def __call__(self, rgb_hwc: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, H', W') float32, normalized."""
-        arr = np.ascontiguousarray(rgb_hwc)  # decoded images are often read-only views: copy those, never warn
-        x = (torch.from_numpy(arr) if arr.flags.writeable else torch.tensor(arr)).permute(2, 0, 1).float().div_(255.0)
-        return self.from_tensor(x)
-
-    def from_tensor(self, x_chw: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) float in [0, 1] -> (3, H', W') normalized teacher input."""
-        th, tw = self.resolution
-        h, w = x_chw.shape[-2:]
-        if self.resize == "squash":
-            if (h, w) != (th, tw):
-                x_chw = F.interpolate(x_chw[None], size=(th, tw), mode="bicubic", align_corners=False, antialias=True)[0]
-            x_chw = x_chw.clamp_(0.0, 1.0)
-        mean = torch.tensor(self.mean, dtype=x_chw.dtype).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x_chw.dtype).view(3, 1, 1)
-        if self.resize == "longest-pad":
-            side = max(th, tw)
-            scale = side / max(h, w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            x_chw = F.interpolate(x_chw[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-            x_chw = (x_chw.clamp_(0.0, 1.0) - mean) / std
-            out = torch.zeros(3, th, tw, dtype=x_chw.dtype)
-            out[:, : min(nh, th), : min(nw, tw)] = x_chw[:, :th, :tw]
-            return out
-        return (x_chw - mean) / std
-
-
-def default_layers(depth: int) -> tuple[int, ...]:
-    """SAK's distilled blocks: 4 evenly spaced, ending at the last block.
-
-    depth 12 (B/S) -> (2, 5, 8, 11); depth 24 (L) -> (5, 11, 17, 23); fewer than 4 blocks -> all.
-    """
-    if depth <= 4:
-        return tuple(range(depth))
-    return tuple(round(depth * (k + 1) / 4) - 1 for k in range(4))
+__all__ = ["Preprocess", "Teacher", "default_layers"]
 
 
 class Teacher(torch.nn.Module):
@@ -80,6 +29,19 @@ class Teacher(torch.nn.Module):
     num_prefix_tokens: int
     default_layers: tuple[int, ...]
     preprocess: Preprocess
+
+    @property
+    def info(self) -> TeacherInfo:
+        """This teacher's facts as the registry records them (``role`` empty): equal to ``teacher_info(name)`` at the native size."""
+        return TeacherInfo(
+            name=self.name,
+            width=self.width,
+            patch_size=self.patch_size,
+            depth=self.num_blocks,
+            default_layers=tuple(self.default_layers),
+            preprocess=self.preprocess,
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
 
     @property
     def grid(self) -> tuple[int, int]:

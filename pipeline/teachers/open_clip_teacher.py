@@ -21,8 +21,10 @@ import torch
 from ...manifests.errors import TeacherUnavailable
 
 from . import weights
-from .base import Preprocess, Teacher, default_layers
-from .registry import TeacherRequest, register_source
+from .base import Teacher
+from .info import TeacherInfo, default_layers
+from .preprocess import Preprocess
+from .source import TeacherRequest, TeacherSource
 from .weights import hub_failure, hub_mode, load_strict, random_init_id, read_state_dict, seeded
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,9 @@ def _parse(model_name: str) -> tuple[str, str | None]:
     return arch, (tag or None)
 
 
-@register_source("open_clip")
-def create_open_clip_teacher(model_name: str, request: TeacherRequest) -> Teacher:
-    import open_clip
+def _resolve(model_name: str) -> tuple[str, str, str | None, dict[str, Any], dict[str, Any]]:
+    """``arch[@tag]`` -> (arch, full name, tag, the tag's pretrained cfg, create_model keywords), or a clear refusal."""
+    import open_clip  # heavy optional dependency: imported only when an open_clip teacher is asked for
 
     arch, tag = _parse(model_name)
     model_cfg = open_clip.get_model_config(arch)
@@ -118,6 +120,40 @@ def create_open_clip_teacher(model_name: str, request: TeacherRequest) -> Teache
             )
     name = f"open_clip:{arch}@{tag}" if tag else f"open_clip:{arch}"
     kwargs: dict[str, Any] = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False))}
+    return arch, name, tag, tag_cfg, kwargs
+
+
+def _wrap(model: torch.nn.Module, *, name: str, weights_id: str, tag_cfg: dict[str, Any]) -> OpenClipTeacher:
+    """Wrap the image tower; squash-resize to its image size with the tag's mean/std (the tower's when untagged)."""
+    visual = model.visual
+    size = visual.image_size
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    pre = Preprocess(
+        resolution=(int(size[0]), int(size[1])),
+        resize="squash",
+        mean=tuple(float(v) for v in tag_cfg.get("mean") or visual.image_mean),
+        std=tuple(float(v) for v in tag_cfg.get("std") or visual.image_std),
+    )
+    return OpenClipTeacher(visual, name=name, weights_id=weights_id, preprocess=pre)
+
+
+def describe_open_clip_teacher(model_name: str) -> TeacherInfo:
+    """Metadata of ``open_clip:<model_name>`` from the model built on the meta device (no weights, no memory)."""
+    import open_clip
+
+    arch, name, _, tag_cfg, kwargs = _resolve(model_name)
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(arch, pretrained=None, device="meta", **kwargs)
+    except Exception as exc:
+        raise TeacherUnavailable(f"{name} cannot be described on the meta device ({type(exc).__name__}: {exc}).") from None
+    return _wrap(model, name=name, weights_id="meta", tag_cfg=tag_cfg).info
+
+
+def create_open_clip_teacher(model_name: str, request: TeacherRequest) -> Teacher:
+    import open_clip
+
+    arch, name, tag, tag_cfg, kwargs = _resolve(model_name)
     if request.resolution is not None:
         kwargs["force_image_size"] = request.resolution
 
@@ -142,17 +178,7 @@ def create_open_clip_teacher(model_name: str, request: TeacherRequest) -> Teache
         except Exception as exc:
             raise hub_failure(name, exc, online=online) from None
         weights_id = f"hub:{arch}@{tag}"
-
-    visual = model.visual
-    size = visual.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    pre = Preprocess(
-        resolution=(int(size[0]), int(size[1])),
-        resize="squash",
-        mean=tuple(float(v) for v in tag_cfg.get("mean") or visual.image_mean),
-        std=tuple(float(v) for v in tag_cfg.get("std") or visual.image_std),
-    )
-    return OpenClipTeacher(visual, name=name, weights_id=weights_id, preprocess=pre)
+    return _wrap(model, name=name, weights_id=weights_id, tag_cfg=tag_cfg)
 
 
 def _load_visual(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, what: str) -> None:
@@ -166,3 +192,6 @@ def _load_visual(model: torch.nn.Module, state: dict[str, torch.Tensor], *, sour
         resize_pos_embed(full, model)
         state["positional_embedding"] = full["visual.positional_embedding"]
     load_strict(model.visual, state, source=source, what=f"{what} image tower")
+
+
+SOURCE = TeacherSource(prefix="open_clip", build=create_open_clip_teacher, describe=describe_open_clip_teacher)

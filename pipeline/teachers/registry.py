@@ -1,85 +1,121 @@
-"""Teacher registry: source prefixes map to factories, aliases map to full names.
+"""Teacher registry: names and aliases -> :class:`~.info.TeacherInfo`, source prefixes -> builders.
 
 ``create_teacher("dinov2")`` -> ``timm:vit_base_patch14_dinov2.lvd142m``;
 ``create_teacher("open_clip:ViT-B-16@openai")``; ``create_teacher("test:tiny")``.
-Sources register themselves with :func:`register_source`.
+
+This module is the mechanism only; :mod:`.builtin` registers the built-in sources and
+teachers (imported by the package, so they exist whenever this module is usable). Two
+:class:`~sak.manifests.registry.Registry` objects, both open to plugins through entry points:
+
+- :data:`TEACHERS` (group ``sak.teachers``): a :class:`TeacherInfo` per registered name. A
+  key equal to ``info.name`` is the teacher itself; any other key is an alias of it (its
+  record carries the paper ``role``). A plugin entry point ``mylab-vit =
+  "mylab.sak:INFO"`` adds the teacher (or alias) ``mylab-vit``.
+- :data:`SOURCES` (group ``sak.teacher_sources``): a :class:`TeacherSource` per prefix, so
+  any ``<prefix>:<model>`` name builds and describes, registered or not.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import replace
+from typing import Mapping
 
-from ...manifests.config import Config
 from ...manifests.errors import ConfigError, TeacherUnavailable
+from ...manifests.registry import Registry
 
 from .base import Teacher
+from .info import TeacherInfo
+from .source import TeacherRequest, TeacherSource
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, kw_only=True)
-class TeacherRequest(Config):
-    """What the user asked for; resolved to a concrete :class:`Teacher` by its source factory."""
-
-    name: str  # full name "<source>:<model>", aliases already resolved
-    weights: str | None = None  # path to a .safetensors (or torch weights_only) file
-    random_init: bool = False
-    seed: int = 0
-    resolution: int | None = None  # override of the teacher's native input size (square)
+TEACHERS: Registry[TeacherInfo] = Registry("teacher", entry_point_group="sak.teachers")
+SOURCES: Registry[TeacherSource] = Registry("teacher source", entry_point_group="sak.teacher_sources")
 
 
-TeacherFactory = Callable[[str, TeacherRequest], Teacher]
-
-_SOURCES: dict[str, TeacherFactory] = {}
-
-#: The SAK paper's teachers and the layer indices it distills from.
-ALIASES: dict[str, str] = {
-    "dinov2": "timm:vit_base_patch14_dinov2.lvd142m",
-    "dinov2-l": "timm:vit_large_patch14_dinov2.lvd142m",
-    "sam": "timm:samvit_base_patch16.sa1b",
-    "sam-l": "timm:samvit_large_patch16.sa1b",
-    # OpenAI CLIP was trained with QuickGELU: timm's *_clip_quickgelu_* variants load the same
-    # weights with the right activation (the plain *_clip_* ones use GELU). There is no
-    # vit_base_patch16_clip_384.openai tag in timm; pass --resolution for a larger input.
-    "clip": "timm:vit_base_patch16_clip_quickgelu_224.openai",
-    "clip-l": "timm:vit_large_patch14_clip_quickgelu_336.openai",
-}
+def register_source(source: TeacherSource) -> TeacherSource:
+    """Make ``<source.prefix>:<model>`` names buildable and describable."""
+    return SOURCES.register(source.prefix, source)
 
 
-def register_source(prefix: str) -> Callable[[TeacherFactory], TeacherFactory]:
-    """Decorator: ``@register_source("timm")`` makes ``timm:<arch>`` names resolvable."""
+def register_teacher(info: TeacherInfo, aliases: Mapping[str, str] | None = None) -> TeacherInfo:
+    """Register ``info`` under its full name and under each alias (alias -> its paper role)."""
+    aliases = dict(aliases or {})
+    for alias in aliases:
+        if ":" in alias:
+            raise ConfigError(f"alias {alias!r} of {info.name} must not contain ':' (that marks a full <source>:<model> name)")
+    TEACHERS.register(info.name, replace(info, role="") if info.role else info)  # the same object again is fine
+    for alias, role in aliases.items():
+        TEACHERS.register(alias, replace(info, role=role))
+    return info
 
-    def deco(fn: TeacherFactory) -> TeacherFactory:
-        _SOURCES[prefix] = fn
-        return fn
 
-    return deco
+def _registered(name: str) -> TeacherInfo | None:
+    if name not in TEACHERS:
+        return None
+    info = TEACHERS.get(name)
+    if not isinstance(info, TeacherInfo):
+        raise ConfigError(
+            f"teacher {name!r} is registered as a {type(info).__name__}, not a TeacherInfo; "
+            "fix the plugin's 'sak.teachers' entry point to name a TeacherInfo"
+        )
+    return info
+
+
+def aliases() -> dict[str, str]:
+    """Alias -> full name, in registration order (built-ins first)."""
+    return {key: info.name for key, info in TEACHERS.items() if key != info.name}
+
+
+def list_teachers() -> dict[str, TeacherInfo]:
+    """Every registered name (full names and aliases) with its metadata, for --help and `sak-cache teachers`."""
+    return dict(TEACHERS.items())
+
+
+def list_sources() -> tuple[str, ...]:
+    """Registered source prefixes: any ``<prefix>:<model>`` name may be asked for."""
+    return SOURCES.names()
 
 
 def resolve_name(name: str) -> str:
     """Alias -> full ``source:model`` name; full names pass through."""
-    full = ALIASES.get(name, name)
-    if ":" not in full:
+    info = _registered(name)
+    if info is not None:
+        return info.name
+    if ":" not in name:
         raise TeacherUnavailable(
-            f"unknown teacher {name!r}. Use an alias ({', '.join(sorted(ALIASES))}), "
+            f"unknown teacher {name!r}. Use an alias ({', '.join(sorted(aliases()))}), "
             "or a full name like timm:vit_base_patch14_dinov2.lvd142m, open_clip:ViT-B-16@openai or test:tiny."
         )
-    return full
+    return name
 
 
-def list_teachers() -> dict[str, str]:
-    """Aliases and registered sources, for --help and `sak-cache teachers`."""
-    _ensure_sources()
-    return {**ALIASES, **{f"{p}:<model>": "source" for p in sorted(_SOURCES)}}
+def _source(full: str, asked: str) -> tuple[TeacherSource, str]:
+    prefix, model = full.split(":", 1)
+    if prefix not in SOURCES:
+        raise TeacherUnavailable(f"unknown teacher source {prefix!r} in {asked!r}; known sources: {sorted(SOURCES.names())}")
+    return SOURCES.get(prefix), model
 
 
-def _ensure_sources() -> None:
-    # Importing the modules registers their sources; kept lazy so `import sak.pipeline` stays light.
-    from . import open_clip_teacher  # noqa: F401
-    from . import test_teacher
-    from . import timm_teacher
+def teacher_info(name: str) -> TeacherInfo:
+    """Metadata of teacher ``name`` without weights: the registered record, else its source's ``describe``."""
+    info = _registered(name)
+    if info is not None:
+        return info
+    source, model = _source(resolve_name(name), name)
+    return source.describe(model)
+
+
+def _check_against(info: TeacherInfo, teacher: Teacher, resolution: int | None) -> None:
+    """Warn when a built teacher contradicts its registered metadata (a wrong record misleads describe and lookups)."""
+    want = replace(info, role="")
+    if resolution is not None:
+        want = replace(want, preprocess=replace(want.preprocess, resolution=(resolution, resolution)))
+    got = teacher.info
+    if got != want:
+        diffs = [f"{k}: registered {v!r}, built {got.to_dict()[k]!r}" for k, v in want.to_dict().items() if got.to_dict()[k] != v]
+        log.warning("teacher %s does not match its registered metadata (%s); fix its TeacherInfo", info.name, "; ".join(diffs))
 
 
 def create_teacher(
@@ -95,14 +131,14 @@ def create_teacher(
         raise ConfigError("pass either --weights FILE or --random-init, not both")
     if resolution is not None and resolution <= 0:
         raise ConfigError(f"resolution must be a positive number of pixels, got {resolution}")
-    _ensure_sources()
+    info = _registered(name)
     full = resolve_name(name)
-    source, model = full.split(":", 1)
-    if source not in _SOURCES:
-        raise TeacherUnavailable(f"unknown teacher source {source!r} in {name!r}; known sources: {sorted(_SOURCES)}")
+    source, model = _source(full, name)
     request = TeacherRequest(name=full, weights=weights, random_init=random_init, seed=seed, resolution=resolution)
-    teacher = _SOURCES[source](model, request)
+    teacher = source.build(model, request)
     teacher.eval().requires_grad_(False)
+    if info is not None:
+        _check_against(info, teacher, resolution)
     if teacher.weights_id.startswith("random-init"):
         log.warning(
             "teacher %s uses RANDOM-INIT weights (%s): its features are not a foundation model's; "

@@ -23,8 +23,10 @@ import torch
 from ...manifests.errors import ConfigError, TeacherUnavailable
 
 from . import weights
-from .base import Preprocess, Teacher, default_layers
-from .registry import TeacherRequest, register_source
+from .base import Teacher
+from .info import TeacherInfo, default_layers
+from .preprocess import Preprocess
+from .source import TeacherRequest, TeacherSource
 from .weights import hub_failure, hub_mode, load_strict, random_init_id, read_state_dict, seeded
 
 log = logging.getLogger(__name__)
@@ -124,18 +126,43 @@ def wrap_timm_model(
     return TimmTeacher(model, name=name, weights_id=weights_id, preprocess=pre)
 
 
-@register_source("timm")
-def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
+def _resolve(model_name: str) -> tuple[str, str, Any]:
+    """``arch[.tag]`` -> (full ``arch.tag`` with timm's default tag filled in, ``timm:<full>``, pretrained cfg)."""
     import timm
 
-    arch, _, tag = model_name.partition(".")
+    arch = model_name.partition(".")[0]
     if not timm.is_model(arch):
         similar = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
         raise TeacherUnavailable(f"timm has no architecture {arch!r} (timm {timm.__version__}); similar: {similar}.")
     cfg = _pretrained_cfg(model_name)
     full = f"{arch}.{cfg.tag}" if cfg is not None and cfg.tag else arch
-    name = f"timm:{full}"
-    is_sam = arch.startswith("samvit")
+    return full, f"timm:{full}", cfg
+
+
+def _wrap_native(model: torch.nn.Module, *, name: str, weights_id: str, resolution: int | None) -> TimmTeacher:
+    """Wrap with timm's data config for this model: native input size (unless overridden), mean, std."""
+    from timm.data import resolve_data_config
+
+    data_cfg = resolve_data_config(model=model)
+    native = tuple(int(v) for v in data_cfg["input_size"][1:])
+    size = (resolution, resolution) if resolution is not None else native
+    return wrap_timm_model(model, name=name, weights_id=weights_id, resolution=size, mean=data_cfg["mean"], std=data_cfg["std"])
+
+
+def describe_timm_teacher(model_name: str) -> TeacherInfo:
+    """Metadata of ``timm:<model_name>`` from the architecture built on the meta device (no weights, no memory)."""
+    full, name, _ = _resolve(model_name)
+    try:
+        with torch.device("meta"):
+            model = _create_model(full, pretrained=False, num_classes=0)
+    except Exception as exc:
+        raise TeacherUnavailable(f"{name} cannot be described on the meta device ({type(exc).__name__}: {exc}).") from None
+    return _wrap_native(model, name=name, weights_id="meta", resolution=None).info
+
+
+def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
+    full, name, cfg = _resolve(model_name)
+    is_sam = full.startswith("samvit")
     kwargs: dict[str, Any] = {"num_classes": 0}
     if request.resolution is not None and not is_sam:
         kwargs["img_size"] = request.resolution
@@ -167,12 +194,7 @@ def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
         except Exception as exc:
             raise hub_failure(name, exc, online=online) from None
         weights_id = f"hub:{full}"
+    return _wrap_native(model, name=name, weights_id=weights_id, resolution=request.resolution)
 
-    from timm.data import resolve_data_config
 
-    data_cfg = resolve_data_config(model=model)
-    native = tuple(int(v) for v in data_cfg["input_size"][1:])
-    resolution = (request.resolution, request.resolution) if request.resolution is not None else native
-    return wrap_timm_model(
-        model, name=name, weights_id=weights_id, resolution=resolution, mean=data_cfg["mean"], std=data_cfg["std"]
-    )
+SOURCE = TeacherSource(prefix="timm", build=create_timm_teacher, describe=describe_timm_teacher)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
 from ...pipeline.data.images import decode_rgb
+from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 from .prefetch import BackgroundIterator, ordered_map
 from .sampler import Block, BlockShuffleSampler, Window, make_blocks
@@ -39,9 +40,6 @@ from . import views
 from .views import CLASS_TASKS
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ...manifests.errors import ConfigError, SpecMismatch, TeacherUnavailable
+from ...pipeline.teachers import create_teacher
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def _weights_for(store: Any, key: str, weights: Mapping[str, str]) -> str | None
 
 def teacher_for_store(store: Any, key: str, weights: Mapping[str, str] | None = None) -> Any:
     """Build the teacher a store was extracted with, or say exactly what is missing."""
-    from ...pipeline.teachers.registry import create_teacher
-
     spec = store.spec
     h, w = spec.resolution
     if h != w:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ...manifests.errors import DatasetError, SakError, SpecMismatch
 from ...manifests.schemas import STATUS_OK
+from ...pipeline.teachers import aliases
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ class Coverage:
 
 def base_key(spec: Any) -> str:
     """A short, module-name-safe teacher name: the registry alias when there is one (``dinov2``)."""
-    from ...pipeline.teachers.registry import ALIASES
-
-    for alias, full in ALIASES.items():
+    for alias, full in aliases().items():
         if full == spec.teacher:
             return alias
     return re.sub(r"[^A-Za-z0-9_]", "_", spec.teacher.split(":", 1)[-1])
@@ -120,7 +119,6 @@ def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str
     ``@RES`` to pick the store of that input resolution (``dinov2@448``).
     """
     from ...pipeline.store.feature_store import list_stores
-    from ...pipeline.teachers.registry import ALIASES
 
     stores = list_stores(cache)
     if not stores:
@@ -143,7 +141,7 @@ def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str
     chosen = []
     for ref in refs:
         name, _, res = ref.partition("@")
-        full = ALIASES.get(name, name)
+        full = aliases().get(name, name)
         hits = [s for s in stores if s.name == name] or [
             s for s in stores if s.name.startswith(name) or s.spec.teacher in (name, full) or base_key(s.spec) == name
         ]

@@ -21,22 +21,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ...manifests.errors import ConfigError
+from ...manifests.errors import ConfigError, SakError
+from ...pipeline.teachers import list_teachers, teacher_info
 
 from .config import StudentConfig, TaskSpec, TeacherTarget, parse_img_size
-
-#: Channel widths of the teacher aliases (and the tiny test teachers), so describing a
-#: student needs no teacher download. Other names: pass ``teacher_widths``.
-TEACHER_WIDTHS: dict[str, int] = {
-    "dinov2": 768,
-    "sam": 768,
-    "clip": 768,
-    "dinov2-l": 1024,
-    "sam-l": 1024,
-    "clip-l": 1024,
-    "test:tiny": 32,
-    "test:tiny2": 48,
-}
 
 _GROUPS = ("backbone", "adapters", "norms", "routers", "heads", "aligners")
 
@@ -100,25 +88,16 @@ def count_parameters(model: nn.Module) -> ParamCounts:
 
 
 def teacher_width(name: str, overrides: Mapping[str, int] | None = None) -> int:
-    """Width of teacher ``name``: ``overrides``, then :data:`TEACHER_WIDTHS`, then a timm name on the meta device."""
+    """Width of teacher ``name``: ``overrides``, then the teacher registry (no weights, no download)."""
     if overrides and name in overrides:
         return int(overrides[name])
-    if name in TEACHER_WIDTHS:
-        return TEACHER_WIDTHS[name]
-    if name.startswith("timm:"):
-        import timm
-
-        try:
-            with torch.device("meta"):
-                model = timm.create_model(name.split(":", 1)[1].split(".")[0], pretrained=False, num_classes=0)
-        except RuntimeError:
-            pass
-        else:
-            return int(getattr(model, "embed_dim", model.num_features))
-    raise ConfigError(
-        f"unknown width for teacher {name!r}; pass it, e.g. --teacher-widths '{name}=768' "
-        f"(known: {', '.join(sorted(TEACHER_WIDTHS))})"
-    )
+    try:
+        return teacher_info(name).width
+    except SakError as exc:
+        raise ConfigError(
+            f"unknown width for teacher {name!r} ({exc}); pass it, e.g. --teacher-widths '{name}=768' "
+            f"(registered: {', '.join(sorted(list_teachers()))})"
+        ) from None
 
 
 def parse_tasks(tasks: Sequence[str], dataset: str = "nyud") -> tuple[TaskSpec, ...]:
