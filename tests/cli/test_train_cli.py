@@ -54,9 +54,10 @@ def test_plain_sak_train_uses_the_defaults(demo_cache, tmp_path) -> None:
     res = runner.invoke(train_app, ["--cache", str(cache), "--iters", "1", "--out", str(run), "--device", "cpu"])
     _ok(res)
     record = json.loads((run / "config.json").read_text())
-    assert record["train"]["stage"] == "multitask" and record["train"]["dataset"] == "nyud"
-    assert record["train"]["teachers"] == [record["stores"][0]["name"]]
-    assert record["train"]["backbone"] == "vit_small_patch16_224" and record["train"]["img_size"] == [64, 80]
+    train = record["train"]
+    assert train["optim"]["stage"] == "multitask" and train["data"]["dataset"] == "nyud"
+    assert train["data"]["teachers"] == [record["stores"][0]["name"]]
+    assert train["model"]["backbone"] == "vit_small_patch16_224" and train["model"]["img_size"] == [64, 80]
 
 
 def test_refusals_exit_2_with_the_fix(demo_cache, tmp_path) -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
-from sak.student.train.checkpoint import load_checkpoint
+from sak.student.runs.checkpoint import load_checkpoint
 from sak.student.evaluate.evaluator import evaluate
-from sak.student.train.config import TrainConfig
+from sak.student.runs.config import TrainConfig
 from sak.student.train.trainer import fit
 
 from _caches import extract_store, indexed_cache
@@ -57,7 +57,8 @@ def test_run_dir_is_a_complete_record(trained) -> None:
     run = trained.run_dir
     record = json.loads((run / "config.json").read_text())
     cfg = TrainConfig.from_dict(record["train"])
-    assert (cfg.stage, cfg.dataset, cfg.img_size, cfg.schedule, cfg.grad_clip) == ("multitask", "nyud", (64, 80), "poly", 10.0)
+    assert (cfg.optim.stage, cfg.data.dataset, cfg.model.img_size, cfg.optim.schedule, cfg.optim.grad_clip) == (
+        "multitask", "nyud", (64, 80), "poly", 10.0)
     assert record["stores"][0]["key"] == "tiny" and record["student"]["teachers"][0]["width"] == 32
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["step_0.json", "step_24.json"]
     assert json.loads((run / "eval" / "step_24.json").read_text())["metrics"] == trained.metrics
@@ -108,7 +109,7 @@ def test_resume_continues_exactly(cache, tmp_path) -> None:
 def test_distill_stage_trains_only_the_distillation(cache, tmp_path) -> None:
     res = fit(_cfg(cache, tmp_path / "d", iters=2, stage="distill", lr=None, workers=0))
     cfg = TrainConfig.from_dict(json.loads((tmp_path / "d" / "config.json").read_text())["train"])
-    assert (cfg.lr, cfg.weight_decay, cfg.schedule, cfg.grad_clip) == (1e-3, 0.01, "cosine", 0.0)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule, cfg.optim.grad_clip) == (1e-3, 0.01, "cosine", 0.0)
     assert set(res.losses) == {"total", "distill", "distill/tiny"}
     assert res.losses["total"] == res.losses["distill"]
 
