@@ -18,7 +18,7 @@ def parse_hw(value: int | str | Sequence[int], what: str = "image size") -> tupl
         if isinstance(value, int):
             parts = [value]
         elif isinstance(value, str):
-            parts = [int(p) for p in value.lower().replace(",", "x").split("x") if p.strip()]
+            parts = [int(p) for p in value.lower().replace(",", "x").split("x")]
         else:
             parts = [int(p) for p in value]
     except (TypeError, ValueError):

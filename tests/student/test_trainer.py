@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sak.manifests.errors import ConfigError, SakError, SpecMismatch
 from sak.student.runs.checkpoint import load_checkpoint
 from sak.student.evaluate.evaluator import evaluate
 from sak.student.runs.config import TrainConfig
+from sak.student.train.setup import prepare
 from sak.student.train.trainer import fit
 
 from _caches import extract_store, indexed_cache
@@ -74,6 +76,28 @@ def test_run_dir_is_a_complete_record(trained) -> None:
     res = evaluate(run, step0=True)
     assert res["metrics"] == pytest.approx(trained.metrics, rel=1e-5)
     assert res["baseline"] == pytest.approx(trained.baseline, rel=1e-5)
+
+
+def test_a_run_dir_with_the_flat_config_of_older_versions_still_evaluates(trained, tmp_path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(trained.run_dir, old)
+    record = json.loads((old / "config.json").read_text())
+    record["train"] = TrainConfig.from_dict(record["train"]).to_flat()  # config.json as written before the sections
+    assert "iters" in record["train"] and "optim" not in record["train"]
+    (old / "config.json").write_text(json.dumps(record))
+    res = evaluate(old)
+    assert res["step"] == 24 and res["metrics"] == pytest.approx(trained.metrics, rel=1e-5)
+    assert res["baseline"] == trained.baseline  # read back from eval/step_0.json
+
+
+def test_init_starts_from_another_runs_last_weights(trained, cache, tmp_path) -> None:
+    want, _, _ = load_checkpoint(trained.run_dir / "ckpt")
+    for source in (trained.run_dir, trained.run_dir / "ckpt" / "last.safetensors"):
+        setup = prepare(_cfg(cache, tmp_path / "s2", iters=1, init=str(source)), device=torch.device("cpu"))
+        got = setup.model.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(SakError, match=r"--init .*nothing: no checkpoint at .*: pass a run dir or a .safetensors file"):
+        prepare(_cfg(cache, tmp_path / "s3", iters=1, init=str(tmp_path / "nothing")), device=torch.device("cpu"))
 
 
 def test_multitask_total_is_tasks_plus_alpha_distill(trained) -> None:
