@@ -15,12 +15,14 @@ from typing import Any, Callable
 
 import torch
 
+from ...pipeline.devices import resolve_device
+
 from ..data.cached import IMAGENET_MEAN, IMAGENET_STD, CachedTargets
 from ..data.views import CLASS_TASKS
 from ..model.export import dropped_gate_mass, export_submodel, routing_weights
 from ..model.io import save_student
 from ..runs.rundir import RunDir
-from ..runs.runtime import autocast, pick_device
+from ..runs.runtime import autocast
 from .metrics import metric_for_task
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def evaluate(
     ``baseline`` holds the untrained (step-0) student's metrics: recomputed when
     ``step0`` is true, else read from ``eval/step_0.json`` when the split is the run's val split.
     """
-    dev = pick_device(device)
+    dev = resolve_device(device)
     run = RunDir(run_dir)
     loaded = run.load(split)
     model, step = loaded.trained_model()
@@ -146,11 +148,11 @@ def export_run(
     """Export a one-task sub-model of a run's student (teachers whose mean gate > ``threshold``).
 
     Gates are averaged over up to ``max_images`` images of ``split``; the sub-model is
-    saved with ``student.checkpoint_io.save_student`` and evaluated next to the full model
+    saved with :func:`~sak.student.model.io.save_student` and evaluated next to the full model
     on the same images. Returns kept/dropped teachers, routing weights, dropped gate
     mass, both models' metrics for ``task`` and the file path.
     """
-    dev = pick_device(device)
+    dev = resolve_device(device)
     loaded = RunDir(run_dir).load(split)
     model, step = loaded.trained_model()
     model.to(dev)

@@ -22,16 +22,11 @@ from ...pipeline.devices import resolve_device
 _INITIALIZED_HERE = False
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu (the project's one resolver)."""
-    return resolve_device(device)
-
-
 def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
     global _INITIALIZED_HERE
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = pick_device(device)
+    dev = resolve_device(device)
     if world == 1:
         return 0, 1, dev
     if dev.type == "cuda":
