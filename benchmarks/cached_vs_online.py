@@ -48,20 +48,20 @@ def student_step_timer(run_setup: Any, batch: Any) -> Callable[[], float]:
     cfg, device, model = run_setup.cfg, run_setup.device, run_setup.model
     batch = batch.to(device)
     targets = run_setup.targets(batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr or 1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr or 1e-4)
     model.train()
-    amp = device.type == "cuda" and cfg.amp in ("auto", "bf16")
+    amp = device.type == "cuda" and cfg.runtime.amp in ("auto", "bf16")
 
     def step() -> float:
         sync(str(device))
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(batch.image)
-            loss, _ = compute_losses(out, batch, targets, stage=cfg.stage, alpha=cfg.alpha, stats=run_setup.stats)
+            loss, _ = compute_losses(out, batch, targets, stage=cfg.optim.stage, alpha=cfg.optim.alpha, stats=run_setup.stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         sync(str(device))
         return time.perf_counter() - t0
@@ -71,8 +71,8 @@ def student_step_timer(run_setup: Any, batch: Any) -> Callable[[], float]:
 
 def first_batch(run_setup: Any) -> Any:
     cfg = run_setup.cfg
-    sampler = run_setup.train.sampler(block_size=cfg.block_size, window=cfg.window, seed=cfg.seed)
-    loader = run_setup.train.batches(cfg.batch_size, sampler, workers=0)
+    sampler = run_setup.train.sampler(block_size=cfg.loader.block_size, window=cfg.loader.window, seed=cfg.runtime.seed)
+    loader = run_setup.train.batches(cfg.loader.batch_size, sampler, workers=0)
     try:
         return next(loader)
     finally:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sak.pipeline.extract.job import ExtractConfig, extract
     from sak.student.train.setup import prepare
-    from sak.student.train.config import TrainConfig
+    from sak.student.runs.config import TrainConfig
 
     device = args.device
     root = demo_dataset(args.workdir, cfg["images"], tuple(cfg["image_size"]))
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         parts = alternate({"teacher_forward": teacher_forward, "student_step": student_step}, cfg["part_rounds"], 1)
         n_train = len(cached_setup.train)
-        bench.detail("setup", {**cfg, "train_samples": n_train, "stage": cached_setup.cfg.stage,
+        bench.detail("setup", {**cfg, "train_samples": n_train, "stage": cached_setup.cfg.optim.stage,
                                "torch_threads": torch.get_num_threads()})
         del cached_setup, online_setup, student_step, online_batch
 

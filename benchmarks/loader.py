@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sak.pipeline.data.datasets import open_dataset
     from sak.student.data.cached import CachedTargets
     from sak.student.train.setup import prepare
-    from sak.student.train.config import TrainConfig
+    from sak.student.runs.config import TrainConfig
 
     from .cached_vs_online import first_batch, student_step_timer
 

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, exit_code_for, friendly_errors, out, parse_int_list
+from .common import console, exit_code_for, friendly_errors, out, parse_hw_option, parse_int_list
 
 MAX_LISTED_FAILURES = 10
 
@@ -37,16 +37,6 @@ def _summary(report) -> Table:
             f"{t.images_per_s:,.1f}", f"{t.write_mb_per_s:,.1f}", f"{busy:.0%}", str(t.store),
         )
     return table
-
-
-def _parse_hw(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"--aug-crop must look like 448x576 (height x width), got {text!r}") from None
-    return h, w
 
 
 def extract(
@@ -92,7 +82,7 @@ def extract(
     cfg = ExtractConfig(
         cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
-        resolution=resolution, dtype=dtype, views=views, aug=aug, aug_crop=_parse_hw(aug_crop), keep_prefix=keep_prefix, batch_size=batch_size,
+        resolution=resolution, dtype=dtype, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
         device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
         retry_failed=retry_failed, segment_size=segment_size,
     )

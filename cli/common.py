@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..manifests.errors import SakError
+from ..manifests.errors import ConfigError, SakError
+from ..manifests.sizes import parse_hw
 
 console = Console(stderr=True)
 out = Console()
@@ -63,6 +64,16 @@ def parse_str_list(text: str | None) -> tuple[str, ...] | None:
     if text is None or text == "":
         return None
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def parse_hw_option(text: str | None, option: str) -> tuple[int, int] | None:
+    """Parse an ``HxW`` option ('448x576', or '512' for a square) with the project's one parser; empty -> None."""
+    if text is None or text == "":
+        return None
+    try:
+        return parse_hw(text, option)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def exit_code_for(failed: int) -> int:

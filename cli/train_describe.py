@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import friendly_errors, out, parse_str_list
+from ..student.model.params import describe_student
+from .common import friendly_errors, out, parse_hw_option, parse_str_list
 
 
 def _parse_widths(text: str | None) -> dict[str, int]:
@@ -46,13 +47,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of a table."),
     ) -> None:
         """Count the student's parameters by part: backbone, adapters, routers, heads, aligners."""
-        from ..student.model.params import describe_student
-
         counts = describe_student(
             backbone,
             parse_str_list(teachers) or (),
             parse_str_list(tasks) or (),
-            img_size=img_size,
+            img_size=parse_hw_option(img_size, "--img-size"),
             teacher_widths=_parse_widths(teacher_widths),
             dataset=dataset,
             aligner=aligner,

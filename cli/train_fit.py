@@ -12,17 +12,12 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import console, friendly_errors, out, parse_int_list, parse_str_list, setup_logging
+from ..student.evaluate.evaluator import evaluate, export_run
+from ..student.runs.config import TrainConfig, field_default as D  # option defaults are the config's
+from ..student.train.trainer import fit
+from .common import console, friendly_errors, out, parse_hw_option, parse_int_list, parse_str_list, setup_logging
 
 HIGHER_IS_BETTER = ("mIoU", "pixAcc", "odsF", "oisF", "maxF", "within")
-
-
-def _parse_hw(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    from ..student.model.config import parse_img_size
-
-    return parse_img_size(text)
 
 
 class LiveView:
@@ -78,14 +73,12 @@ def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, 
     return table
 
 
-def _run_fit(cfg: Any, resume: bool) -> None:
-    from ..student.train.trainer import fit
-
+def _run_fit(cfg: TrainConfig, resume: bool) -> None:
     main = int(os.environ.get("RANK", "0")) == 0
     if not main:
         fit(cfg, resume=resume)
         return
-    view = LiveView(cfg.iters)
+    view = LiveView(cfg.optim.iters)
     with Live(view, console=console, refresh_per_second=4, transient=False):
         result = fit(cfg, view, resume=resume)
     console.line()
@@ -102,9 +95,9 @@ def register(app: typer.Typer) -> None:
     def default(
         ctx: typer.Context,
         cache: Optional[str] = typer.Option(None, "--cache", "-c", help="Cache root (directory or fsspec URL such as s3://bucket/cache): train with defaults (fit) from it."),
-        iters: int = typer.Option(1000, "--iters", min=1, help="Training steps for the default fit."),
-        out_dir: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<UTC time>)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        iters: int = typer.Option(D("iters"), "--iters", min=1, help="Training steps for the default fit."),
+        out_dir: Optional[Path] = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
+        device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
         """With --cache and no command: fit with defaults (the cache's only dataset, every teacher store that
@@ -115,8 +108,6 @@ def register(app: typer.Typer) -> None:
         if cache is None:
             console.print(ctx.get_help())
             raise typer.Exit(0)
-        from ..student.train.config import TrainConfig
-
         friendly_errors(_run_fit)(TrainConfig(cache=str(cache), iters=iters, device=device,
                                               out=str(out_dir) if out_dir else None), False)
 
@@ -124,37 +115,37 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def fit_cmd(
         cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root with datasets/ and features/: a directory or an fsspec URL (s3://bucket/cache); opened read-only."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
+        dataset: Optional[str] = typer.Option(D("dataset"), "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
         teachers: Optional[str] = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
-        backbone: str = typer.Option("vit_small_patch16_224", "--backbone", help="timm ViT of the student."),
+        backbone: str = typer.Option(D("backbone"), "--backbone", help="timm ViT of the student."),
         img_size: Optional[str] = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
         levels: Optional[str] = typer.Option(None, "--levels", help="Student feature levels (block indices), e.g. 2,5,8,11."),
-        stage: str = typer.Option("auto", "--stage", help="distill (paper stage 1: distillation only) | multitask (stage 2: tasks + alpha * distill) | auto."),
-        iters: int = typer.Option(1000, "--iters", min=1, help="Training steps."),
-        batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Samples per step (per rank)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: distill 1e-3, multitask 2e-5)."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default: distill 0.01, multitask 1e-6)."),
-        warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default: distill 5%, multitask 0)."),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
-        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
-        alpha: float = typer.Option(1.0, "--alpha", help="Weight of the distillation loss in the multitask stage."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the init, the sampler and the gate noise."),
-        out_dir: Optional[Path] = typer.Option(None, "--out", help="Run dir (default runs/<UTC time>)."),
+        stage: str = typer.Option(D("stage"), "--stage", help="distill (paper stage 1: distillation only) | multitask (stage 2: tasks + alpha * distill) | auto."),
+        iters: int = typer.Option(D("iters"), "--iters", min=1, help="Training steps."),
+        batch_size: int = typer.Option(D("batch_size"), "--batch-size", "-b", min=1, help="Samples per step (per rank)."),
+        lr: Optional[float] = typer.Option(D("lr"), "--lr", help="Peak learning rate (default: distill 1e-3, multitask 2e-5)."),
+        weight_decay: Optional[float] = typer.Option(D("weight_decay"), "--weight-decay", help="AdamW weight decay (default: distill 0.01, multitask 1e-6)."),
+        warmup: Optional[int] = typer.Option(D("warmup"), "--warmup", help="Warmup steps (default: distill 5%, multitask 0)."),
+        schedule: Optional[str] = typer.Option(D("schedule"), "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
+        grad_clip: Optional[float] = typer.Option(D("grad_clip"), "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
+        alpha: float = typer.Option(D("alpha"), "--alpha", help="Weight of the distillation loss in the multitask stage."),
+        seed: int = typer.Option(D("seed"), "--seed", help="Seed of the init, the sampler and the gate noise."),
+        out_dir: Optional[Path] = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its checkpoint stopped."),
-        init: Optional[Path] = typer.Option(None, "--init", help="Start from another run's weights (e.g. the distill stage)."),
-        online: bool = typer.Option(False, "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
+        init: Optional[Path] = typer.Option(D("init"), "--init", help="Start from another run's weights (e.g. the distill stage)."),
+        online: bool = typer.Option(D("online"), "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
         teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
-        aug: str = typer.Option("auto", "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
-        feature_flip: bool = typer.Option(False, "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
-        allow_missing: bool = typer.Option(False, "--allow-missing", help="Train on the covered samples when a store lacks some."),
-        eval_every: int = typer.Option(0, "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
-        eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="At most N val samples per evaluation."),
-        log_every: int = typer.Option(10, "--log-every", min=1, help="metrics.jsonl record every N steps."),
-        ckpt_every: int = typer.Option(100, "--ckpt-every", min=0, help="Checkpoint every N steps (and at the end)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
-        workers: int = typer.Option(4, "--workers", "-w", min=0, help="Reader/decoder threads (0: read in the training thread)."),
-        block_size: int = typer.Option(16, "--block-size", min=1, help="Rows per contiguous store read."),
-        amp: str = typer.Option("auto", "--amp", help="auto (bf16 autocast on cuda) | bf16 | off."),
+        aug: str = typer.Option(D("aug"), "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
+        feature_flip: bool = typer.Option(D("feature_flip"), "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
+        allow_missing: bool = typer.Option(D("allow_missing"), "--allow-missing", help="Train on the covered samples when a store lacks some."),
+        eval_every: int = typer.Option(D("eval_every"), "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
+        eval_samples: Optional[int] = typer.Option(D("eval_samples"), "--eval-samples", help="At most N val samples per evaluation."),
+        log_every: int = typer.Option(D("log_every"), "--log-every", min=1, help="metrics.jsonl record every N steps."),
+        ckpt_every: int = typer.Option(D("ckpt_every"), "--ckpt-every", min=0, help="Checkpoint every N steps (and at the end)."),
+        device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
+        workers: int = typer.Option(D("workers"), "--workers", "-w", min=0, help="Reader/decoder threads (0: read in the training thread)."),
+        block_size: int = typer.Option(D("block_size"), "--block-size", min=1, help="Rows per contiguous store read."),
+        amp: str = typer.Option(D("amp"), "--amp", help="auto (bf16 autocast on cuda) | bf16 | off."),
     ) -> None:
         """Train the SAK student from cached teacher targets.
 
@@ -169,12 +160,10 @@ def register(app: typer.Typer) -> None:
 
           sak-train fit --cache ./cache --backbone test_vit --iters 300 --batch-size 8 --lr 1e-3 --out runs/demo
         """
-        from ..student.train.config import TrainConfig
-
         student = {"levels": parse_int_list(levels, "--levels")} if levels else None
         cfg = TrainConfig(
             cache=str(cache), dataset=dataset, teachers=parse_str_list(teachers) or (), backbone=backbone,
-            img_size=_parse_hw(img_size), student=student, stage=stage, iters=iters, batch_size=batch_size, lr=lr,
+            img_size=parse_hw_option(img_size, "--img-size"), student=student, stage=stage, iters=iters, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, warmup=warmup, schedule=schedule, grad_clip=grad_clip, alpha=alpha, seed=seed,
             out=str(out_dir) if out_dir else None, init=str(init) if init else None, online=online,
             teacher_weights=parse_str_list(teacher_weights) or (), aug=aug, feature_flip=feature_flip,
@@ -193,8 +182,6 @@ def register(app: typer.Typer) -> None:
         max_samples: Optional[int] = typer.Option(None, "--max-samples", help="At most N samples."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
-        from ..student.evaluate.evaluator import evaluate
-
         res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples)
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
 
@@ -210,8 +197,6 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
     ) -> None:
         """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        from ..student.evaluate.evaluator import export_run
-
         res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
         table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
         table.add_column("expert")

@@ -28,25 +28,14 @@ from typing import Callable
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
 from ...manifests.schemas import STATUS_OK
-from ..data.datasets import (
-    index_dataset,
-    list_datasets,
-    open_dataset,
-    write_dataset_index,
-)
+from ...manifests.sizes import parse_hw
+from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
+from ..devices import resolve_device
 from ..store.feature_store import FeatureStore
 from ..store.spec import AUG_POLICIES, DTYPES, FeatureSpec
 from ..teachers import create_teacher
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
-from .segment import (
-    RunContext,
-    Sample,
-    SegmentResult,
-    SegmentTask,
-    resolve_device,
-    run_segment,
-    teacher_key,
-)
+from .segment import RunContext, Sample, SegmentResult, SegmentTask, run_segment, teacher_key
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +90,10 @@ class ExtractConfig(Config):
             raise ConfigError(f"aug must be one of {AUG_POLICIES}, got {self.aug!r}")
         if self.views < 1 or (self.aug == "none" and self.views != 1):
             raise ConfigError(f"--views {self.views}: K > 1 views need --aug sak (and K >= 1)")
-        if self.aug_crop is not None and (self.aug == "none" or len(self.aug_crop) != 2 or min(self.aug_crop) <= 0):
-            raise ConfigError(f"--aug-crop {self.aug_crop} needs --aug sak and a positive HxW size")
+        if self.aug_crop is not None:
+            if self.aug == "none":
+                raise ConfigError(f"--aug-crop {self.aug_crop} needs --aug sak and a positive HxW size")
+            object.__setattr__(self, "aug_crop", parse_hw(self.aug_crop, "--aug-crop"))
         for name in ("batch_size", "workers", "io_threads", "segment_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -235,7 +226,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
     when a dask cluster runs the tasks).
     """
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))  # a plain name travels to dask workers
     teachers, specs, stores = [], [], []
     for i, name in enumerate(cfg.teachers):  # fail on a bad teacher before touching any image
         weights = cfg.weights[i] if cfg.weights else None

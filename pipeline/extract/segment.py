@@ -100,16 +100,6 @@ class _Prepared:
     error: str | None = None
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SakError(f"device {device!r} asked for, but torch sees no CUDA GPU; pass --device cpu")
-    return device
-
-
 def _worker_device(device: str) -> str:
     """One GPU per dask worker process when several GPUs are visible."""
     idx = worker_index()

@@ -9,18 +9,21 @@ started from (same seed, same init), so the improvement is visible.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..train.checkpoint import load_checkpoint, write_json_atomic
-from ..data.cached import CachedTargets
-from ..train.setup import autocast
+from ...pipeline.devices import resolve_device
+
+from ..data.cached import IMAGENET_MEAN, IMAGENET_STD, CachedTargets
 from ..data.views import CLASS_TASKS
+from ..model.export import dropped_gate_mass, export_submodel, routing_weights
+from ..model.io import save_student
+from ..runs.rundir import RunDir
+from ..runs.runtime import autocast
+from .metrics import metric_for_task
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,6 @@ def evaluate_model(
     progress: Callable[..., None] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` over ``data`` (every item once, in order; at most ``max_samples``)."""
-    from .metrics import metric_for_task
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -67,13 +68,6 @@ def evaluate_model(
     return result
 
 
-def write_eval(run_dir: str | os.PathLike[str], step: int, metrics: dict[str, float], split: str = "val") -> dict[str, float]:
-    """Write ``eval/step_<step>.json`` atomically; returns ``metrics``."""
-    write_json_atomic(Path(run_dir) / "eval" / f"step_{step}.json", {"step": step, "split": split, "metrics": metrics})
-    log.info("eval step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
-    return metrics
-
-
 def evaluate(
     run_dir: str | os.PathLike[str],
     split: str = "val",
@@ -89,20 +83,17 @@ def evaluate(
     ``baseline`` holds the untrained (step-0) student's metrics: recomputed when
     ``step0`` is true, else read from ``eval/step_0.json`` when the split is the run's val split.
     """
-    from ..train.setup import load_run, pick_device
-
-    dev = pick_device(device)
-    loaded = load_run(run_dir, split=split)
-    weights, _, record = load_checkpoint(Path(run_dir) / "ckpt" / "last.safetensors")
-    bs = batch_size or loaded.cfg.batch_size
-    out: dict[str, Any] = {"step": int(record["step"]), "split": split}
+    dev = resolve_device(device)
+    run = RunDir(run_dir)
+    loaded = run.load(split)
+    model, step = loaded.trained_model()
+    bs = batch_size or loaded.cfg.loader.batch_size
+    out: dict[str, Any] = {"step": step, "split": split}
     if step0:
         fresh = loaded.build_model().to(dev)
         out["baseline"] = evaluate_model(fresh, loaded.data, batch_size=bs, device=dev, max_samples=max_samples)
-    elif split == loaded.cfg.val_split and (Path(run_dir) / "eval" / "step_0.json").exists():
-        out["baseline"] = json.loads((Path(run_dir) / "eval" / "step_0.json").read_text())["metrics"]
-    model = loaded.build_model()
-    model.load_state_dict(weights)
+    elif split == loaded.cfg.eval.val_split and run.has_eval(0):
+        out["baseline"] = run.read_eval(0)
     out["metrics"] = evaluate_model(model.to(dev), loaded.data, batch_size=bs, device=dev,
                                     max_samples=max_samples, progress=progress)
     return out
@@ -111,8 +102,6 @@ def evaluate(
 @torch.no_grad()
 def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device: torch.device | str = "cpu") -> list[dict]:
     """The first ``n`` samples of ``data`` as plot rows: image in [0, 1], labels and predictions as arrays."""
-    from ..data.cached import IMAGENET_MEAN, IMAGENET_STD
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -159,21 +148,15 @@ def export_run(
     """Export a one-task sub-model of a run's student (teachers whose mean gate > ``threshold``).
 
     Gates are averaged over up to ``max_images`` images of ``split``; the sub-model is
-    saved with ``student.checkpoint_io.save_student`` and evaluated next to the full model
+    saved with :func:`~sak.student.model.io.save_student` and evaluated next to the full model
     on the same images. Returns kept/dropped teachers, routing weights, dropped gate
     mass, both models' metrics for ``task`` and the file path.
     """
-    from ..model.io import save_student
-    from ..model.export import dropped_gate_mass, export_submodel, routing_weights
-    from ..train.setup import load_run, pick_device
-
-    dev = pick_device(device)
-    loaded = load_run(run_dir, split=split)
-    weights, _, record = load_checkpoint(Path(run_dir) / "ckpt" / "last.safetensors")
-    model = loaded.build_model()
-    model.load_state_dict(weights)
+    dev = resolve_device(device)
+    loaded = RunDir(run_dir).load(split)
+    model, step = loaded.trained_model()
     model.to(dev)
-    bs = batch_size or loaded.cfg.batch_size
+    bs = batch_size or loaded.cfg.loader.batch_size
     sampler = loaded.data.sampler(block_size=bs, window=1, shuffle=False)
     images, seen = [], 0
     with loaded.data.batches(bs, sampler, workers=0, drop_last_epoch=True) as loader:
@@ -190,7 +173,7 @@ def export_run(
     sub_metrics = evaluate_model(sub, one_task, batch_size=bs, device=dev, max_samples=max_images)
     names = loaded.student_cfg.teacher_names
     return {
-        "task": task, "step": int(record["step"]), "path": str(path), "threshold": threshold,
+        "task": task, "step": step, "path": str(path), "threshold": threshold,
         "kept": list(kept), "dropped": [n for n in names if n not in kept],
         "experts": list(loaded.student_cfg.expert_names), "routing": gates.mean(0).tolist(),
         "dropped_gate_mass": dropped_gate_mass(gates, kept, names),

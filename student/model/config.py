@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
+from ...manifests.sizes import parse_hw as parse_img_size  # the project's one HxW parser
 
 #: Feature levels (block indices) of the official SAK code, by backbone depth
 #: (``out_indices_cfg`` there: small/base 12 blocks, large 24, huge 32, giant 40).
@@ -207,21 +208,3 @@ def native_img_size(backbone: str) -> tuple[int, int]:
     m = re.search(r"_(\d{3,4})(?:\.|$)", backbone)
     side = int(m.group(1)) if m else 224
     return (side, side)
-
-
-def parse_img_size(value: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``448x576``, ``512``, 512 or (448, 576) -> (H, W)."""
-    try:
-        if isinstance(value, int):
-            return (value, value)
-        if isinstance(value, str):
-            parts = [int(p) for p in value.lower().replace(",", "x").split("x") if p.strip()]
-        else:
-            parts = [int(p) for p in value]
-    except ValueError:
-        raise ConfigError(f"image size {value!r} is not HxW or a single side, e.g. 448x576 or 512") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise ConfigError(f"image size {value!r} is not HxW or a single side, e.g. 448x576 or 512")
-    return (parts[0], parts[1])

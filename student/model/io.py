@@ -51,7 +51,7 @@ def read_student_config(path: str | os.PathLike[str]) -> StudentConfig:
     if CONFIG_KEY not in meta:
         raise StudentFileError(
             f"{path} has no '{CONFIG_KEY}' metadata, so it is not a sak student file "
-            "(training checkpoints are read with sak.student.train.checkpoint); save it with save_student"
+            "(training checkpoints are read with sak.student.runs.checkpoint); save it with save_student"
         )
     if meta.get(FORMAT_KEY) != FORMAT:
         raise StudentFileError(f"{path} has student format {meta.get(FORMAT_KEY)!r}; this sak reads {FORMAT!r}: upgrade sak")

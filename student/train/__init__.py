@@ -1,1 +1,1 @@
-"""Training: the run config, setup, losses, schedules, checkpoints and the training loop."""
+"""Training: setup, losses, schedules, the trainer's parts and the training loop (the run dir itself is in ``runs``)."""

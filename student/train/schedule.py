@@ -16,7 +16,7 @@ import math
 
 from ...manifests.errors import ConfigError
 
-SCHEDULES = ("cosine", "poly", "constant")
+from ..runs.config import SCHEDULES
 
 
 def lr_at(

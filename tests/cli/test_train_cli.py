@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import typer
 from typer.testing import CliRunner
 
+from sak.cli import train_fit
 from sak.cli.cache import app as cache_app
 from sak.cli.train import app as train_app
+from sak.student.runs.config import OWNER, TrainConfig, field_default
 
 runner = CliRunner()
 
@@ -54,9 +57,10 @@ def test_plain_sak_train_uses_the_defaults(demo_cache, tmp_path) -> None:
     res = runner.invoke(train_app, ["--cache", str(cache), "--iters", "1", "--out", str(run), "--device", "cpu"])
     _ok(res)
     record = json.loads((run / "config.json").read_text())
-    assert record["train"]["stage"] == "multitask" and record["train"]["dataset"] == "nyud"
-    assert record["train"]["teachers"] == [record["stores"][0]["name"]]
-    assert record["train"]["backbone"] == "vit_small_patch16_224" and record["train"]["img_size"] == [64, 80]
+    train = record["train"]
+    assert train["optim"]["stage"] == "multitask" and train["data"]["dataset"] == "nyud"
+    assert train["data"]["teachers"] == [record["stores"][0]["name"]]
+    assert train["model"]["backbone"] == "vit_small_patch16_224" and train["model"]["img_size"] == [64, 80]
 
 
 def test_refusals_exit_2_with_the_fix(demo_cache, tmp_path) -> None:
@@ -68,3 +72,37 @@ def test_refusals_exit_2_with_the_fix(demo_cache, tmp_path) -> None:
     assert res.exit_code == 2 and "no feature store for teacher 'dinov2'" in res.output
     res = runner.invoke(train_app, ["eval", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "is not a training run" in res.output
+
+
+#: fit options that are not a TrainConfig field of the same name, and what they set
+NOT_A_FIELD = {"out_dir": "out", "levels": "student", "resume": None}
+
+
+def _fit_options() -> dict[str, object]:
+    command = typer.main.get_command(train_app).commands["fit"]
+    return {p.name: p.default for p in command.params}
+
+
+def test_every_fit_option_is_a_config_field_with_the_same_default() -> None:
+    options = _fit_options()
+    assert len(options) >= 30
+    for name, default in options.items():
+        field = NOT_A_FIELD.get(name, name)
+        if field is None or name in ("cache", "teachers", "teacher_weights", "img_size", "levels"):
+            continue  # --resume is no field; --cache is required by the config; the rest are parsed from text
+        assert field in OWNER, f"--{name.replace('_', '-')} is not a TrainConfig field"
+        assert default == field_default(field), f"--{name.replace('_', '-')}: CLI {default!r} != config {field_default(field)!r}"
+
+
+def test_fit_without_options_builds_the_default_config(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(train_fit, "_run_fit", lambda cfg, resume: seen.append((cfg, resume)))
+    _ok(runner.invoke(train_app, ["fit"]))
+    _ok(runner.invoke(train_app, ["--cache", "somewhere"]))
+    assert seen == [(TrainConfig(cache="./cache"), False), (TrainConfig(cache="somewhere"), False)]
+    _ok(runner.invoke(train_app, ["fit", "--img-size", "448x576", "--levels", "1,3", "--teachers", "a,b", "--out", "r"]))
+    cfg = seen[-1][0]
+    assert (cfg.model.img_size, cfg.model.student, cfg.data.teachers, cfg.checkpoint.out) == (
+        (448, 576), {"levels": (1, 3)}, ("a", "b"), "r")
+    res = runner.invoke(train_app, ["fit", "--img-size", "448y576"])
+    assert res.exit_code == 2 and "is not HxW or a single side" in res.output

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from sak.pipeline.store.feature_store import FeatureStore
-from sak.student.train.config import TrainConfig
+from sak.student.runs.config import TrainConfig
 from sak.student.train.trainer import fit
 
 from sak.pipeline.data.datasets import index_dataset, write_dataset_index

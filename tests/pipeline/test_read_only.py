@@ -84,7 +84,7 @@ def guarded(monkeypatch):
 
 
 def test_training_from_a_read_only_cache_changes_nothing(demo_cache, tmp_path, guarded) -> None:
-    from sak.student.train.config import TrainConfig
+    from sak.student.runs.config import TrainConfig
     from sak.student.train.trainer import fit
 
     cache, _ = demo_cache

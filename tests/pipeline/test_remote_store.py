@@ -124,7 +124,7 @@ def forbid_s3_writes(monkeypatch) -> list[str]:
 def test_extract_to_s3_then_train_from_it(s3_bucket, demo_cache, demo_nyud, tmp_path, monkeypatch) -> None:
     """extract test:tiny into s3://.../cache, train a few steps from it read-only, features equal a local run."""
     from sak.pipeline.extract.job import ExtractConfig, extract
-    from sak.student.train.config import TrainConfig
+    from sak.student.runs.config import TrainConfig
     from sak.student.train.trainer import fit
 
     local_cache, _ = demo_cache

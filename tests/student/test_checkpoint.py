@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sak.student.train.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
+from sak.student.runs.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
 
 
 def _model_and_opt():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sak.student.train.config import TrainConfig
+from sak.student.runs.config import TrainConfig
 from sak.student.train.trainer import fit
 
 from _caches import extract_store, indexed_cache

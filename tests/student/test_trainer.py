@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
-from sak.student.train.checkpoint import load_checkpoint
+from sak.student.runs.checkpoint import load_checkpoint
 from sak.student.evaluate.evaluator import evaluate
-from sak.student.train.config import TrainConfig
+from sak.student.runs.config import TrainConfig
+from sak.student.train.setup import prepare
 from sak.student.train.trainer import fit
 
 from _caches import extract_store, indexed_cache
@@ -57,7 +59,8 @@ def test_run_dir_is_a_complete_record(trained) -> None:
     run = trained.run_dir
     record = json.loads((run / "config.json").read_text())
     cfg = TrainConfig.from_dict(record["train"])
-    assert (cfg.stage, cfg.dataset, cfg.img_size, cfg.schedule, cfg.grad_clip) == ("multitask", "nyud", (64, 80), "poly", 10.0)
+    assert (cfg.optim.stage, cfg.data.dataset, cfg.model.img_size, cfg.optim.schedule, cfg.optim.grad_clip) == (
+        "multitask", "nyud", (64, 80), "poly", 10.0)
     assert record["stores"][0]["key"] == "tiny" and record["student"]["teachers"][0]["width"] == 32
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["step_0.json", "step_24.json"]
     assert json.loads((run / "eval" / "step_24.json").read_text())["metrics"] == trained.metrics
@@ -73,6 +76,28 @@ def test_run_dir_is_a_complete_record(trained) -> None:
     res = evaluate(run, step0=True)
     assert res["metrics"] == pytest.approx(trained.metrics, rel=1e-5)
     assert res["baseline"] == pytest.approx(trained.baseline, rel=1e-5)
+
+
+def test_a_run_dir_with_the_flat_config_of_older_versions_still_evaluates(trained, tmp_path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(trained.run_dir, old)
+    record = json.loads((old / "config.json").read_text())
+    record["train"] = TrainConfig.from_dict(record["train"]).to_flat()  # config.json as written before the sections
+    assert "iters" in record["train"] and "optim" not in record["train"]
+    (old / "config.json").write_text(json.dumps(record))
+    res = evaluate(old)
+    assert res["step"] == 24 and res["metrics"] == pytest.approx(trained.metrics, rel=1e-5)
+    assert res["baseline"] == trained.baseline  # read back from eval/step_0.json
+
+
+def test_init_starts_from_another_runs_last_weights(trained, cache, tmp_path) -> None:
+    want, _, _ = load_checkpoint(trained.run_dir / "ckpt")
+    for source in (trained.run_dir, trained.run_dir / "ckpt" / "last.safetensors"):
+        setup = prepare(_cfg(cache, tmp_path / "s2", iters=1, init=str(source)), device=torch.device("cpu"))
+        got = setup.model.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(SakError, match=r"--init .*nothing: no checkpoint at .*: pass a run dir or a .safetensors file"):
+        prepare(_cfg(cache, tmp_path / "s3", iters=1, init=str(tmp_path / "nothing")), device=torch.device("cpu"))
 
 
 def test_multitask_total_is_tasks_plus_alpha_distill(trained) -> None:
@@ -108,7 +133,7 @@ def test_resume_continues_exactly(cache, tmp_path) -> None:
 def test_distill_stage_trains_only_the_distillation(cache, tmp_path) -> None:
     res = fit(_cfg(cache, tmp_path / "d", iters=2, stage="distill", lr=None, workers=0))
     cfg = TrainConfig.from_dict(json.loads((tmp_path / "d" / "config.json").read_text())["train"])
-    assert (cfg.lr, cfg.weight_decay, cfg.schedule, cfg.grad_clip) == (1e-3, 0.01, "cosine", 0.0)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule, cfg.optim.grad_clip) == (1e-3, 0.01, "cosine", 0.0)
     assert set(res.losses) == {"total", "distill", "distill/tiny"}
     assert res.losses["total"] == res.losses["distill"]
 

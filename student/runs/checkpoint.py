@@ -7,6 +7,9 @@ position, optimizer hyper-parameters, Python/NumPy RNG scalars, the config — i
 JSON stored in the safetensors metadata (key ``sak.checkpoint``), so the one file
 is self-consistent; ``ckpt/last.json`` is a readable copy of the same record.
 Both are written to a temporary file and moved into place with ``os.replace``.
+
+:func:`load_weights` is the one reader of a student's weights from a file: a training
+checkpoint (its ``model.*`` tensors) or a student file written by ``save_student``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +34,14 @@ FORMAT = 1
 
 class CheckpointError(SakError):
     """A checkpoint is missing, unreadable or from an incompatible run."""
+
+
+class Checkpoint(NamedTuple):
+    """What :func:`load_checkpoint` reads back."""
+
+    weights: dict[str, torch.Tensor]  # the model state dict
+    optimizer: dict[str, Any] | None  # the optimizer state dict, when it was saved
+    record: dict[str, Any]  # step, sampler position, config, ... plus the RNG states (rng, rng_tensors)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
@@ -116,30 +127,49 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
-    """Read a checkpoint: (model state dict, optimizer state dict or None, record incl. ``rng`` tensors/meta)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.safetensors"
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: train first (sak-train fit), or drop --resume")
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Every tensor of a safetensors file and its checkpoint record text (None when it has none)."""
     try:
         with safe_open(str(path), framework="pt") as fh:
             text = (fh.metadata() or {}).get(META_KEY)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc}); delete it and train again") from exc
+    return tensors, text
+
+
+def _model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The student state dict in a training checkpoint (``model.*``) or a student file (every tensor)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass a run dir or a .safetensors file")
+    tensors, _ = _read(path)
+    return _model_tensors(tensors) or tensors
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint: (model state dict, optimizer state dict or None, record incl. ``rng`` tensors/meta)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train first (sak-train fit), or drop --resume")
+    tensors, text = _read(path)
     if text is None:
         raise CheckpointError(f"{path}: has no '{META_KEY}' record; it was not written by sak-train")
     meta = json.loads(text)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')} is not supported (expected {FORMAT})")
-    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model = _model_tensors(tensors)
     optim = None
     if "optimizer" in meta:
         optim = _unflatten_optim({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
     meta["rng_tensors"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
-    return model, optim, meta
+    return Checkpoint(model, optim, meta)
 
 
 def restore_rng(meta: dict[str, Any]) -> None:

@@ -1,0 +1,296 @@
+"""TrainConfig: the experiment record of one `sak-train fit` run, in sections (saved in runs/NAME/config.json).
+
+Sections, torchtitan-style, each a frozen config with one docstring per field:
+``data`` (cache, dataset, teachers, splits, augmentation), ``model`` (student), ``optim``
+(stage, steps, learning rate), ``loader`` (batching and reader threads), ``eval``,
+``checkpoint`` (run dir and checkpoints) and ``runtime`` (seed, device, precision, logging).
+
+Every field name is unique across sections, so a run can also be written flat:
+``TrainConfig(cache="./cache", lr=1e-3)`` routes each name to its section, and
+:meth:`TrainConfig.from_dict` reads both the sectioned record and the flat one that run dirs
+written before the sections hold (config.json ``"train"``, checkpoint ``"config"``).
+
+Stage defaults follow the SAK paper:
+
+===========  =====  ======  ========  ======  =========
+stage        lr     wd      schedule  warmup  grad clip
+===========  =====  ======  ========  ======  =========
+distill      1e-3   0.01    cosine    5%      off
+multitask    2e-5   1e-6    poly 0.9  0       10
+===========  =====  ======  ========  ======  =========
+
+Fields left ``None`` are filled by :meth:`TrainConfig.resolved` so the saved
+config always states every number the run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from ...manifests.config import Config
+from ...manifests.errors import ConfigError
+from ...manifests.sizes import parse_hw
+
+STAGES = ("auto", "distill", "multitask")  # auto: multitask when the dataset has labels, else distill
+AUG_MODES = ("auto", "none")
+AMP_MODES = ("auto", "bf16", "off")
+SCHEDULES = ("cosine", "poly", "constant")
+
+STAGE_DEFAULTS: dict[str, dict[str, object]] = {
+    "distill": {"lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "warmup_frac": 0.05, "grad_clip": 0.0},
+    "multitask": {"lr": 2e-5, "weight_decay": 1e-6, "schedule": "poly", "warmup_frac": 0.0, "grad_clip": 10.0},
+}
+
+
+def _at_least(section: object, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        if getattr(section, name) < low:
+            raise ConfigError(f"{name} must be >= {low}, got {getattr(section, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(Config):
+    """Where the training samples and their teacher targets come from."""
+
+    cache: str
+    """Cache root with datasets/ and features/ (a directory or an fsspec URL); opened read-only."""
+    dataset: str | None = None
+    """Indexed dataset name; None: the cache's only dataset."""
+    teachers: tuple[str, ...] = ()
+    """Store names, teacher names or aliases; (): every store covering the dataset."""
+    train_split: str = "train"
+    """Split the student trains on."""
+    aug: str = "auto"
+    """auto: replay the stores' stored views (identity for aug=none stores); none: refuse augmented stores."""
+    feature_flip: bool = False
+    """APPROXIMATE: flip image, labels AND target maps (a ViT's features are not mirror-equivariant)."""
+    online: bool = False
+    """Run the teachers every step instead of reading the cache (the official SAK way)."""
+    teacher_weights: tuple[str, ...] = ()
+    """Online mode with "file:" stores: "<store or teacher>=<weights.safetensors>" items."""
+    standardize: bool = True
+    """Standardize teacher targets with the stores' per-channel stats when they have them."""
+    allow_missing: bool = False
+    """Train on the covered samples when a store lacks some (else refuse)."""
+
+    def __post_init__(self) -> None:
+        if self.aug not in AUG_MODES:
+            raise ConfigError(f"aug must be one of {AUG_MODES}, got {self.aug!r}")
+        for item in self.teacher_weights:
+            if "=" not in item:
+                raise ConfigError(f"teacher_weights entries look like 'dinov2=/path/w.safetensors', got {item!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(Config):
+    """The student to build, and the weights it starts from."""
+
+    backbone: str = "vit_small_patch16_224"
+    """timm ViT of the student."""
+    img_size: tuple[int, int] | None = None
+    """(H, W) student input; None: the stores' view size or the images' size (a patch multiple)."""
+    student: dict[str, object] | None = None
+    """Extra StudentConfig fields (levels, adapter_ratio, depth, ...)."""
+    init: str | None = None
+    """Start from the weights of another run (e.g. the distill stage): a run dir or a .safetensors file."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, str):  # "448x576"
+            object.__setattr__(self, "img_size", parse_hw(self.img_size, "img_size"))
+        if self.img_size is not None and (len(self.img_size) != 2 or min(self.img_size) < 1):
+            raise ConfigError(f"img_size must be (H, W) with positive sides, got {self.img_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig(Config):
+    """What is optimized, for how long, and with which learning rate (None: the stage's default)."""
+
+    stage: str = "auto"
+    """distill (paper stage 1) | multitask (stage 2: tasks + alpha * distill) | auto (multitask when labelled)."""
+    alpha: float = 1.0
+    """Weight of the distillation loss in the multitask stage."""
+    iters: int = 1000
+    """Training steps."""
+    lr: float | None = None
+    """Peak learning rate (default: distill 1e-3, multitask 2e-5)."""
+    weight_decay: float | None = None
+    """AdamW weight decay of the matrices (default: distill 0.01, multitask 1e-6); norms and biases get none."""
+    schedule: str | None = None
+    """cosine | poly | constant (default: distill cosine, multitask poly 0.9)."""
+    warmup: int | None = None
+    """Linear warmup steps (default: distill 5% of iters, multitask 0)."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine / poly decay."""
+    grad_clip: float | None = None
+    """Max gradient norm, 0 = off (default: distill off, multitask 10)."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _at_least(self, ("iters",), 1)
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+
+    def resolved(self) -> "OptimConfig":
+        """Fill the stage defaults (lr, weight decay, schedule, warmup, grad clip); the stage must be chosen."""
+        if self.stage not in STAGE_DEFAULTS:
+            raise ConfigError(f"choose the stage before resolving: 'distill' or 'multitask', got {self.stage!r}")
+        d = STAGE_DEFAULTS[self.stage]
+        return replace(
+            self,
+            lr=self.lr if self.lr is not None else float(d["lr"]),  # type: ignore[arg-type]
+            weight_decay=self.weight_decay if self.weight_decay is not None else float(d["weight_decay"]),  # type: ignore[arg-type]
+            schedule=self.schedule or str(d["schedule"]),
+            warmup=self.warmup if self.warmup is not None else int(round(self.iters * float(d["warmup_frac"]))),  # type: ignore[arg-type]
+            grad_clip=self.grad_clip if self.grad_clip is not None else float(d["grad_clip"]),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderConfig(Config):
+    """How batches are read: size, reader threads and the block shuffle."""
+
+    batch_size: int = 8
+    """Samples per step (per rank); also the evaluation batch."""
+    workers: int = 4
+    """Reader/decoder threads (0: read in the training thread)."""
+    prefetch: int = 4
+    """Batches collated ahead."""
+    block_size: int = 16
+    """Rows per contiguous store read."""
+    window: int = 4
+    """Blocks shuffled together."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, ("batch_size", "block_size", "window"), 1)
+        if self.workers < 0 or self.prefetch < 1:
+            raise ConfigError(f"workers must be >= 0 and prefetch >= 1, got {self.workers}, {self.prefetch}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(Config):
+    """When the student is scored on the val split."""
+
+    val_split: str | None = "val"
+    """Split scored at step 0, every eval_every steps and at the end; None: no evaluation."""
+    eval_every: int = 0
+    """Evaluate every N steps (0: at the start and the end only)."""
+    eval_samples: int | None = None
+    """At most N val samples per evaluation."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig(Config):
+    """Where the run is recorded and how often its state is saved."""
+
+    out: str | None = None
+    """Run dir; None: runs/<UTC timestamp>."""
+    ckpt_every: int = 100
+    """Checkpoint every N steps (0: only at the end)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig(Config):
+    """The process: seed, device, precision and how often the metrics are logged."""
+
+    seed: int = 0
+    """Seed of the init, the sampler and the gate noise."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."""
+    amp: str = "auto"
+    """auto (bf16 autocast on cuda) | bf16 | off; never on cpu."""
+    log_every: int = 10
+    """A metrics.jsonl record every N steps (and at the first and last step)."""
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        _at_least(self, ("log_every",), 1)
+
+
+SECTIONS: dict[str, type[Config]] = {
+    "data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "loader": LoaderConfig,
+    "eval": EvalConfig, "checkpoint": CheckpointConfig, "runtime": RuntimeConfig,
+}
+#: flat field name -> the section that owns it (field names are unique across sections)
+OWNER: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def field_default(name: str) -> Any:
+    """The default of a flat field (e.g. ``"iters"`` -> 1000): the CLI takes its defaults from here."""
+    f = next(f for f in dataclasses.fields(SECTIONS[OWNER[name]]) if f.name == name)  # type: ignore[arg-type]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ConfigError(f"{name} has no default: pass it")
+
+
+@dataclass(frozen=True, kw_only=True, init=False)
+class TrainConfig(Config):
+    """Everything that decides what a training run computes, in sections (see the module docstring).
+
+    Build it from sections, from flat field names, or both (a flat name overrides its section's field):
+    ``TrainConfig(cache="./cache", iters=100)`` equals
+    ``TrainConfig(data=DataConfig(cache="./cache"), optim=OptimConfig(iters=100))``.
+    """
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __init__(self, **given: Any) -> None:
+        unknown = sorted(set(given) - set(SECTIONS) - set(OWNER))
+        if unknown:
+            raise ConfigError(f"TrainConfig has no field(s) {unknown}; known fields: {sorted(OWNER)}")
+        for name, cls in SECTIONS.items():
+            section = given.get(name)
+            flat = {k: v for k, v in given.items() if OWNER.get(k) == name}
+            if isinstance(section, Mapping):
+                section = cls.from_dict({**section, **flat})
+            elif section is None:
+                if name == "data" and "cache" not in flat:
+                    raise ConfigError("TrainConfig needs the cache root: TrainConfig(cache='./cache', ...)")
+                section = cls(**flat)
+            elif flat:
+                section = replace(section, **flat)
+            object.__setattr__(self, name, section)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Read a sectioned record, or the flat one of run dirs written before the sections."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"TrainConfig: expected an object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SECTIONS) - set(OWNER))
+        if unknown:
+            raise ConfigError(f"TrainConfig has no field(s) {unknown}; known fields: {sorted(OWNER)}. "
+                              "The file was probably written by a newer version of sak: upgrade sak.")
+        grouped: dict[str, dict[str, Any]] = {name: dict(data.get(name) or {}) for name in SECTIONS}
+        for key, value in data.items():
+            if key in OWNER:
+                grouped[OWNER[key]][key] = value
+        return cls(**{name: SECTIONS[name].from_dict(values) for name, values in grouped.items()})
+
+    def get(self, name: str) -> Any:
+        """A field by its flat name (``cfg.get("iters") == cfg.optim.iters``)."""
+        if name not in OWNER:
+            raise ConfigError(f"TrainConfig has no field {name!r}; known fields: {sorted(OWNER)}")
+        return getattr(getattr(self, OWNER[name]), name)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The record as one flat dict of JSON values (the layout of run dirs before the sections)."""
+        return {k: v for section in SECTIONS for k, v in getattr(self, section).to_dict().items()}
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the stage defaults of ``optim``; the stage must be chosen."""
+        return replace(self, optim=self.optim.resolved())

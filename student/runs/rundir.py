@@ -1,0 +1,158 @@
+"""RunDir: the one owner of a training run's directory and everything in it.
+
+Layout of ``runs/NAME/``::
+
+    config.json               the experiment record: {"train", "student", "dataset", "stores", "coverage"}
+    ckpt/last.safetensors     weights, optimizer state and RNG states (+ ckpt/last.json, readable)
+    metrics.jsonl             one record per log step: step, lr, loss parts, throughput
+    eval/step_<k>.json        {"step", "split", "metrics"} of the evaluation after step k (0: untrained)
+    plots/<name>.png          loss curve, predictions
+    summary.json              what the finished run reported (RunResult)
+
+Training writes it (rank 0 only), ``sak-train eval`` / ``export`` and ``--init`` read it. Every
+weight read goes through :func:`load_weights` / :meth:`RunDir.load_checkpoint` (one format,
+one reader). Run dirs written before the config sections existed load unchanged
+(:meth:`TrainConfig.from_dict` reads their flat record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from ...manifests.errors import SakError
+from ...pipeline.data.datasets import open_dataset
+
+from ..data.cached import CachedTargets
+from ..model.config import StudentConfig
+from ..model.student import SAKStudent
+from .checkpoint import Checkpoint, load_checkpoint, load_weights as _load_file_weights, save_checkpoint, write_json_atomic
+from .config import TrainConfig
+from .runtime import seed_everything
+
+log = logging.getLogger(__name__)
+
+class RunDir:
+    """The files of one run; ``RunDir(path)`` touches nothing until a method reads or writes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    config_file = property(lambda self: self.path / "config.json")
+    ckpt_dir = property(lambda self: self.path / "ckpt")
+    checkpoint_file = property(lambda self: self.path / "ckpt" / "last.safetensors")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    eval_dir = property(lambda self: self.path / "eval")
+    plots_dir = property(lambda self: self.path / "plots")
+    summary_file = property(lambda self: self.path / "summary.json")
+
+    # -- the experiment record -------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when the folder holds a training run (its config.json)."""
+        return self.config_file.exists()
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        write_json_atomic(self.config_file, record)
+
+    def read_record(self) -> dict[str, Any]:
+        if not self.exists():
+            raise SakError(f"{self.path} is not a training run (no config.json); train one with sak-train fit")
+        return json.loads(self.config_file.read_text())
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.read_record()["train"])
+
+    def student_config(self) -> StudentConfig:
+        return StudentConfig.from_dict(self.read_record()["student"])
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, *, model: dict[str, torch.Tensor], optimizer: dict[str, Any] | None,
+                        record: dict[str, Any]) -> Path:
+        return save_checkpoint(self.ckpt_dir, model=model, optimizer=optimizer, record=record)
+
+    def load_checkpoint(self) -> Checkpoint:
+        """(weights, optimizer state or None, record with step, sampler, config and RNG states)."""
+        return load_checkpoint(self.checkpoint_file)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def open_metrics(self) -> IO[str]:
+        """metrics.jsonl opened for appending one JSON record per line."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return open(self.metrics_file, "a")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop the records after ``step`` (a resumed run logs them again)."""
+        if not self.metrics_file.exists():
+            return
+        keep = [line for line in self.metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        self.metrics_file.write_text("".join(line + "\n" for line in keep))
+
+    # -- evaluations, plots, summary -------------------------------------------------------------
+    def write_eval(self, step: int, metrics: dict[str, float], split: str = "val") -> dict[str, float]:
+        """Write ``eval/step_<step>.json`` atomically; returns ``metrics``."""
+        write_json_atomic(self.eval_dir / f"step_{step}.json", {"step": step, "split": split, "metrics": metrics})
+        log.info("eval step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+        return metrics
+
+    def read_eval(self, step: int) -> dict[str, float]:
+        """The metrics recorded after ``step``; {} when that evaluation was not written."""
+        path = self.eval_dir / f"step_{step}.json"
+        return json.loads(path.read_text())["metrics"] if path.exists() else {}
+
+    def has_eval(self, step: int) -> bool:
+        return (self.eval_dir / f"step_{step}.json").exists()
+
+    def plot_file(self, name: str) -> Path:
+        return self.plots_dir / f"{name}.png"
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.summary_file, {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()})
+
+    # -- rebuilding the run's student --------------------------------------------------------------
+    def load(self, split: str = "val") -> "LoadedRun":
+        """The run's configs and ``split`` of its dataset (in order, no augmentation), ready to evaluate."""
+        cfg = self.train_config()
+        scfg = self.student_config()
+        dataset = open_dataset(cfg.data.cache, cfg.data.dataset)
+        data = CachedTargets(dataset, (), split, tuple(cfg.model.img_size), tasks=scfg.task_names, seed=cfg.runtime.seed)
+        return LoadedRun(self, cfg, scfg, data)
+
+
+@dataclass
+class LoadedRun:
+    run: RunDir
+    cfg: TrainConfig
+    student_cfg: StudentConfig
+    data: CachedTargets
+
+    def build_model(self) -> SAKStudent:
+        """The student as the run built it at step 0 (same seed, same init)."""
+        seed_everything(self.cfg.runtime.seed)
+        return SAKStudent(self.student_cfg)
+
+    def trained_model(self) -> tuple[SAKStudent, int]:
+        """The student with the weights of the run's last checkpoint, and that checkpoint's step."""
+        ckpt = self.run.load_checkpoint()
+        model = self.build_model()
+        model.load_state_dict(ckpt.weights)
+        return model, int(ckpt.record["step"])
+
+
+def load_weights(source: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Student weights from a run dir (its last checkpoint), a training checkpoint or a student file."""
+    path = Path(source)
+    return _load_file_weights(RunDir(path).checkpoint_file if path.is_dir() else path)

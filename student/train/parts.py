@@ -1,0 +1,144 @@
+"""The parts a :func:`~sak.student.train.trainer.fit` loop is assembled from (torchtitan-style).
+
+* :func:`build_optimizer`: AdamW, weight decay on matrices only;
+* :func:`build_loader`: this rank's sampler and batch iterator, from a sampler position;
+* :class:`Checkpointer`: restores a resumed run, saves every ``ckpt_every`` steps and at the end;
+* :class:`MetricsLogger`: throughput accounting and ``metrics.jsonl`` records;
+* :class:`PeriodicEvaluator`: the val metrics at step 0, every ``eval_every`` steps and at the end;
+* :func:`write_plots`: the loss curve and a few predictions.
+
+Only rank 0 writes to the run dir; the other ranks get parts that do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import IO, Any, Iterator
+
+import torch
+
+from ..data.cached import Batch
+from ..evaluate.evaluator import evaluate_model, predictions
+from ..evaluate.plots import loss_plot, predictions_plot
+from ..runs.checkpoint import Checkpoint, restore_rng
+from ..runs.config import OptimConfig, TrainConfig
+from ..runs.rundir import RunDir
+from .setup import RunSetup
+
+log = logging.getLogger(__name__)
+
+Position = tuple[int, int]  # (sampler epoch, offset)
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW with ``weight_decay`` on matrices and none on norms and biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)
+
+
+def build_loader(setup: RunSetup, *, rank: int, world: int, start: Position) -> Iterator[Batch]:
+    """This rank's training batches from sampler position ``start`` (close() it when done)."""
+    cfg = setup.cfg
+    loader = cfg.loader
+    sampler = setup.train.sampler(block_size=loader.block_size, window=loader.window, seed=cfg.runtime.seed,
+                                  rank=rank, world=world)
+    return setup.train.batches(loader.batch_size, sampler, start=start, workers=loader.workers,
+                               prefetch=loader.prefetch, pin_memory=setup.device.type == "cuda")
+
+
+class Checkpointer:
+    """Saves the model, optimizer, RNG and sampler position to the run dir; puts them back on resume."""
+
+    def __init__(self, run: RunDir, cfg: TrainConfig, student: dict[str, Any], *, main: bool) -> None:
+        self.run, self.cfg, self.student, self.main = run, cfg, student, main
+
+    def restore(self, ckpt: Checkpoint, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, Position]:
+        """Load a checkpoint into ``model`` and ``opt``, restore the RNGs; returns (step, sampler position)."""
+        model.load_state_dict(ckpt.weights)
+        opt.load_state_dict(ckpt.optimizer)
+        step, position = int(ckpt.record["step"]), tuple(ckpt.record["sampler"])
+        restore_rng(ckpt.record)
+        if self.main:
+            self.run.truncate_metrics(step)  # the records after the checkpoint are logged again
+        log.info("resumed %s at step %d (sampler epoch %d, offset %d)", self.run.path, step, *position)
+        return step, position  # type: ignore[return-value]
+
+    def maybe_save(self, step: int, position: Position, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        every, last = self.cfg.checkpoint.ckpt_every, self.cfg.optim.iters
+        if self.main and (step == last or (every and step % every == 0)):
+            self.run.save_checkpoint(model=model.state_dict(), optimizer=opt.state_dict(),
+                                     record={"step": step, "sampler": list(position), "config": self.cfg.to_dict(),
+                                             "student": self.student})
+
+
+class MetricsLogger:
+    """Training time and data wait per step; a metrics.jsonl record every ``log_every`` steps (rank 0)."""
+
+    FIELDS = ("step", "lr", "losses", "samples_per_s", "s_per_step", "data_wait")
+
+    def __init__(self, run: RunDir, cfg: TrainConfig, *, first_step: int, world: int, main: bool) -> None:
+        self.every, self.total = cfg.runtime.log_every, cfg.optim.iters
+        self.samples_per_step = cfg.loader.batch_size * world
+        self.first_step, self.busy, self.wait = first_step, 0.0, 0.0
+        self.file: IO[str] | None = run.open_metrics() if main else None
+
+    def record(self, step: int, lr: float, losses: dict[str, float], *, data_s: float, step_s: float) -> dict[str, Any]:
+        """Account one step (evaluation and checkpoints are not training time); returns the progress info."""
+        self.wait += data_s
+        self.busy += step_s
+        done = step - self.first_step
+        info = {
+            "step": step, "total": self.total, "lr": lr, "losses": losses,
+            "samples_per_s": done * self.samples_per_step / self.busy, "s_per_step": self.busy / done,
+            "data_wait": self.wait / self.busy, "eta_s": (self.total - step) * self.busy / done,
+        }
+        if self.file is not None and (step % self.every == 0 or step == self.total or step == self.first_step + 1):
+            self.file.write(json.dumps({k: info[k] for k in self.FIELDS}) + "\n")
+            self.file.flush()
+        return info
+
+    def throughput(self, step: int) -> dict[str, float]:
+        """samples_per_s, s_per_step and data_wait over the steps of this process ({} when it ran none)."""
+        done = step - self.first_step
+        if not done:
+            return {}
+        return {"samples_per_s": done * self.samples_per_step / self.busy, "s_per_step": self.busy / done,
+                "data_wait": self.wait / self.busy}
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class PeriodicEvaluator:
+    """Scores the student on the val split and writes ``eval/step_<k>.json`` (rank 0, when there is a val split)."""
+
+    def __init__(self, run: RunDir, setup: RunSetup, *, main: bool) -> None:
+        self.run, self.val, self.device = run, setup.val, setup.device
+        cfg = setup.cfg
+        self.every, self.total = cfg.eval.eval_every, cfg.optim.iters
+        self.batch_size, self.max_samples = cfg.loader.batch_size, cfg.eval.eval_samples
+        self.active = main and self.val is not None
+
+    def evaluate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
+        """The metrics after ``step`` ({} when this rank does not evaluate)."""
+        if not self.active:
+            return {}
+        metrics = evaluate_model(model, self.val, batch_size=self.batch_size, device=self.device,
+                                 max_samples=self.max_samples)
+        return self.run.write_eval(step, metrics)
+
+    def due(self, step: int) -> bool:
+        """An evaluation inside the run (the last step's is :meth:`evaluate` after the loop)."""
+        return self.active and bool(self.every) and step % self.every == 0 and step < self.total
+
+
+def write_plots(run: RunDir, model: torch.nn.Module, setup: RunSetup) -> None:
+    """plots/loss.png from metrics.jsonl and plots/predictions.png of the first val samples."""
+    loss_plot(run.read_metrics(), run.plot_file("loss"))
+    if setup.val is not None and len(setup.val):
+        predictions_plot(predictions(model, setup.val, n=4, device=setup.device), run.plot_file("predictions"))
