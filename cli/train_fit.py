@@ -12,9 +12,9 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import console, friendly_errors, out, parse_int_list, parse_str_list, setup_logging
+from ..pipeline.tasks import metric_direction
 
-HIGHER_IS_BETTER = ("mIoU", "pixAcc", "odsF", "oisF", "maxF", "within")
+from .common import console, friendly_errors, out, parse_int_list, parse_str_list, setup_logging
 
 
 def _parse_hw(text: str | None) -> tuple[int, int] | None:
@@ -55,8 +55,7 @@ class LiveView:
 
 
 def _better(key: str, new: float, old: float) -> bool:
-    up = any(k in key for k in HIGHER_IS_BETTER)
-    return new > old if up else new < old
+    return new > old if metric_direction(key) else new < old
 
 
 def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, title: str) -> Table:
