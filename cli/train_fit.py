@@ -12,8 +12,6 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..pipeline.tasks import metric_direction
-
 from .common import console, friendly_errors, out, parse_int_list, parse_str_list, setup_logging
 
 
@@ -55,6 +53,8 @@ class LiveView:
 
 
 def _better(key: str, new: float, old: float) -> bool:
+    from ..pipeline.tasks import metric_direction  # deferred like every library import here: --help stays fast
+
     return new > old if metric_direction(key) else new < old
 
 

@@ -1,7 +1,8 @@
 """Depth: (H, W) float32 meters, 0 = invalid (NaN/inf/negative become 0).
 
 ``.npy`` as stored; 16-bit png in millimeters. Views pad with 0 and keep the values when they
-scale the image (``scale_values`` off: the official recipe divides by the scale, we do not).
+scale the image (``scale_values`` off, as the augmentation always did; DESIGN.md describes
+depth divided by the scale: turning it on changes every cached view's labels).
 Loss: L1 over valid pixels (weight 1); metric: RMSE (lower is better); plots: viridis on
 [0, the label's maximum].
 """

@@ -38,7 +38,8 @@ def delta_m(
         base = float(baselines[key])
         if base == 0:
             raise ConfigError(f"delta_m: baseline of {key!r} is 0; relative gain is undefined")
-        up = higher_is_better[key] if higher_is_better is not None and key in higher_is_better else metric_direction(key)
+        given = higher_is_better is not None and key in higher_is_better
+        up = higher_is_better[key] if given else metric_direction(key)  # type: ignore[index]
         if up is None:
             raise ConfigError(f"delta_m: unknown direction for {key!r}; pass higher_is_better={{{key!r}: True/False}}")
         sign = 1.0 if up else -1.0
