@@ -128,8 +128,8 @@ def grow_cache(cache: Path, rows: int) -> None:
     import numpy as np
     import pyarrow as pa
 
-    from sak.manifests.schemas import COMMIT_SCHEMA, DATASET_SCHEMA, STATUS_OK, write_commit_part
-    from sak.pipeline.data.datasets import write_dataset_index
+    from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_OK, write_commit_part
+    from sak.pipeline.data.datasets import manifest_schema, write_dataset_index
     from sak.pipeline.store.spec import FeatureSpec
     from sak.pipeline.store.stats import LayerStats, stats_to_json
     from sak.pipeline.store.feature_store import FeatureStore
@@ -148,7 +148,8 @@ def grow_cache(cache: Path, rows: int) -> None:
         "label_normals": [f"normals/{s}.png" for s in ids], "label_edge": [f"edge/{s}.png" for s in ids],
         "label_parts": [None] * rows, "label_saliency": [None] * rows, "status": ["ok"] * rows, "error": [None] * rows,
     }
-    table = pa.table({f.name: pa.array(cols[f.name], f.type) for f in DATASET_SCHEMA}, schema=DATASET_SCHEMA)
+    schema = manifest_schema()
+    table = pa.table({f.name: pa.array(cols[f.name], f.type) for f in schema}, schema=schema)
     write_dataset_index(cache, "big", table, data_root)
     width, layers = 768, (2, 5, 8, 11)
     spec = FeatureSpec(teacher="synthetic:vit_base_patch14", weights="file:synthetic-benchmark-targets", layers=layers,

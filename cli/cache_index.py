@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..manifests.schemas import LABEL_TASKS, STATUS_OK, label_column
+from ..manifests.schemas import STATUS_OK, label_column, label_tasks
 
 from .common import console, exit_code_for, friendly_errors, out
 
@@ -37,7 +37,7 @@ def _summary(table: pa.Table) -> Table:
     summary.add_row("images ok", str(len(ok)))
     summary.add_row("images failed", f"[red]{len(rows) - len(ok)}[/]" if len(rows) > len(ok) else "0")
     summary.add_row("splits", ", ".join(f"{k} {v}" for k, v in sorted(splits.items())) or "-")
-    labels = [(t, sum(r[label_column(t)] is not None for r in ok)) for t in LABEL_TASKS]
+    labels = [(t, sum(r[label_column(t)] is not None for r in ok)) for t in label_tasks(table.schema)]
     summary.add_row("labels", ", ".join(f"{t} {n}" for t, n in labels if n) or "none (images only)")
     return summary
 

@@ -17,8 +17,6 @@ from ..student.runs.config import TrainConfig, field_default as D  # option defa
 from ..student.train.trainer import fit
 from .common import console, friendly_errors, out, parse_hw_option, parse_int_list, parse_str_list, setup_logging
 
-HIGHER_IS_BETTER = ("mIoU", "pixAcc", "odsF", "oisF", "maxF", "within")
-
 
 class LiveView:
     """Progress bar + a table of the latest loss parts, throughput, data wait and ETA."""
@@ -50,8 +48,9 @@ class LiveView:
 
 
 def _better(key: str, new: float, old: float) -> bool:
-    up = any(k in key for k in HIGHER_IS_BETTER)
-    return new > old if up else new < old
+    from ..pipeline.tasks import metric_direction  # deferred like every library import here: --help stays fast
+
+    return new > old if metric_direction(key) else new < old
 
 
 def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, title: str) -> Table:

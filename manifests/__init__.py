@@ -16,11 +16,11 @@ from .hashing import sha256_bytes, sha256_file
 from .paths import relative_path, resolve_inside
 from .schemas import (
     COMMIT_SCHEMA,
-    DATASET_SCHEMA,
-    LABEL_TASKS,
     STATUS_FAILED,
     STATUS_OK,
+    dataset_schema,
     label_column,
+    label_tasks,
     read_commit_parts,
     read_dataset_manifest,
     read_table,
@@ -32,9 +32,10 @@ from .schemas import (
 )
 
 __all__ = [
-    "BadImage", "COMMIT_SCHEMA", "Config", "ConfigError", "DATASET_SCHEMA", "DatasetError", "LABEL_TASKS",
+    "BadImage", "COMMIT_SCHEMA", "Config", "ConfigError", "DatasetError",
     "PathEscape", "STATUS_FAILED", "STATUS_OK", "SakError", "SchemaMismatch", "SpecMismatch", "StoreCorrupt",
-    "TeacherUnavailable", "canonical_json", "config_hash", "label_column", "read_commit_parts",
+    "TeacherUnavailable", "canonical_json", "config_hash", "dataset_schema", "label_column", "label_tasks",
+    "read_commit_parts",
     "read_dataset_manifest", "read_table", "relative_path", "resolve_inside", "sha256_bytes", "sha256_file",
     "table_from_rows", "validate_table", "write_commit_part", "write_dataset_manifest", "write_table_atomic",
 ]

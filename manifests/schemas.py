@@ -7,6 +7,7 @@ column when one does not match, so a stale or foreign file never turns into a
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -15,31 +16,51 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_write
-from .errors import SchemaMismatch
+from .errors import ConfigError, SchemaMismatch
 
-#: Label columns a dataset manifest may carry: relative paths, null where a sample lacks the task.
-LABEL_TASKS: tuple[str, ...] = ("semseg", "depth", "normals", "edge", "parts", "saliency")
+LABEL_PREFIX = "label_"
 
 
 def label_column(task: str) -> str:
-    return f"label_{task}"
+    """The manifest column of ``task``'s label paths."""
+    return f"{LABEL_PREFIX}{task}"
 
 
-DATASET_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("sha256", pa.string(), nullable=True),  # null when the file could not be read
-        pa.field("width", pa.int32(), nullable=True),  # null when the image could not be decoded
-        pa.field("height", pa.int32(), nullable=True),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        *[pa.field(label_column(t), pa.string(), nullable=True) for t in LABEL_TASKS],
-        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
-        pa.field("error", pa.string(), nullable=True),
-    ],
-    metadata={b"sak.kind": b"dataset-manifest", b"sak.version": b"1"},
-)
+@functools.lru_cache(maxsize=16)
+def _dataset_schema(tasks: tuple[str, ...]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=True),  # null when the file could not be read
+            pa.field("width", pa.int32(), nullable=True),  # null when the image could not be decoded
+            pa.field("height", pa.int32(), nullable=True),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            *[pa.field(label_column(t), pa.string(), nullable=True) for t in tasks],
+            pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+            pa.field("error", pa.string(), nullable=True),
+        ],
+        metadata={b"sak.kind": b"dataset-manifest", b"sak.version": b"1"},
+    )
+
+
+def dataset_schema(tasks: Sequence[str]) -> pa.Schema:
+    """The dataset-manifest schema with one ``label_<task>`` column per task, in the given order.
+
+    The task names come from the caller (the task registry lives above this layer, in
+    ``sak.pipeline.tasks``): label columns hold relative paths, null where a sample lacks the task.
+    """
+    tasks = tuple(tasks)
+    if len(set(tasks)) != len(tasks) or not all(isinstance(t, str) and t for t in tasks):
+        raise ConfigError(f"dataset manifest label tasks must be distinct non-empty names, got {list(tasks)}")
+    return _dataset_schema(tasks)
+
+
+def label_tasks(schema: pa.Schema) -> tuple[str, ...]:
+    """The task names of a dataset schema's ``label_<task>`` columns, in column order."""
+    return tuple(n[len(LABEL_PREFIX):] for n in schema.names if n.startswith(LABEL_PREFIX))
+
 
 COMMIT_SCHEMA = pa.schema(
     [
@@ -139,13 +160,17 @@ def read_tables(paths: Iterable[str | os.PathLike[str]], schema: pa.Schema) -> p
 
 
 def write_dataset_manifest(
-    table: pa.Table, path: str | os.PathLike[str], *, metadata: Mapping[bytes, bytes] | None = None
+    table: pa.Table,
+    path: str | os.PathLike[str],
+    tasks: Sequence[str],
+    *,
+    metadata: Mapping[bytes, bytes] | None = None,
 ) -> Path:
-    return write_table_atomic(table, path, DATASET_SCHEMA, metadata)
+    return write_table_atomic(table, path, dataset_schema(tasks), metadata)
 
 
-def read_dataset_manifest(path: str | os.PathLike[str]) -> pa.Table:
-    table = read_table(path, DATASET_SCHEMA)
+def read_dataset_manifest(path: str | os.PathLike[str], tasks: Sequence[str]) -> pa.Table:
+    table = read_table(path, dataset_schema(tasks))
     ids = table.column("sample_id")
     if len(ids) != len(set(ids.to_pylist())):
         raise SchemaMismatch(f"{path}: sample_id values are not unique; rebuild it with sak-cache index")

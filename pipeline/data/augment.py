@@ -15,8 +15,11 @@ SAK policy ("sak"), in this order, as in the mmseg-style pipelines SAK trains wi
    U(0.5, 1.5) either right after brightness or last, saturation factor U(0.5, 1.5),
    hue shift U(-0.1, 0.1) turns (18 of OpenCV's 180 hue units); each applied with p = 0.5,
    values clamped to [0, 1] after every step;
-5. pad to ``crop_hw``: image 0, class maps (semseg, parts) 255 = ignore, depth/normals 0 =
-   invalid, edge/saliency 0.
+5. pad to ``crop_hw``: image 0, labels with their task's ``pad_value`` (class maps 255 =
+   ignore, the other built-in tasks 0).
+
+What a flip or a scale does to a label (channels negated, values divided by the scale) and the
+pad value are the task's rules (:mod:`sak.pipeline.tasks`); labels are always resampled nearest.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import torch.nn.functional as F
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
 
+from ..tasks import get_task
+
 POLICIES = ("none", "sak")
 SCALE_RANGE = (0.5, 2.0)
 FLIP_P = 0.5
@@ -39,9 +44,6 @@ BRIGHTNESS_DELTA = 32 / 255
 CONTRAST_RANGE = (0.5, 1.5)
 SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 0.1  # turns
-
-#: Value written where a view extends past the scaled image, per label task.
-LABEL_PAD = {"semseg": 255, "parts": 255, "depth": 0, "normals": 0, "edge": 0, "saliency": 0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,13 +209,13 @@ def _nearest_index(src: int, dst: int, device: torch.device) -> torch.Tensor:
 
 
 def apply_view_label(label: torch.Tensor | np.ndarray, params: ViewParams, task: str) -> torch.Tensor:
-    """(H, W) or (H, W, C) label -> the same layout at ``params.out_hw``; nearest, padded per task.
+    """(H, W) or (H, W, C) label -> the same layout at ``params.out_hw``; nearest, by the task's rules.
 
-    Class maps (semseg, parts) pad with 255 (ignore); depth and normals with 0 (invalid);
-    edge and saliency with 0. On a flip the normals' x component (channel 0) is negated.
+    Padding takes the task's ``pad_value`` (class maps 255 = ignore, built-in maps 0); on a flip
+    the task's ``flip_negate`` channels change sign (the normals' x component); a task with
+    ``scale_values`` has its values divided by the view's scale.
     """
-    if task not in LABEL_PAD:
-        raise ConfigError(f"unknown label task {task!r}; known: {sorted(LABEL_PAD)}")
+    spec = get_task(task)
     y = _tensor(label)
     if y.ndim not in (2, 3):
         raise ConfigError(f"{task} label must be (H, W) or (H, W, C), got shape {tuple(y.shape)}")
@@ -223,12 +225,17 @@ def apply_view_label(label: torch.Tensor | np.ndarray, params: ViewParams, task:
     rows = _nearest_index(params.image_hw[0], params.scaled_hw[0], y.device)[top : top + vh]
     cols = _nearest_index(params.image_hw[1], params.scaled_hw[1], y.device)[left : left + vw]
     y = y.index_select(0, rows).index_select(1, cols)
+    if spec.scale_values and params.scale != 1.0:
+        y = y / params.scale
     if params.flip:
         y = y.flip(1)
-        if task == "normals":
-            y[..., 0] = -y[..., 0]
+        for c in spec.flip_negate:
+            if y.ndim == 2:  # a one-channel map
+                y = -y
+            else:
+                y[..., c] = -y[..., c]
     if (vh, vw) == (h, w):
         return y.contiguous()
-    out = torch.full((h, w, *y.shape[2:]), LABEL_PAD[task], dtype=y.dtype, device=y.device)
+    out = torch.full((h, w, *y.shape[2:]), spec.pad_value, dtype=y.dtype, device=y.device)
     out[:vh, :vw] = y
     return out

@@ -31,18 +31,19 @@ from ...manifests.errors import BadImage, DatasetError, PathEscape
 from ...manifests.hashing import sha256_file
 from ...manifests.paths import relative_path, resolve_inside
 from ...manifests.schemas import (
-    DATASET_SCHEMA,
-    LABEL_TASKS,
     STATUS_FAILED,
     STATUS_OK,
+    dataset_schema,
     label_column,
     read_dataset_manifest,
     table_from_rows,
 )
 
+from ..tasks import get_task, list_tasks
+
 from .formats import FORMATS, Candidate, detect_format, discover
 from .images import open_image_size
-from .labels import load_label, task_channels
+from .labels import load_label
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ FORMAT_KEY = b"sak.format"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 Progress = Callable[..., Any]
+
+
+def manifest_schema() -> pa.Schema:
+    """The dataset-manifest schema: one ``label_<task>`` column per registered task, in registry order."""
+    return dataset_schema(list_tasks())
 
 
 def check_name(name: str) -> str:
@@ -150,7 +156,7 @@ def index_dataset(
     workers: int = 8,
     progress: Progress | None = None,
 ) -> pa.Table:
-    """Index the dataset at ``root`` into a DATASET_SCHEMA table (one row per image, failed rows kept).
+    """Index the dataset at ``root`` into a :func:`manifest_schema` table (one row per image, failed rows kept).
 
     ``name`` becomes the ``source`` column (default: ``nyud``/``pascal`` for those layouts, the
     folder name otherwise). ``fmt``: auto, folder, nyud or pascal. ``progress(0, total=N)`` is
@@ -180,11 +186,12 @@ def index_dataset(
         if progress is not None:
             for _ in done:
                 progress(1)
-    table = table_from_rows(rows, DATASET_SCHEMA)  # type: ignore[arg-type]
+    schema = manifest_schema()
+    table = table_from_rows(rows, schema)  # type: ignore[arg-type]
     failed = sum(r["status"] != STATUS_OK for r in rows)  # type: ignore[index]
     if failed:
         log.warning("%d of %d images of %s failed to index; see the error column", failed, len(rows), root)
-    meta = {**(DATASET_SCHEMA.metadata or {}), FORMAT_KEY: fmt.encode(), ROOT_KEY: str(root.resolve()).encode()}
+    meta = {**(schema.metadata or {}), FORMAT_KEY: fmt.encode(), ROOT_KEY: str(root.resolve()).encode()}
     return table.replace_schema_metadata(meta)
 
 
@@ -203,7 +210,7 @@ def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa
     meta = {ROOT_KEY: str(Path(root).resolve()).encode(), FORMAT_KEY: fmt}
     from ..storage.location import write_parquet_atomic
 
-    write_parquet_atomic(table, path, DATASET_SCHEMA, meta)  # local: temp + rename; URL: one PUT
+    write_parquet_atomic(table, path, manifest_schema(), meta)  # local: temp + rename; URL: one PUT
     log.info("wrote dataset index %s (%d rows)", path, table.num_rows)
     return path
 
@@ -227,12 +234,12 @@ def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
             f"Index it first: sak-cache index <folder> --cache {cache_root} --name {name}"
         )
     if isinstance(path, Path):
-        table = read_dataset_manifest(path)
+        table = read_dataset_manifest(path, list_tasks())
         meta = pq.read_schema(path).metadata or {}
     else:  # a cache behind an fsspec URL: one GET, then the same checks
         from ..storage.location import read_parquet
 
-        table = read_parquet(path, DATASET_SCHEMA)
+        table = read_parquet(path, manifest_schema())
         meta = pq.read_table(pa.BufferReader(path.read_bytes())).schema.metadata or {}
         if len(set(table.column("sample_id").to_pylist())) != table.num_rows:
             raise DatasetError(f"{path}: sample_id values are not unique; rebuild it with sak-cache index")
@@ -280,8 +287,7 @@ class Dataset:
 
     def label_path(self, sample: str | Mapping[str, Any], task: str) -> Path | None:
         """Absolute path of a sample's ``task`` label, or None when the sample has none."""
-        if task not in LABEL_TASKS:
-            raise DatasetError(f"unknown task '{task}'; known tasks: {list(LABEL_TASKS)}")
+        get_task(task)  # an unknown name is an UnknownTask (a DatasetError) listing the known ones
         rel = self._as_row(sample).get(label_column(task))
         return None if rel is None else resolve_inside(self.root, rel)
 
@@ -292,13 +298,13 @@ class Dataset:
 
     def task_channels(self, task: str) -> int:
         """Output channels for ``task`` on this dataset (semseg class count from its layout)."""
-        return task_channels(task, self.format)
+        return get_task(task).channels_for(self.format)
 
     @cached_property
     def tasks(self) -> tuple[str, ...]:
-        """Tasks with at least one label among the ok rows, in LABEL_TASKS order."""
+        """Tasks with at least one label among the ok rows, in registry (manifest column) order."""
         ok = self.table.filter(pc.equal(self.table.column("status"), STATUS_OK))
-        return tuple(t for t in LABEL_TASKS if ok.column(label_column(t)).null_count < ok.num_rows)
+        return tuple(t for t in list_tasks() if ok.column(label_column(t)).null_count < ok.num_rows)
 
     def ok_rows(self) -> Iterable[dict[str, Any]]:
         """Row dicts of the samples whose status is ok, in manifest order."""

@@ -16,6 +16,9 @@ Layouts:
             semseg/pascal-context/<id>.png, human_parts/<id>.png|mat, sal_distill/<id>.png,
             normals_distill/<id>.png, ImageSets/Context/{train,val,test}.txt. Edges are derived
             from semseg by the trainer, so label_edge stays null.
+
+Which folder holds a task's labels in a layout is the task's ``layout_dirs`` rule
+(:mod:`sak.pipeline.tasks`); this module knows the image folders and split lists only.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ...manifests.errors import DatasetError
-from ...manifests.schemas import LABEL_TASKS
+
+from ..tasks import all_tasks
 
 log = logging.getLogger(__name__)
 
@@ -52,32 +56,17 @@ class Candidate:
 class _Layout:
     split_dir: str
     images: tuple[str, tuple[str, ...]]  # folder, accepted extensions in preference order
-    labels: dict[str, tuple[str, tuple[str, ...]]]  # task -> (folder, extensions)
 
 
 LAYOUTS: dict[str, _Layout] = {
-    "nyud": _Layout(
-        split_dir="gt_sets",
-        images=("images", (".png", ".jpg", ".jpeg")),
-        labels={
-            "semseg": ("segmentation", (".png",)),
-            "depth": ("depth", (".npy", ".png")),
-            "normals": ("normals", (".png", ".npy")),
-            "edge": ("edge", (".png",)),
-        },
-    ),
-    "pascal": _Layout(
-        split_dir="ImageSets/Context",
-        images=("JPEGImages", (".jpg", ".jpeg", ".png")),
-        labels={
-            "semseg": ("semseg/pascal-context", (".png",)),
-            "parts": ("human_parts", (".png", ".mat")),
-            "saliency": ("sal_distill", (".png",)),
-            "normals": ("normals_distill", (".png",)),
-        },
-    ),
+    "nyud": _Layout(split_dir="gt_sets", images=("images", (".png", ".jpg", ".jpeg"))),
+    "pascal": _Layout(split_dir="ImageSets/Context", images=("JPEGImages", (".jpg", ".jpeg", ".png"))),
 }
-assert all(t in LABEL_TASKS for lay in LAYOUTS.values() for t in lay.labels)
+
+
+def label_dirs(fmt: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """task -> (label folder, extensions in preference order) for layout ``fmt``, in registry order."""
+    return {task.name: task.layout_dirs[fmt] for task in all_tasks() if fmt in task.layout_dirs}
 
 
 def detect_format(root: Path) -> str:
@@ -169,7 +158,8 @@ def _discover_split_layout(root: Path, fmt: str, layout: _Layout) -> list[Candid
         )
     img_dir, img_exts = layout.images
     img_names = _listing(root / img_dir)
-    label_names = {task: _listing(root / folder) for task, (folder, _) in layout.labels.items()}
+    labels_of = label_dirs(fmt)
+    label_names = {task: _listing(root / folder) for task, (folder, _) in labels_of.items()}
     out: list[Candidate] = []
     where: dict[str, str] = {}
     for split, split_file in split_files:
@@ -193,7 +183,7 @@ def _discover_split_layout(root: Path, fmt: str, layout: _Layout) -> list[Candid
                                            f"{{{','.join(img_exts)}}} exists; add the image or remove the id"))
                 continue
             labels = {}
-            for task, (folder, exts) in layout.labels.items():
+            for task, (folder, exts) in labels_of.items():
                 name = next((f"{sid}{e}" for e in exts if f"{sid}{e}" in label_names[task]), None)
                 if name is not None:
                     labels[task] = f"{folder}/{name}"

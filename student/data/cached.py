@@ -6,9 +6,9 @@ online mode). The join is an inner join on ``(sha256, view)``: a sample is serve
 if every store holds it. Augmentation is the stored view replayed exactly (identity for
 ``--aug none`` stores), so the student sees the very pixels the teacher saw.
 
-Label maps: semseg/parts ``(H, W) int64`` (ignore 255), depth/edge/saliency ``(1, H, W)``
-float32, normals ``(3, H, W)`` float32; a sample without a task's label gets a zero map
-and ``masks[task] = False``.
+Label maps: class tasks ``(H, W) int64`` (ignore 255), map tasks ``(C, H, W)`` float32 (C = the
+task's ``label_channels``: 3 for normals, else 1); a sample without a task's label gets a map
+filled with the task's ``pad_value`` and ``masks[task] = False``.
 
 ``feature_flip=True`` also mirrors image, labels and the stored target maps for a
 seeded half of the samples. That is APPROXIMATE: a ViT's features of a mirrored image
@@ -31,13 +31,13 @@ import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
 from ...pipeline.data.images import decode_rgb
+from ...pipeline.tasks import get_task
 from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 from .prefetch import BackgroundIterator, ordered_map
 from .sampler import Block, BlockShuffleSampler, Window, make_blocks
 from .stores import Item, StoreJoin, teacher_key
 from . import views
-from .views import CLASS_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,21 @@ def normalize_image(img01_chw: torch.Tensor) -> torch.Tensor:
 
 
 def empty_label(task: str, size: tuple[int, int]) -> torch.Tensor:
-    if task in CLASS_TASKS:
-        return torch.full(size, 255, dtype=torch.int64)
-    return torch.zeros((3 if task == "normals" else 1, *size), dtype=torch.float32)
+    """The label of a sample without one: filled with the task's pad value (masked out of the loss)."""
+    spec = get_task(task)
+    if spec.is_class_map:
+        return torch.full(size, spec.pad_value, dtype=torch.int64)
+    return torch.full((spec.label_channels, *size), spec.pad_value, dtype=torch.float32)
 
 
 def flip_label(task: str, label: torch.Tensor) -> torch.Tensor:
+    """A channels-first label mirrored left-right, the task's ``flip_negate`` channels negated."""
     out = label.flip(-1)
-    if task == "normals":
+    negate = get_task(task).flip_negate
+    if negate:
         out = out.clone()
-        out[0] = -out[0]
+        for c in negate:
+            out[c] = -out[c]
     return out
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from ...pipeline.data.augment import ViewParams, apply_view_image, apply_view_label
-
-CLASS_TASKS = ("semseg", "parts")
+from ...pipeline.tasks import get_task
 
 
 def parse(view_params: str | None) -> ViewParams | None:
@@ -24,11 +23,11 @@ def apply_image(img01_chw: torch.Tensor, params: ViewParams | None) -> torch.Ten
 
 
 def label_tensor(task: str, label: np.ndarray) -> torch.Tensor:
-    """A loaded label as a tensor: class maps (H, W) int64; normals (3, H, W); others (1, H, W) float32."""
+    """A loaded label as a tensor: class maps (H, W) int64; maps (C, H, W) float32 ((H, W) -> (1, H, W))."""
     t = torch.from_numpy(np.ascontiguousarray(label))
-    if task in CLASS_TASKS:
+    if get_task(task).is_class_map:
         return t.long()
-    if t.ndim == 3:  # normals (H, W, 3)
+    if t.ndim == 3:  # (H, W, C), e.g. normals
         return t.permute(2, 0, 1).float().contiguous()
     return t[None].float()
 

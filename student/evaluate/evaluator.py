@@ -18,12 +18,12 @@ import torch
 from ...pipeline.devices import resolve_device
 
 from ..data.cached import IMAGENET_MEAN, IMAGENET_STD, CachedTargets
-from ..data.views import CLASS_TASKS
 from ..model.export import dropped_gate_mass, export_submodel, routing_weights
 from ..model.io import save_student
 from ..runs.rundir import RunDir
 from ..runs.runtime import autocast
 from .metrics import metric_for_task
+from .plots import display_map
 
 log = logging.getLogger(__name__)
 
@@ -115,23 +115,13 @@ def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device:
             preds, labels = {}, {}
             for task, p in out.tasks.items():
                 p = p[0].float().cpu()
-                preds[task] = _as_map(task, p, prediction=True)
+                preds[task] = display_map(task, p, prediction=True)
                 if s["masks"].get(task):
-                    labels[task] = _as_map(task, s["labels"][task], prediction=False)
+                    labels[task] = display_map(task, s["labels"][task], prediction=False)
             rows.append({"image": img.permute(1, 2, 0).numpy(), "labels": labels, "preds": preds})
     finally:
         model.train(was_training)
     return rows
-
-
-def _as_map(task: str, x: torch.Tensor, *, prediction: bool):
-    if task in CLASS_TASKS:
-        return (x.argmax(0) if prediction else x).numpy()
-    if task == "normals":
-        return (torch.nn.functional.normalize(x, dim=0) if prediction else x).permute(1, 2, 0).numpy()
-    if task in ("edge", "saliency") and prediction:
-        return torch.sigmoid(x[0]).numpy()
-    return x[0].numpy()
 
 
 def export_run(

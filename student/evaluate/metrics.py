@@ -1,352 +1,23 @@
-"""Streaming evaluation metrics for the SAK tasks, mergeable across DDP ranks.
+"""Evaluation metrics by task name, and the multi-task gain Delta_m.
 
-Every metric keeps only float64 sums (``state()``), so ranks combine by adding
-(``merge`` locally, ``sync`` with ``torch.distributed.all_reduce``). ``update(pred, label,
-mask=None)`` takes the raw head output (logits / regressions, (B, C, H, W)) and the batch
-labels at the same resolution; ``mask`` is a per-sample bool (False = no label, skipped).
-``compute()`` returns a dict of floats (percent for IoU / F-measures, meters, degrees).
-
-Conventions (official SAK ``evaluation/`` unless noted):
-- mIoU: confusion over pixels != 255 for the whole split. Classes absent from both the
-  predictions and the labels of the split are excluded from the mean (``absent="exclude"``).
-  The official / multi-task-literature code averages over every class with IoU = 0 for an
-  absent class (``absent="zero"``); on the full NYUD / PASCAL val splits every class occurs,
-  so both agree there; they differ on subsets.
-- depth RMSE: sqrt(sum of squared errors / valid pixels), pooled over the split;
-  valid = 0 < depth < 80 m; predictions clamped to >= 1e-9.
-- normals: mean angle in degrees over valid pixels, ``2 * atan2(|p - g|, |p + g|)`` on unit vectors.
-- saliency maxF: pooled precision/recall over thresholds 0.05..0.95, F with beta^2 = 0.3.
-- boundary odsF / oisF: see :class:`BoundaryF` (an approximation of the SEISM evaluator).
+The accumulators (mIoU, depth RMSE, normals angle, boundary F, saliency maxF) live in
+:mod:`sak.pipeline.tasks.metrics`; which one a task uses, with which settings on which
+dataset, and which direction each metric key improves in, is the task's declaration
+(:mod:`sak.pipeline.tasks`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
-
-import torch
-import torch.nn.functional as F
+from typing import Mapping
 
 from ...manifests.errors import ConfigError
-
-IGNORE_INDEX = 255
-
-#: Direction of each metric key, for :func:`delta_m`.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "mIoU": True, "pixAcc": True, "rmse": False, "mean_angle": False,
-    "odsF": True, "oisF": True, "maxF": True,
-}
-
-
-class StreamingMetric:
-    """Base: named float64 sum tensors, reset/state/merge/sync."""
-
-    _fields: dict[str, tuple[int, ...]] = {}
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        for name, shape in self._fields.items():
-            setattr(self, name, torch.zeros(shape, dtype=torch.float64))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).clone() for name in self._fields}
-
-    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        for name in self._fields:
-            setattr(self, name, torch.as_tensor(state[name], dtype=torch.float64).cpu().clone())
-
-    def merge(self, other: "StreamingMetric | Mapping[str, torch.Tensor]") -> "StreamingMetric":
-        st = other.state() if isinstance(other, StreamingMetric) else other
-        for name in self._fields:
-            add = torch.as_tensor(st[name], dtype=torch.float64).cpu()
-            if add.shape != getattr(self, name).shape:
-                raise ConfigError(f"{type(self).__name__}.merge: {name} shapes differ ({tuple(add.shape)}); "
-                                  "merge only metrics built with the same settings")
-            setattr(self, name, getattr(self, name) + add)
-        return self
-
-    def sync(self, group: Any = None) -> None:
-        """All-reduce (sum) the state over a torch.distributed group; no-op when not distributed."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
-        for name in self._fields:
-            t = getattr(self, name).to(device) if device is not None else getattr(self, name).clone()
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-            setattr(self, name, t.cpu())
-
-    @staticmethod
-    def _select(mask: Any, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if mask is None:
-            return tensors
-        m = torch.as_tensor(mask, dtype=torch.bool).flatten()
-        return tuple(t[m.to(t.device)] for t in tensors)
-
-    def _add(self, name: str, value: torch.Tensor | float) -> None:
-        setattr(self, name, getattr(self, name) + torch.as_tensor(value, dtype=torch.float64).cpu())
-
-
-def _class_map(x: torch.Tensor) -> torch.Tensor:
-    return x[:, 0] if x.ndim == 4 else x
-
-
-def _check_hw(pred: torch.Tensor, label: torch.Tensor, what: str) -> None:
-    if pred.shape[-2:] != label.shape[-2:] and not (label.ndim == 4 and label.shape[1:3] == pred.shape[-2:]):
-        raise ConfigError(f"{what}: prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in size; "
-                          "resize predictions to the label resolution first")
-
-
-class MeanIoU(StreamingMetric):
-    """Semantic / part segmentation mIoU (percent) and pixel accuracy from a confusion matrix."""
-
-    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, absent: str = "exclude") -> None:
-        if absent not in ("exclude", "zero"):
-            raise ConfigError(f"absent must be 'exclude' or 'zero', got {absent!r}")
-        self.num_classes, self.ignore_index, self.absent = num_classes, ignore_index, absent
-        self._fields = {"confusion": (num_classes, num_classes)}  # rows: label, cols: prediction
-        super().__init__()
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None:
-        pred, label = self._select(mask, pred, label)
-        _check_hw(pred, label, "MeanIoU")
-        cls = pred.argmax(dim=1) if pred.is_floating_point() and pred.ndim == 4 else _class_map(pred)
-        label = _class_map(label).to(cls.device).long()
-        valid = label != self.ignore_index
-        if bool(((label < 0) | (label >= self.num_classes))[valid].any()):
-            raise ConfigError(f"MeanIoU: labels outside [0, {self.num_classes}) other than {self.ignore_index}")
-        c = self.num_classes
-        idx = label[valid] * c + cls[valid].long()
-        self._add("confusion", torch.bincount(idx, minlength=c * c).reshape(c, c))
-
-    def per_class_iou(self) -> torch.Tensor:
-        """IoU per class in [0, 1]; NaN for classes absent from labels and predictions."""
-        tp = self.confusion.diag()
-        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
-        return torch.where(union > 0, tp / union.clamp(min=1), torch.nan)
-
-    def compute(self) -> dict[str, float]:
-        iou = self.per_class_iou()
-        present = ~torch.isnan(iou)
-        if self.absent == "zero":
-            miou = float(torch.nan_to_num(iou, nan=0.0).mean())
-        else:
-            miou = float(iou[present].mean()) if bool(present.any()) else math.nan
-        total = float(self.confusion.sum())
-        acc = float(self.confusion.diag().sum()) / total if total else math.nan
-        return {"mIoU": miou * 100.0, "pixAcc": acc * 100.0}
-
-
-class DepthRMSE(StreamingMetric):
-    """Root mean squared depth error (meters), pooled over every valid pixel of the split."""
-
-    _fields = {"sq_err": (), "count": ()}
-
-    def __init__(self, *, min_depth: float = 0.0, max_depth: float = 80.0) -> None:
-        self.min_depth, self.max_depth = min_depth, max_depth
-        super().__init__()
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None:
-        pred, label = self._select(mask, pred, label)
-        _check_hw(pred, label, "DepthRMSE")
-        p = _class_map(pred).double().clamp(min=1e-9)  # official: clamp at 0, then <= 0 -> 1e-9
-        g = _class_map(label).to(p.device).double()
-        valid = torch.isfinite(g) & (g > self.min_depth) & (g < self.max_depth)
-        self._add("sq_err", ((p - g)[valid] ** 2).sum())
-        self._add("count", valid.sum())
-
-    def compute(self) -> dict[str, float]:
-        n = float(self.count)
-        return {"rmse": math.sqrt(float(self.sq_err) / n) if n else math.nan}
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    norm = x.norm(dim=1, keepdim=True)
-    return torch.where(norm > 0, x / norm.clamp(min=1e-30), 0.0)
-
-
-class NormalsAngle(StreamingMetric):
-    """Mean angular error (degrees) over valid pixels, and the share within 11.25/22.5/30 degrees."""
-
-    _fields = {"deg_sum": (), "count": (), "within": (3,)}
-    _limits = (11.25, 22.5, 30.0)
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None:
-        pred, label = self._select(mask, pred, label)
-        if label.ndim == 4 and label.shape[1] != 3 and label.shape[-1] == 3:
-            label = label.permute(0, 3, 1, 2)
-        _check_hw(pred, label, "NormalsAngle")
-        p, g = _unit(pred.double()), label.to(pred.device).double()
-        valid = (g != 0).any(dim=1) & (g != IGNORE_INDEX).all(dim=1)
-        g = _unit(g)
-        deg = torch.rad2deg(2 * torch.atan2((p - g).norm(dim=1), (p + g).norm(dim=1)))[valid]
-        self._add("deg_sum", deg.sum())
-        self._add("count", valid.sum())
-        self._add("within", torch.stack([(deg < lim).sum() for lim in self._limits]))
-
-    def compute(self) -> dict[str, float]:
-        n = float(self.count)
-        if not n:
-            return {"mean_angle": math.nan, "within_11.25": math.nan, "within_22.5": math.nan, "within_30": math.nan}
-        w = (self.within / n * 100.0).tolist()
-        return {"mean_angle": float(self.deg_sum) / n, "within_11.25": w[0], "within_22.5": w[1], "within_30": w[2]}
-
-
-def _probabilities(pred: torch.Tensor, from_logits: bool) -> torch.Tensor:
-    """(B, 1, H, W) logits -> sigmoid, (B, 2, H, W) -> softmax[:, 1], (B, H, W) as is."""
-    if pred.ndim == 4 and pred.shape[1] == 2:
-        return torch.softmax(pred.float(), dim=1)[:, 1] if from_logits else pred[:, 1].float()
-    p = _class_map(pred).float()
-    return torch.sigmoid(p) if from_logits else p
-
-
-def _count_at_least(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """``[#(values >= t) for t in thresholds]`` via one histogram (thresholds ascending)."""
-    idx = torch.bucketize(values, thresholds, right=True)  # number of thresholds <= value
-    hist = torch.bincount(idx, minlength=thresholds.numel() + 1).double()
-    return hist.flip(0).cumsum(0).flip(0)[1:]
-
-
-def disk_max_pool(x_b1hw: torch.Tensor, radius: float) -> torch.Tensor:
-    """Max of ``x`` over the Euclidean disk ``dx^2 + dy^2 <= radius^2`` around each pixel (outside = -inf)."""
-    r = int(math.floor(radius + 1e-9))
-    if r <= 0:
-        return x_b1hw
-    h = x_b1hw.shape[-2]
-    rows: dict[int, torch.Tensor] = {}
-    out = torch.full_like(x_b1hw, -math.inf)
-    for dy in range(-r, r + 1):
-        half = int(math.floor(math.sqrt(max(radius * radius - dy * dy, 0.0)) + 1e-9))
-        if half not in rows:
-            rows[half] = F.max_pool2d(x_b1hw, kernel_size=(1, 2 * half + 1), stride=1, padding=(0, half)) if half else x_b1hw
-        src = rows[half]
-        # out[y] = max(out[y], src[y + dy]) where 0 <= y + dy < h
-        if dy >= 0:
-            out[..., : h - dy, :] = torch.maximum(out[..., : h - dy, :], src[..., dy:, :])
-        else:
-            out[..., -dy:, :] = torch.maximum(out[..., -dy:, :], src[..., : h + dy, :])
-    return out
-
-
-class BoundaryF(StreamingMetric):
-    """Boundary detection odsF / oisF (percent) with a distance tolerance.
-
-    A predicted edge pixel (probability >= t) is a hit when a ground-truth edge pixel lies
-    within ``max_dist * image diagonal`` (Euclidean); a ground-truth pixel is recalled when a
-    predicted pixel lies within that distance. Counts pool over the split per threshold
-    (ODS: one threshold for the split; OIS: the best threshold per image).
-
-    Differences from the MATLAB SEISM/BSDS evaluator used by the paper (our numbers are not
-    comparable with published odsF, only across our own runs): SEISM matches pixels one to
-    one (bipartite ``correspondPixels``), so a thick prediction next to a thin boundary earns
-    one hit per boundary pixel, while this tolerance-disk test counts every nearby predicted
-    pixel as a hit (optimistic precision for thick edges); SEISM thins the binarized
-    predictions (and the paper runs NMS first) — we do neither; SEISM binarizes 8-bit images,
-    we threshold float probabilities. Defaults: ``max_dist`` 0.011 (NYUD) / 0.0075 (PASCAL),
-    99 thresholds 0.01..0.99.
-    """
-
-    def __init__(self, *, max_dist: float = 0.011, num_thresholds: int = 99,
-                 ignore_index: int = IGNORE_INDEX, from_logits: bool = True) -> None:
-        self.max_dist, self.ignore_index, self.from_logits = max_dist, ignore_index, from_logits
-        self.thresholds = torch.linspace(0.01, 0.99, num_thresholds, dtype=torch.float64).float()
-        t = num_thresholds
-        self._fields = {"cnt_p": (t,), "sum_p": (t,), "cnt_r": (t,), "sum_r": (), "ois": (4,)}
-        super().__init__()
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None:
-        pred, label = self._select(mask, pred, label)
-        _check_hw(pred, label, "BoundaryF")
-        prob = _probabilities(pred, self.from_logits)
-        label = _class_map(label).to(prob.device)
-        h, w = label.shape[-2:]
-        radius = self.max_dist * math.hypot(h, w)
-        thr = self.thresholds.to(prob.device)
-        for p, y in zip(prob, label):
-            valid = y != self.ignore_index
-            gt = valid & (y > 0.5)
-            p = torch.where(valid, p, -math.inf)  # ignored pixels never count as predictions
-            near_gt = disk_max_pool(gt[None, None].float(), radius)[0, 0] > 0
-            best_near = disk_max_pool(p[None, None], radius)[0, 0]
-            cnt_p = _count_at_least(p[valid & near_gt], thr)
-            sum_p = _count_at_least(p[valid], thr)
-            cnt_r = _count_at_least(best_near[gt], thr)
-            sum_r = float(gt.sum())
-            self._add("cnt_p", cnt_p)
-            self._add("sum_p", sum_p)
-            self._add("cnt_r", cnt_r)
-            self._add("sum_r", sum_r)
-            f = _fmeasure(cnt_p, sum_p, cnt_r, torch.full_like(cnt_r, sum_r))
-            j = int(torch.argmax(f))
-            self._add("ois", torch.tensor([cnt_p[j], sum_p[j], cnt_r[j], sum_r], dtype=torch.float64))
-
-    def compute(self) -> dict[str, float]:
-        f = _fmeasure(self.cnt_p, self.sum_p, self.cnt_r, self.sum_r.expand_as(self.cnt_r))
-        j = int(torch.argmax(f))
-        ois = float(_fmeasure(*self.ois.unbind()))
-        return {"odsF": float(f[j]) * 100.0, "ods_threshold": float(self.thresholds[j]), "oisF": ois * 100.0}
-
-
-def _fmeasure(cnt_p: torch.Tensor, sum_p: torch.Tensor, cnt_r: torch.Tensor, sum_r: torch.Tensor) -> torch.Tensor:
-    """BSDS convention: P = cntP / sumP (0 when sumP = 0), R likewise, F = 2PR / (P + R) (0 when both 0)."""
-    p = cnt_p / torch.where(sum_p > 0, sum_p, 1.0)
-    r = cnt_r / torch.where(sum_r > 0, sum_r, 1.0)
-    s = p + r
-    return 2 * p * r / torch.where(s > 0, s, 1.0)
-
-
-class SaliencyMaxF(StreamingMetric):
-    """Saliency maxF (percent): pooled precision/recall at thresholds 0.05..0.95, beta^2 = 0.3."""
-
-    def __init__(self, *, beta2: float = 0.3, ignore_index: int = IGNORE_INDEX, from_logits: bool = True) -> None:
-        self.beta2, self.ignore_index, self.from_logits = beta2, ignore_index, from_logits
-        self.thresholds = (torch.arange(1, 20, dtype=torch.float64) * 0.05).float()
-        self._fields = {"tp": (19,), "pred_pos": (19,), "actual_pos": ()}
-        super().__init__()
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None:
-        pred, label = self._select(mask, pred, label)
-        _check_hw(pred, label, "SaliencyMaxF")
-        prob = _probabilities(pred, self.from_logits)
-        y = _class_map(label).to(prob.device)
-        valid = y != self.ignore_index
-        pos = valid & (y > 0.5)
-        thr = self.thresholds.to(prob.device)
-        self._add("tp", _count_at_least(prob[pos], thr))
-        self._add("pred_pos", _count_at_least(prob[valid], thr))
-        self._add("actual_pos", pos.sum())
-
-    def compute(self) -> dict[str, float]:
-        eps = 1e-8  # as the official SaliencyMeter
-        precision = self.tp / (self.pred_pos + eps)
-        recall = self.tp / (self.actual_pos + eps)
-        f = (1 + self.beta2) * precision * recall / (self.beta2 * precision + recall + eps)
-        return {"maxF": float(torch.nan_to_num(f, nan=0.0).max()) * 100.0}
+from ...pipeline.tasks import get_task, metric_direction
+from ...pipeline.tasks.metrics import StreamingMetric
 
 
 def metric_for_task(task: str, dataset: str = "nyud") -> StreamingMetric:
-    """The paper's metric for ``task`` on ``dataset`` ("nyud" or "pascal")."""
-    from ...pipeline.data.labels import task_channels
-
-    if task in ("semseg", "parts"):
-        return MeanIoU(task_channels(task, dataset))
-    if task == "depth":
-        return DepthRMSE()
-    if task == "normals":
-        return NormalsAngle()
-    if task == "edge":
-        return BoundaryF(max_dist=0.0075 if dataset == "pascal" else 0.011)
-    if task == "saliency":
-        return SaliencyMaxF()
-    raise ConfigError(f"no metric for task {task!r}; known: semseg, parts, depth, normals, edge, saliency")
+    """A fresh accumulator of the paper's metric for ``task`` on a dataset format ("nyud", "pascal", ...)."""
+    return get_task(task).new_metric(dataset)
 
 
 def delta_m(
@@ -355,8 +26,8 @@ def delta_m(
     higher_is_better: Mapping[str, bool] | None = None,
 ) -> float:
     """Multi-task gain (percent): mean over ``metrics`` of ``(-1)^l (M - M_b) / M_b * 100``,
-    l = 1 when lower is better. Directions come from ``higher_is_better`` or, by the key's
-    last ``/`` part, from :data:`HIGHER_IS_BETTER`.
+    l = 1 when lower is better. Directions come from ``higher_is_better`` or from the tasks'
+    declared metric directions (:func:`sak.pipeline.tasks.metric_direction`).
     """
     if not metrics:
         raise ConfigError("delta_m: no metrics given")
@@ -367,12 +38,9 @@ def delta_m(
         base = float(baselines[key])
         if base == 0:
             raise ConfigError(f"delta_m: baseline of {key!r} is 0; relative gain is undefined")
-        short = key.rsplit("/", 1)[-1]
-        if higher_is_better is not None and key in higher_is_better:
-            up = higher_is_better[key]
-        elif short in HIGHER_IS_BETTER:
-            up = HIGHER_IS_BETTER[short]
-        else:
+        given = higher_is_better is not None and key in higher_is_better
+        up = higher_is_better[key] if given else metric_direction(key)  # type: ignore[index]
+        if up is None:
             raise ConfigError(f"delta_m: unknown direction for {key!r}; pass higher_is_better={{{key!r}: True/False}}")
         sign = 1.0 if up else -1.0
         gains.append(sign * (float(value) - base) / base * 100.0)

@@ -2,7 +2,8 @@
 
 ``loss_plot(records, path)`` draws every loss part of ``metrics.jsonl`` records
 against the step; ``predictions_plot(samples, path)`` draws, per validation image,
-the image and each task's label next to the student's prediction.
+the image and each task's label next to the student's prediction. How a task's label or
+head output is drawn is its ``plot`` style (:class:`sak.pipeline.tasks.PlotStyle`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
-IGNORE = 255
+from ...pipeline.tasks import IGNORE_INDEX, get_task
 
 
 def _pyplot():
@@ -53,26 +55,45 @@ def loss_plot(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
 def _class_colours(n: int = 256) -> np.ndarray:
     rng = np.random.default_rng(0)
     colours = rng.uniform(0.15, 1.0, size=(n, 3))
-    colours[IGNORE] = 0.0
+    colours[IGNORE_INDEX] = 0.0
     return colours
 
 
 def render_map(task: str, value: np.ndarray, depth_max: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """A label or prediction as something ``imshow`` draws: (array, imshow kwargs).
+    """A label or prediction as something ``imshow`` draws: (array, imshow kwargs), by the task's plot style.
 
-    semseg/parts: (H, W) class ids (ignore 255 black); depth: (H, W) meters, coloured on
-    [0, depth_max] (pass the label's maximum so label and prediction share one scale);
-    normals: (H, W, 3) in [-1, 1]; edge/saliency: (H, W) in [0, 1].
+    classes: (H, W) class ids (ignore 255 black); vectors: (H, W, 3) in [-1, 1]; scalar: (H, W)
+    coloured on [vmin, vmax], where a style without vmax takes ``depth_max`` (pass the label's
+    maximum so label and prediction share one scale) or else the map's own valid maximum.
     """
-    if task in ("semseg", "parts"):
+    style = get_task(task).plot
+    if style.kind == "classes":
         return _class_colours()[np.clip(value.astype(np.int64), 0, 255)], {}
-    if task == "normals":
+    if style.kind == "vectors":
         return np.clip((value + 1.0) / 2.0, 0.0, 1.0), {}
-    if task == "depth":
+    hi = style.vmax
+    if hi is None:
         valid = value[value > 0]
         hi = depth_max if depth_max else (float(valid.max()) if valid.size else 1.0)
-        return value, {"cmap": "viridis", "vmin": 0.0, "vmax": hi}
-    return value, {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    return value, {"cmap": style.cmap, "vmin": style.vmin, "vmax": hi}
+
+
+def display_map(task: str, x_chw: torch.Tensor, *, prediction: bool) -> np.ndarray:
+    """A sample's label or head output (C, H, W) as the array :func:`render_map` takes.
+
+    A prediction goes through the task's plot activation first (argmax, unit vectors, sigmoid).
+    """
+    spec = get_task(task)
+    act = spec.plot.activation if prediction else "none"
+    if act == "argmax":
+        return x_chw.argmax(0).numpy()
+    if spec.is_class_map:
+        return x_chw.numpy()
+    if act == "l2":
+        x_chw = torch.nn.functional.normalize(x_chw, dim=0)
+    elif act == "sigmoid":
+        x_chw = torch.sigmoid(x_chw)
+    return x_chw.permute(1, 2, 0).numpy() if spec.label_channels > 1 else x_chw[0].numpy()
 
 
 def predictions_plot(samples: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -94,11 +115,12 @@ def predictions_plot(samples: Sequence[Mapping[str, Any]], path: str | os.PathLi
             axes[r][0].set_title("image", fontsize=8)
         for t, task in enumerate(tasks):
             label = sample["labels"].get(task)
-            depth_max = float(np.max(label)) if task == "depth" and label is not None and np.max(label) > 0 else None
+            shared = get_task(task).plot.vmax is None and label is not None and np.max(label) > 0
+            vmax = float(np.max(label)) if shared else None
             for k, (kind, source) in enumerate((("label", sample["labels"]), ("pred", sample["preds"]))):
                 ax = axes[r][1 + 2 * t + k]
                 if task in source:
-                    arr, kw = render_map(task, np.asarray(source[task]), depth_max)
+                    arr, kw = render_map(task, np.asarray(source[task]), vmax)
                     ax.imshow(arr, **kw)
                 if r == 0:
                     ax.set_title(f"{task} {kind}", fontsize=8)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...manifests.errors import ConfigError, SakError
+from ...pipeline.tasks import get_task
 from ...pipeline.teachers import list_teachers, teacher_info
 
 from .config import StudentConfig, TaskSpec, TeacherTarget, parse_img_size
@@ -101,9 +102,7 @@ def teacher_width(name: str, overrides: Mapping[str, int] | None = None) -> int:
 
 
 def parse_tasks(tasks: Sequence[str], dataset: str = "nyud") -> tuple[TaskSpec, ...]:
-    """``["semseg", "depth:1"]`` -> TaskSpecs; channels from ``pipeline.labels.task_channels`` unless given."""
-    from ...pipeline.data.labels import task_channels
-
+    """``["semseg", "depth:1"]`` -> TaskSpecs; channels from the task registry (per dataset format) unless given."""
     specs = []
     for item in tasks:
         name, _, ch = item.partition(":")
@@ -113,7 +112,7 @@ def parse_tasks(tasks: Sequence[str], dataset: str = "nyud") -> tuple[TaskSpec, 
             except ValueError:
                 raise ConfigError(f"task {item!r}: channels after ':' must be an integer, e.g. semseg:21") from None
         else:
-            channels = task_channels(name, dataset)
+            channels = get_task(name).channels_for(dataset)
         specs.append(TaskSpec(name=name, channels=channels))
     return tuple(specs)
 

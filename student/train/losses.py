@@ -1,48 +1,27 @@
-"""SAK losses: feature distillation (cosine + SmoothL1) and the multi-task losses of the paper.
+"""SAK losses: feature distillation (cosine + SmoothL1) and the weighted sum of the task losses.
 
-Reductions (all as in the official ``losses.py`` unless noted):
+Distillation, per (teacher, level), as in the official ``losses.py``:
+``0.9 * mean_b(1 - cos(s_b, t_b)) + 0.1 * SmoothL1(s, t)``, cosine over the flattened C*H*W map
+of each image (``nn.CosineEmbeddingLoss`` formula, eps 1e-12 inside the squared norms),
+SmoothL1 with beta 1 averaged over every element; :func:`distill_loss` *sums* the terms over
+teachers and levels.
 
-- distillation, per (teacher, level): ``0.9 * mean_b(1 - cos(s_b, t_b)) + 0.1 * SmoothL1(s, t)``,
-  cosine over the flattened C*H*W map of each image (``nn.CosineEmbeddingLoss`` formula,
-  eps 1e-12 inside the squared norms), SmoothL1 with beta 1 averaged over every element;
-  :func:`distill_loss` *sums* the terms over teachers and levels.
-- semseg / parts: cross-entropy summed over valid pixels (label != 255), divided by the
-  number of valid pixels in the batch (pixel-pooled mean).
-- depth: L1 summed over valid pixels / number of valid pixels; valid = finite and > 0.
-  (Official: every pixel not marked 255 counts; our labels mark invalid depth with 0.)
-- normals: predictions L2-normalized over channels, L1 summed over the 3 channels of valid
-  pixels / number of valid pixels; valid = not the zero vector (official: != 255).
-- edge: class-balanced BCE on logits, ``-(w y log p + (1-w)(1-y) log(1-p))`` with w = 0.95,
-  averaged over pixels != 255 (equal to the official BCE(pos_weight=w/(1-w)) * (1-w)).
-- saliency: balanced cross-entropy; class weights from the batch, negatives weighted by the
-  positive fraction and positives by the negative fraction, weighted sum / valid pixels.
-  A 1-channel head is treated as the logit of the salient class (the official head has 2
-  channels; softmax over two logits is the sigmoid of their difference, so the loss is the same).
-
-Missing labels: ``task_losses`` takes a per-sample bool mask per task; masked-out samples
-are removed before the loss (never counted as zeros); a task with no sample contributes
-an exact 0 that stays connected to the graph (no NaN, DDP-safe).
+Task losses: each task's loss function and default weight are its declaration in
+:mod:`sak.pipeline.tasks` (reductions documented in ``sak.pipeline.tasks.losses``);
+:func:`task_losses` weights and sums them. Missing labels: ``task_losses`` takes a per-sample
+bool mask per task; masked-out samples are removed before the loss (never counted as zeros);
+a task with no sample contributes an exact 0 that stays connected to the graph (no NaN, DDP-safe).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
-
-IGNORE_INDEX = 255
-EDGE_POS_WEIGHT = 0.95
-
-#: Loss weights per dataset, from the paper / official ``NYUD_LOSS_CONFIG``, ``PASCAL_LOSS_CONFIG``.
-DATASET_TASK_WEIGHTS: dict[str, dict[str, float]] = {
-    "nyud": {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0},
-    "pascal": {"semseg": 1.0, "parts": 2.0, "saliency": 5.0, "normals": 10.0, "edge": 50.0},
-}
-#: One weight per task (the two datasets agree on every shared task).
-TASK_WEIGHTS: dict[str, float] = {**DATASET_TASK_WEIGHTS["nyud"], **DATASET_TASK_WEIGHTS["pascal"]}
+from ...pipeline.tasks import TASKS, get_task, list_tasks
 
 
 # -- distillation -----------------------------------------------------------------------------
@@ -186,90 +165,26 @@ def distill_loss(
 
 
 # -- task losses --------------------------------------------------------------------------------
-def _as_b1hw(x: torch.Tensor) -> torch.Tensor:
-    return x[:, None] if x.ndim == 3 else x
-
-
-def _as_b3hw(x: torch.Tensor) -> torch.Tensor:
-    if x.ndim == 4 and x.shape[1] != 3 and x.shape[-1] == 3:
-        return x.permute(0, 3, 1, 2)
-    return x
-
-
-def _class_map(label: torch.Tensor) -> torch.Tensor:
-    return (label[:, 0] if label.ndim == 4 else label).long()
-
-
-def _safe_div(total: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
-    count = torch.as_tensor(count, device=total.device)
-    return total / count.clamp(min=1).to(total.dtype)
-
-
-def semseg_loss(logits: torch.Tensor, label: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy over pixels != ``ignore_index``, pixel-pooled over the batch (also parts)."""
-    label = _class_map(label)
-    ce = F.cross_entropy(logits, label, ignore_index=ignore_index, reduction="sum")
-    return _safe_div(ce, (label != ignore_index).sum())
-
-
-def depth_loss(pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    """L1 over valid pixels (finite and > 0)."""
-    depth = _as_b1hw(depth).to(pred.dtype)
-    valid = torch.isfinite(depth) & (depth > 0)
-    diff = torch.where(valid, (pred - torch.where(valid, depth, 0.0)).abs(), 0.0)
-    return _safe_div(diff.sum(), valid.sum())
-
-
-def normals_loss(pred: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-    """L1 between unit-normalized predictions and labels, summed over channels, mean over valid pixels."""
-    gt = _as_b3hw(normals).to(pred.dtype)
-    valid = ((gt != 0).any(dim=1, keepdim=True) & (gt != IGNORE_INDEX).all(dim=1, keepdim=True))
-    unit = F.normalize(pred, p=2, dim=1)
-    diff = torch.where(valid, (unit - gt).abs(), 0.0)
-    return _safe_div(diff.sum(), valid.sum())
-
-
-def edge_loss(
-    logits: torch.Tensor, edge: torch.Tensor, *, pos_weight: float = EDGE_POS_WEIGHT, ignore_index: int = IGNORE_INDEX
-) -> torch.Tensor:
-    """Class-balanced BCE: mean over valid pixels of ``-(w y log p + (1-w)(1-y) log(1-p))``."""
-    y = _as_b1hw(edge).to(logits.dtype)
-    valid = y != ignore_index
-    y = torch.where(valid, y, 0.0)
-    per_px = -(pos_weight * y * F.logsigmoid(logits) + (1 - pos_weight) * (1 - y) * F.logsigmoid(-logits))
-    return _safe_div(torch.where(valid, per_px, 0.0).sum(), valid.sum())
-
-
-def saliency_loss(logits: torch.Tensor, sal: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Balanced CE (official ``CELoss(balanced=True)``); 1-channel logits = salient-class logit."""
-    y = _class_map(sal)
-    valid = y != ignore_index
-    pos = (y == 1) & valid
-    n_valid = valid.sum()
-    frac_neg = _safe_div(((y == 0) & valid).sum().float(), n_valid)  # official ``pos_weight``
-    frac_pos = _safe_div(pos.sum().float(), n_valid)
-    if logits.shape[1] == 1:
-        logp_pos, logp_neg = F.logsigmoid(logits[:, 0]), F.logsigmoid(-logits[:, 0])
-    elif logits.shape[1] == 2:
-        logp = F.log_softmax(logits, dim=1)
-        logp_pos, logp_neg = logp[:, 1], logp[:, 0]
-    else:
-        raise ConfigError(f"saliency logits must have 1 or 2 channels, got {logits.shape[1]}")
-    neg = valid & ~pos
-    per_px = torch.where(pos, -frac_neg * logp_pos, 0.0) + torch.where(neg, -frac_pos * logp_neg, 0.0)
-    return _safe_div(per_px.sum(), n_valid)
-
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-TASK_LOSSES: dict[str, LossFn] = {
-    "semseg": semseg_loss,
-    "parts": semseg_loss,
-    "depth": depth_loss,
-    "normals": normals_loss,
-    "edge": edge_loss,
-    "saliency": saliency_loss,
-}
+
+def default_weights(tasks: Iterable[str]) -> dict[str, float]:
+    """Each task's default loss weight (the paper's: NYUD 1/1/10/50, PASCAL parts 2, saliency 5)."""
+    return {t: get_task(t).loss_weight for t in tasks}
+
+
+def _loss_and_weight(
+    task: str, weights: Mapping[str, float] | None, loss_fns: Mapping[str, LossFn] | None
+) -> tuple[LossFn, float]:
+    spec = get_task(task) if task in TASKS else None
+    fn = loss_fns[task] if loss_fns and task in loss_fns else (spec.loss if spec else None)
+    weight = (spec.loss_weight if spec else None) if weights is None else weights.get(task)
+    if fn is None or weight is None:
+        raise ConfigError(
+            f"no loss or weight for task {task!r}; registered tasks: {', '.join(list_tasks())}. "
+            "Register it (sak.pipeline.tasks.register_task) or pass loss_fns= and weights= for it"
+        )
+    return fn, float(weight)
 
 
 def task_losses(
@@ -282,23 +197,17 @@ def task_losses(
 ) -> dict[str, torch.Tensor]:
     """Weighted loss per labelled task plus ``"total"`` (their sum).
 
-    ``preds[task]``: (B, C, H, W) head outputs; ``labels[task]``: the batch's labels (see the
-    module docstring for shapes); ``masks[task]``: (B,) bool, True where the sample has that
+    ``preds[task]``: (B, C, H, W) head outputs; ``labels[task]``: the batch's labels (conventions in
+    ``sak.pipeline.tasks.base``); ``masks[task]``: (B,) bool, True where the sample has that
     label (missing key = every sample has it). Tasks without labels are skipped; labels of
-    tasks the student does not predict are ignored. ``weights`` default to
-    :data:`TASK_WEIGHTS` (pass ``DATASET_TASK_WEIGHTS[...]`` or your own).
+    tasks the student does not predict are ignored. ``weights`` default to each task's
+    registered ``loss_weight`` (:func:`default_weights`); ``loss_fns`` override registered losses.
     """
-    weights = TASK_WEIGHTS if weights is None else weights
-    fns = TASK_LOSSES if loss_fns is None else {**TASK_LOSSES, **loss_fns}
     out: dict[str, torch.Tensor] = {}
     for task, label in labels.items():
         if task not in preds:
             continue
-        if task not in fns or task not in weights:
-            raise ConfigError(
-                f"no loss or weight for task {task!r}; known: {sorted(set(fns) & set(weights))}. "
-                "Pass loss_fns= and weights= for a new task"
-            )
+        fn, weight = _loss_and_weight(task, weights, loss_fns)
         pred = preds[task]
         mask = masks.get(task) if masks else None
         if mask is not None:
@@ -311,7 +220,7 @@ def task_losses(
             if not bool(mask.all()):
                 pred, label = pred[mask], label[mask.to(label.device)]
         # losses in float32 (autocast runs the official losses in float32; fp16 pixel sums overflow)
-        out[task] = float(weights[task]) * fns[task](pred.float(), label.to(pred.device))
+        out[task] = weight * fn(pred.float(), label.to(pred.device))
     if out:
         out["total"] = torch.stack(list(out.values())).sum()
     else:

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from sak.manifests.config import canonical_json
 from sak.manifests.errors import ConfigError
 from sak.pipeline.data.augment import (
-    LABEL_PAD,
     ViewParams,
     apply_view_image,
     apply_view_label,
@@ -21,6 +20,7 @@ from sak.pipeline.data.augment import (
     sample_view,
 )
 from sak.pipeline.store.spec import FeatureSpec
+from sak.pipeline.tasks import get_task
 
 SHA = "ab" * 32
 
@@ -120,7 +120,7 @@ def test_downscale_then_pad_nearest_and_pad_values():
     assert d[:2, :3].tolist() == [[8.0, 10.0, 12.0], [20.0, 22.0, 24.0]]
     assert d[2:].abs().sum().item() == 0 and d[:, 3].abs().sum().item() == 0
     for task in ("edge", "saliency"):
-        assert apply_view_label(torch.ones(4, 6), p, task)[3, 3].item() == LABEL_PAD[task] == 0
+        assert apply_view_label(torch.ones(4, 6), p, task)[3, 3].item() == get_task(task).pad_value == 0
     normals = torch.ones(4, 6, 3)
     n = apply_view_label(normals, p, "normals")
     assert n.shape == (4, 4, 3) and n[:2, :3].eq(1).all() and n[2:].eq(0).all() and n[:, 3].eq(0).all()
@@ -161,7 +161,7 @@ def test_mismatched_sizes_and_tasks_are_explained():
     p = sample_view(SHA, 0, (10, 12))
     with pytest.raises(ConfigError, match=r"sampled for an image of \(10, 12\)"):
         apply_view_image(_img(12, 10), p)
-    with pytest.raises(ConfigError, match="unknown label task"):
+    with pytest.raises(ConfigError, match="unknown task 'albedo'; known tasks: semseg"):
         apply_view_label(torch.zeros(10, 12), p, "albedo")
     with pytest.raises(ConfigError, match="float image"):
         apply_view_image(torch.zeros(3, 10, 12, dtype=torch.uint8), p)

@@ -13,8 +13,15 @@ import pytest
 from PIL import Image
 
 from sak.manifests.errors import DatasetError, PathEscape, SchemaMismatch
-from sak.manifests.schemas import DATASET_SCHEMA, validate_table
-from sak.pipeline.data.datasets import Dataset, index_dataset, list_datasets, open_dataset, write_dataset_index
+from sak.manifests.schemas import validate_table
+from sak.pipeline.data.datasets import (
+    Dataset,
+    index_dataset,
+    list_datasets,
+    manifest_schema,
+    open_dataset,
+    write_dataset_index,
+)
 
 LABELS = ("label_semseg", "label_depth", "label_normals", "label_edge", "label_parts", "label_saliency")
 
@@ -32,7 +39,7 @@ def _gray(path: Path, arr: np.ndarray) -> Path:
 
 
 def _rows(table) -> dict[str, dict]:
-    validate_table(table, DATASET_SCHEMA, "test")
+    validate_table(table, manifest_schema(), "test")
     return {r["sample_id"]: r for r in table.to_pylist()}
 
 

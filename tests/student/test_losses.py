@@ -1,4 +1,7 @@
-"""Golden values for the distillation and task losses (hand computations in the comments)."""
+"""Golden values for the distillation losses and the weighted task-loss sum (hand computations in the comments).
+
+The per-task loss functions' golden values are in tests/pipeline/tasks/test_task_losses.py.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from sak.manifests.errors import ConfigError
+from sak.pipeline.data.formats import label_dirs
+from sak.pipeline.tasks import list_tasks
+from sak.pipeline.tasks.losses import semseg_loss
 from sak.student.train.losses import (
-    DATASET_TASK_WEIGHTS,
-    TASK_WEIGHTS,
     cosine_smoothl1,
-    depth_loss,
+    default_weights,
     distill_loss,
     distill_loss_terms,
-    edge_loss,
-    normals_loss,
-    saliency_loss,
-    semseg_loss,
     standardize,
     task_losses,
 )
@@ -101,63 +101,6 @@ def test_standardize_golden_and_layouts():
     assert distill_loss(student, teacher, stats, teacher_layout="bhwc").item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_semseg_ce_golden_with_ignore():
-    # pixel 0: logits (0, 0), label 0 -> ln 2;  pixel 1: logits (ln 3, 0), label 1 -> -ln(1/4) = ln 4
-    # pixel 2: label 255, ignored.  mean over 2 valid pixels = 1.5 ln 2
-    logits = torch.tensor([[0.0, math.log(3.0), 9.0], [0.0, 0.0, -9.0]]).reshape(1, 2, 1, 3)
-    label = torch.tensor([[[0, 1, 255]]])
-    assert semseg_loss(logits, label).item() == pytest.approx(1.5 * LN2)
-    all_ignored = semseg_loss(logits, torch.full((1, 1, 3), 255))
-    assert all_ignored.item() == 0.0
-
-
-def test_depth_l1_golden_valid_pixels_only():
-    # valid gt: 1.5 and 5 (0 and NaN invalid): |1 - 1.5| + |3 - 5| = 2.5 over 2 pixels
-    pred = t([1, 2, 3, 4], (1, 1, 2, 2))
-    gt = torch.tensor([[[1.5, 0.0], [5.0, float("nan")]]])
-    loss = depth_loss(pred, gt)
-    assert loss.item() == pytest.approx(1.25)
-    pred.requires_grad_(True)
-    depth_loss(pred, gt).backward()
-    assert torch.isfinite(pred.grad).all() and pred.grad.flatten().tolist() == [-0.5, 0.0, -0.5, 0.0]
-    assert depth_loss(pred, torch.zeros(1, 2, 2)).item() == 0.0
-
-
-def test_normals_l1_golden():
-    # pixel 0: pred (2,0,0) -> unit (1,0,0) = gt -> 0;  pixel 1: pred (0,3,0) -> (0,1,0) vs gt (1,0,0): 1 + 1 = 2
-    # pixel 2: gt (0,0,0) invalid.  (0 + 2) / 2 valid pixels = 1
-    pred = torch.tensor([[2.0, 0.0, 5.0], [0.0, 3.0, 5.0], [0.0, 0.0, 5.0]]).reshape(1, 3, 1, 3)
-    gt_bhwc = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).reshape(1, 1, 3, 3)
-    assert normals_loss(pred, gt_bhwc).item() == pytest.approx(1.0)
-    assert normals_loss(pred, gt_bhwc.permute(0, 3, 1, 2)).item() == pytest.approx(1.0)
-
-
-def test_edge_balanced_bce_golden():
-    # logit 0 -> p = 0.5. y=1: -0.95 ln .5 = 0.95 ln2; y=0: 0.05 ln2; 255 ignored -> mean = 0.5 ln 2
-    logits = torch.zeros(1, 1, 1, 3)
-    assert edge_loss(logits, torch.tensor([[[1.0, 0.0, 255.0]]])).item() == pytest.approx(0.5 * LN2)
-    # all-background image: every pixel 0.05 ln 2
-    assert edge_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2)).item() == pytest.approx(0.05 * LN2)
-    # equals the official BCE(pos_weight = w / (1 - w)) / (1 / (1 - w))
-    x, y = torch.tensor([0.3, -1.2, 2.0]), torch.tensor([1.0, 0.0, 1.0])
-    official = F.binary_cross_entropy_with_logits(x, y, pos_weight=torch.tensor(0.95 / 0.05)) * 0.05
-    assert edge_loss(x.reshape(1, 1, 1, 3), y.reshape(1, 1, 3)).item() == pytest.approx(official.item(), rel=1e-6)
-
-
-def test_saliency_balanced_ce_golden():
-    # labels (1, 0, 0, 0), logit 0: positives weighted by the negative share 3/4, negatives by 1/4.
-    # (3/4 ln2 + 3 * 1/4 ln2) / 4 pixels = 0.375 ln 2
-    label = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
-    assert saliency_loss(torch.zeros(1, 1, 2, 2), label).item() == pytest.approx(0.375 * LN2)
-    assert saliency_loss(torch.zeros(1, 2, 2, 2), label).item() == pytest.approx(0.375 * LN2)
-    # the official weighted cross-entropy (2-channel) on random logits
-    logits2 = torch.randn(1, 2, 2, 2, generator=torch.Generator().manual_seed(0))
-    official = F.cross_entropy(logits2, label.long(), weight=torch.tensor([0.25, 0.75]), reduction="sum") / 4
-    assert saliency_loss(logits2, label).item() == pytest.approx(official.item(), rel=1e-6)
-    # all-background image: the negatives get weight 0 (official behaviour)
-    assert saliency_loss(torch.randn(1, 1, 2, 2), torch.zeros(1, 2, 2)).item() == 0.0
-
-
 def test_task_losses_masks_weights_and_no_nan():
     torch.manual_seed(0)
     preds = {"semseg": torch.randn(2, 3, 2, 2, requires_grad=True), "edge": torch.zeros(2, 1, 2, 2, requires_grad=True)}
@@ -173,8 +116,9 @@ def test_task_losses_masks_weights_and_no_nan():
     # weights: edge 50, all samples labelled (no mask key): 50 * 0.95 ln 2 (every pixel y=1, logit 0)
     out2 = task_losses({"edge": torch.zeros(2, 1, 2, 2)}, {"edge": torch.ones(2, 2, 2)})
     assert out2["edge"].item() == pytest.approx(50 * 0.95 * LN2)
-    assert TASK_WEIGHTS == {"semseg": 1, "depth": 1, "normals": 10, "edge": 50, "parts": 2, "saliency": 5}
-    assert DATASET_TASK_WEIGHTS["nyud"] == {"semseg": 1, "depth": 1, "normals": 10, "edge": 50}
+    assert default_weights(list_tasks()) == {"semseg": 1, "depth": 1, "normals": 10, "edge": 50, "parts": 2,
+                                             "saliency": 5}
+    assert default_weights(label_dirs("nyud")) == {"semseg": 1, "depth": 1, "normals": 10, "edge": 50}
 
 
 def test_task_losses_all_masked_batch_and_unknown_task():
@@ -185,3 +129,9 @@ def test_task_losses_all_masked_batch_and_unknown_task():
     assert pred.grad is not None and pred.grad.abs().sum() == 0
     with pytest.raises(ConfigError, match="no loss"):
         task_losses({"flow": pred}, {"flow": torch.ones(2, 2, 2)})
+    # an unregistered task trains with a loss and a weight passed in; a registered one takes overrides
+    flow = task_losses({"flow": pred}, {"flow": torch.ones(2, 2, 2)}, loss_fns={"flow": lambda p, y: p.sum() * 0 + 2.0},
+                       weights={"flow": 3.0})
+    assert flow["flow"].item() == 6.0
+    with pytest.raises(ConfigError, match="no loss or weight for task 'depth'"):
+        task_losses({"depth": pred}, {"depth": torch.ones(2, 2, 2)}, weights={"edge": 1.0})

@@ -1,0 +1,45 @@
+"""Boundaries: (H, W) float32 in {0, 1} (png values > 127 are edges), 255 = ignore in losses and metrics.
+
+Views pad with 0 (no edge). Loss: class-balanced BCE on logits (weight 50); metric: odsF/oisF
+with a distance tolerance of 0.011 (NYUD) or 0.0075 (PASCAL) of the image diagonal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import IGNORE_INDEX, PlotStyle, TaskDef
+from .decode import binary_map
+from .losses import edge_loss
+from .metrics import BoundaryF
+
+NAME = "edge"
+
+#: Boundary tolerance (fraction of the image diagonal) per dataset format; others use the NYUD one.
+MAX_DIST = {"nyud": 0.011, "pascal": 0.0075}
+
+
+def decode(arr: np.ndarray, path: Path, dataset: str) -> np.ndarray:
+    return binary_map(arr, path, NAME)
+
+
+def metric(channels: int, dataset: str) -> BoundaryF:
+    return BoundaryF(max_dist=MAX_DIST.get(dataset, MAX_DIST["nyud"]))
+
+
+TASK = TaskDef(
+    name=NAME,
+    channels=1,
+    label_kind="map",
+    decode=decode,
+    layout_dirs={"nyud": ("edge", (".png",))},
+    pad_value=0.0,
+    ignore_value=IGNORE_INDEX,
+    loss=edge_loss,
+    loss_weight=50.0,
+    metric=metric,
+    higher_is_better={"odsF": True, "oisF": True},
+    plot=PlotStyle(kind="scalar", activation="sigmoid"),
+)
