@@ -172,7 +172,7 @@ class FsspecLocation(Location):
         return self._read_only
 
     def as_read_only(self) -> "FsspecLocation":
-        return FsspecLocation(self.fs, self.path, read_only=True)
+        return self if self._read_only else FsspecLocation(self.fs, self.path, read_only=True)
 
     def put_bytes(self, data: bytes) -> None:
         self._check_writable("put_bytes()")

@@ -103,6 +103,17 @@ class FeatureStore:
         self._parts: dict[str, pa.Table] = {}
         self._lock = threading.Lock()
 
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        """A read-only store reads through a read-only view of its folder: any write is refused there too."""
+        self._read_only = bool(value)
+        if self.path.read_only != self._read_only:
+            self.path = as_location(str(self.path), read_only=self._read_only)
+
     # -- opening ------------------------------------------------------------------
     @staticmethod
     def path_for(cache_root: str | os.PathLike[str], spec: FeatureSpec) -> Location:
