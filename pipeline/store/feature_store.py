@@ -96,7 +96,7 @@ class FeatureStore:
     """A feature store of one spec. Use :meth:`create` (writers) or :meth:`open` (readers)."""
 
     def __init__(self, path, spec: FeatureSpec, *, read_only: bool = True) -> None:
-        self.path = as_location(path)
+        self._location = as_location(path)  # as given; ``path`` is it, or its read-only view
         self.spec = spec
         self.read_only = read_only
         self._arrays: dict[tuple[str, str], object] = {}
@@ -111,8 +111,7 @@ class FeatureStore:
     def read_only(self, value: bool) -> None:
         """A read-only store reads through a read-only view of its folder: any write is refused there too."""
         self._read_only = bool(value)
-        if self.path.read_only != self._read_only:
-            self.path = as_location(str(self.path), read_only=self._read_only)
+        self.path = self._location.as_read_only() if self._read_only else self._location
 
     # -- opening ------------------------------------------------------------------
     @staticmethod
@@ -171,7 +170,7 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, teacher={self.spec.teacher!r}, read_only={self.read_only})"
 
     def __getstate__(self) -> dict:  # picklable for dask: drop open arrays and caches
-        return {"path": self.path, "spec": self.spec, "read_only": self.read_only}
+        return {"path": self._location, "spec": self.spec, "read_only": self.read_only}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], state["spec"], read_only=state["read_only"])

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 
+import google_crc32c
 import numpy as np
+from numcodecs import Zstd
 
 from ...manifests.errors import StoreCorrupt
 from ..storage import Location
@@ -59,9 +61,6 @@ def encode_shard(block: np.ndarray, shard_samples: int) -> bytes:
     an absent chunk), then the crc32c of the index. This skips zarr's per-chunk async
     overhead (about 0.3 ms per chunk), which dominates for small feature maps; zarr reads it.
     """
-    import google_crc32c
-    from numcodecs import Zstd
-
     codec = Zstd(level=ZSTD_LEVEL)
     little = block.astype(block.dtype.newbyteorder("<"), copy=False)
     index = np.full((shard_samples, 2), np.iinfo(np.uint64).max, dtype="<u8")
@@ -99,9 +98,6 @@ class ShardReader:
         return self.read(start, max(start, stop))
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        import google_crc32c
-        from numcodecs import Zstd
-
         codec, s = Zstd(), self.shard_samples
         sample_shape = self.shape[1:]
         little = self.dtype.newbyteorder("<")
