@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ...manifests.errors import BadImage, DatasetError, PathEscape, SchemaMismatch
 from ...manifests.hashing import sha256_file
@@ -36,7 +35,6 @@ from ...manifests.schemas import (
     STATUS_FAILED,
     STATUS_OK,
     label_column,
-    read_dataset_manifest,
     table_from_rows,
 )
 

@@ -134,7 +134,10 @@ def _refusing(what: str):
 
 
 class ReadOnlyLocalLocation(LocalLocation):
-    """A local location that refuses every write (pathlib's own ones included) before touching the disk."""
+    """Refuses every write made through its methods (pathlib's own included) before touching the disk.
+
+    (A plain ``open(view, "wb")`` or ``shutil.rmtree(view)`` goes around it: the store never does that.)
+    """
 
     __slots__ = ()
 
@@ -155,8 +158,10 @@ class ReadOnlyLocalLocation(LocalLocation):
             raise refuse_write(self, "zarr_store(read_only=False)")
         return str(self)
 
-    for _what in ("put_bytes", "write_atomic", "write_text_atomic", "mkdir", "unlink", "remove_tree", "fsync_tree",
-                  "write_bytes", "write_text", "touch", "rmdir", "rename", "replace", "chmod", "lchmod",
-                  "symlink_to", "hardlink_to"):
-        locals()[_what] = _refusing(_what)
-    del _what
+
+#: Every method that changes the disk: the interface's writes and pathlib's own.
+_WRITES = ("put_bytes", "write_atomic", "write_text_atomic", "mkdir", "unlink", "remove_tree", "fsync_tree",
+           "write_bytes", "write_text", "touch", "rmdir", "rename", "replace", "chmod", "lchmod", "symlink_to",
+           "hardlink_to")
+for _name in _WRITES:
+    setattr(ReadOnlyLocalLocation, _name, _refusing(_name))
