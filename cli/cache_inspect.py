@@ -142,7 +142,6 @@ def gc(
 
     A committed segment is never touched, and neither is a segment whose writer still runs on this host.
     """
-    from ..pipeline.storage.location import tree_bytes
     from ..pipeline.store.feature_store import list_stores
 
     total_files, total_bytes = 0, 0
@@ -152,7 +151,7 @@ def gc(
         plan = s.gc(dry_run=True, grace_seconds=grace)
         if not plan:
             continue
-        size = sum(tree_bytes(p) if p.is_dir() else p.stat().st_size for p in plan)
+        size = sum(p.tree_bytes() if p.is_dir() else p.stat().st_size for p in plan)
         total_files, total_bytes = total_files + len(plan), total_bytes + size
         out.print(f"[bold]{s.name}[/]: {len(plan)} item(s), {_mb(size)}")
         for p in plan[:MAX_LISTED]:

@@ -25,9 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from ...manifests.errors import BadImage, DatasetError, PathEscape
+from ...manifests.errors import BadImage, DatasetError, PathEscape, SchemaMismatch
 from ...manifests.hashing import sha256_file
 from ...manifests.paths import relative_path, resolve_inside
 from ...manifests.schemas import (
@@ -35,12 +34,11 @@ from ...manifests.schemas import (
     STATUS_OK,
     dataset_schema,
     label_column,
-    read_dataset_manifest,
     table_from_rows,
 )
 
+from ..storage import Location, as_location, read_parquet_with_metadata, write_parquet_atomic
 from ..tasks import get_task, list_tasks
-
 from .formats import FORMATS, Candidate, detect_format, discover
 from .images import open_image_size
 from .labels import load_label
@@ -195,21 +193,17 @@ def index_dataset(
     return table.replace_schema_metadata(meta)
 
 
-def dataset_index_path(cache_root: str | os.PathLike[str], name: str):
-    """``<cache>/datasets/<name>.parquet``: a Path, or a RemotePath when the cache is an fsspec URL."""
-    from ..storage.location import as_location
-
+def dataset_index_path(cache_root: str | os.PathLike[str], name: str) -> Location:
+    """``<cache>/datasets/<name>.parquet`` (a local path or an fsspec URL)."""
     return as_location(cache_root) / "datasets" / f"{check_name(name)}.parquet"
 
 
 def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa.Table,
-                        root: str | os.PathLike[str]) -> Path:
+                        root: str | os.PathLike[str]) -> Location:
     """Write ``table`` atomically to ``<cache>/datasets/<name>.parquet``, recording the absolute ``root``."""
     path = dataset_index_path(cache_root, name)
     fmt = (table.schema.metadata or {}).get(FORMAT_KEY, b"folder")
     meta = {ROOT_KEY: str(Path(root).resolve()).encode(), FORMAT_KEY: fmt}
-    from ..storage.location import write_parquet_atomic
-
     write_parquet_atomic(table, path, manifest_schema(), meta)  # local: temp + rename; URL: one PUT
     log.info("wrote dataset index %s (%d rows)", path, table.num_rows)
     return path
@@ -217,10 +211,8 @@ def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa
 
 def list_datasets(cache_root: str | os.PathLike[str]) -> list[str]:
     """Names of the datasets indexed in a cache, sorted."""
-    from ..storage.location import as_location, list_names
-
     folder = as_location(cache_root) / "datasets"
-    return [n[: -len(".parquet")] for n in list_names(folder, suffix=".parquet") if not n.startswith(".")]
+    return [n[: -len(".parquet")] for n in folder.list_names(suffix=".parquet") if not n.startswith(".")]
 
 
 def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
@@ -233,16 +225,9 @@ def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
             f"no dataset named '{name}' in {path.parent} (indexed: {known or 'none'}). "
             f"Index it first: sak-cache index <folder> --cache {cache_root} --name {name}"
         )
-    if isinstance(path, Path):
-        table = read_dataset_manifest(path, list_tasks())
-        meta = pq.read_schema(path).metadata or {}
-    else:  # a cache behind an fsspec URL: one GET, then the same checks
-        from ..storage.location import read_parquet
-
-        table = read_parquet(path, manifest_schema())
-        meta = pq.read_table(pa.BufferReader(path.read_bytes())).schema.metadata or {}
-        if len(set(table.column("sample_id").to_pylist())) != table.num_rows:
-            raise DatasetError(f"{path}: sample_id values are not unique; rebuild it with sak-cache index")
+    table, meta = read_parquet_with_metadata(path, manifest_schema())  # one read, local or behind a URL
+    if len(set(table.column("sample_id").to_pylist())) != table.num_rows:
+        raise SchemaMismatch(f"{path}: sample_id values are not unique; rebuild it with sak-cache index")
     if root_override is not None:
         root = Path(root_override)
     elif ROOT_KEY in meta:

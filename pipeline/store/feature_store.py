@@ -17,19 +17,21 @@ writer wins); a key with no ok row is represented by its failed row from the lar
 (latest) segment id. ``stats()`` removes the statistics of the rows dedup drops, so it
 equals the statistics over exactly the rows ``commits()`` returns.
 
-A store may live on local disk or behind any fsspec URL (``s3://``, ``gs://``, ``memory://``);
-see :mod:`.storage`: local paths stay plain :class:`pathlib.Path` objects, URLs become
-:class:`.storage.RemotePath`. A store opened ``read_only`` never writes, on either.
+A store may live on local disk or behind any fsspec URL (``s3://``, ``gs://``, ``memory://``):
+``path`` is a :class:`..storage.Location` either way (a ``pathlib.Path`` locally), and this
+module never asks which. A store opened ``read_only`` never writes, on either.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
+import socket
 import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from datetime import datetime, timezone
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,12 +46,9 @@ from .stats import LayerStats, merge_all, stats_from_json
 from .shards import ShardReader, fast_shards_supported
 from .commits import dedup_commits, dropped_ok_rows, rows_by_segment
 from .arrays import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
-from ..storage.location import RemotePath, as_location, read_parquet, zarr_store
-from ..storage.location import list_names
-from .writer import SegmentWriter, tree_bytes, write_text_atomic
-
-if TYPE_CHECKING:
-    from .maintenance import VerifyReport
+from ..storage import Location, as_location, read_parquet
+from .maintenance import VerifyReport, gc_store, verify_store
+from .writer import SegmentWriter, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +62,6 @@ _FLAG = {
     "layers": "--layers", "resolution": "--resolution", "dtype": "--dtype", "views": "--views", "aug": "--aug",
     "keep_prefix": "--keep-prefix", "weights": "--weights / --random-init", "aug_seed": "--seed", "teacher": "--teacher",
 }
-
-
-# -- file-system helpers (the only places that touch the disk directly) ----------
-def _as_path(path_or_url: str | os.PathLike[str]) -> "Path | RemotePath":
-    return as_location(path_or_url)
-
-
-def _read_text(path) -> str:
-    return path.read_text(encoding="utf-8")
 
 
 # -- spec comparison -------------------------------------------------------------
@@ -90,12 +80,8 @@ def _mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> st
     )
 
 
-def write_created_record(path) -> None:
+def write_created_record(path: Location) -> None:
     """Write ``<store>/created.json`` (``created_by`` user@host, ``created_at`` UTC) unless it exists."""
-    import getpass
-    import socket
-    from datetime import datetime, timezone
-
     if (path / CREATED_FILE).exists():
         return
     try:
@@ -110,17 +96,27 @@ class FeatureStore:
     """A feature store of one spec. Use :meth:`create` (writers) or :meth:`open` (readers)."""
 
     def __init__(self, path, spec: FeatureSpec, *, read_only: bool = True) -> None:
-        self.path = as_location(path)
+        self._location = as_location(path)  # as given; ``path`` is it, or its read-only view
         self.spec = spec
         self.read_only = read_only
         self._arrays: dict[tuple[str, str], object] = {}
         self._parts: dict[str, pa.Table] = {}
         self._lock = threading.Lock()
 
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        """A read-only store reads through a read-only view of its folder: any write is refused there too."""
+        self._read_only = bool(value)
+        self.path = self._location.as_read_only() if self._read_only else self._location
+
     # -- opening ------------------------------------------------------------------
     @staticmethod
-    def path_for(cache_root: str | os.PathLike[str], spec: FeatureSpec):
-        return _as_path(cache_root) / FEATURES_DIR / spec.store_name
+    def path_for(cache_root: str | os.PathLike[str], spec: FeatureSpec) -> Location:
+        return as_location(cache_root) / FEATURES_DIR / spec.store_name
 
     @classmethod
     def create(cls, cache_root: str | os.PathLike[str], spec: FeatureSpec) -> "FeatureStore":
@@ -142,14 +138,14 @@ class FeatureStore:
     @classmethod
     def open(cls, path_or_url: str | os.PathLike[str], *, read_only: bool = True) -> "FeatureStore":
         """Open an existing store by its directory; reads and checks ``spec.json`` first."""
-        path = _as_path(path_or_url)
+        path = as_location(path_or_url)
         spec_path = path / SPEC_FILE
         if not spec_path.exists():
             raise StoreCorrupt(
                 f"{path} is not a feature store (no {SPEC_FILE}). List stores with `sak-cache ls --cache <cache>`."
             )
         try:
-            data = json.loads(_read_text(spec_path))
+            data = json.loads(spec_path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise StoreCorrupt(f"{spec_path}: not valid JSON ({exc}); the store is damaged: extract again.") from exc
         version = data.get("format_version") if isinstance(data, dict) else None
@@ -174,7 +170,7 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, teacher={self.spec.teacher!r}, read_only={self.read_only})"
 
     def __getstate__(self) -> dict:  # picklable for dask: drop open arrays and caches
-        return {"path": self.path, "spec": self.spec, "read_only": self.read_only}
+        return {"path": self._location, "spec": self.spec, "read_only": self.read_only}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], state["spec"], read_only=state["read_only"])
@@ -187,7 +183,7 @@ class FeatureStore:
 
     # -- commits ----------------------------------------------------------------
     def committed_segments(self) -> list[str]:
-        names = list_names(self.path / "manifest", PART_PREFIX, PART_SUFFIX)
+        names = (self.path / "manifest").list_names(PART_PREFIX, PART_SUFFIX)
         return [n[len(PART_PREFIX) : -len(PART_SUFFIX)] for n in names]
 
     def raw_commits(self) -> pa.Table:
@@ -199,7 +195,7 @@ class FeatureStore:
             tables = [self._parts[s] for s in sorted(self._parts)]
         return pa.concat_tables(tables) if tables else COMMIT_SCHEMA.empty_table()
 
-    def part_path(self, segment_id: str):
+    def part_path(self, segment_id: str) -> Location:
         return self.path / "manifest" / f"{PART_PREFIX}{segment_id}{PART_SUFFIX}"
 
     def read_part(self, segment_id: str) -> pa.Table:
@@ -210,7 +206,7 @@ class FeatureStore:
         """``created.json``: who created the store (``user@host``) and when (UTC ISO); {} for older stores."""
         path = self.path / CREATED_FILE
         try:
-            data = json.loads(_read_text(path))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError, OSError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -239,7 +235,7 @@ class FeatureStore:
                 raise StoreCorrupt(
                     f"{path} is missing although segment {segment_id} is committed; run `sak-cache verify {self.path}`."
                 )
-            arr = zarr.open_array(zarr_store(path, read_only=True), mode="r")
+            arr = zarr.open_array(path.zarr_store(read_only=True), mode="r")
             if fast and fast_shards_supported(arr):
                 arr = ShardReader(path, arr)
             self._arrays[key] = arr
@@ -295,7 +291,7 @@ class FeatureStore:
             path = self.path / "stats" / f"{seg}.json"
             if not path.exists():
                 raise StoreCorrupt(f"{path} is missing for committed segment {seg}; run `sak-cache verify {self.path}`.")
-            for layer, st in stats_from_json(_read_text(path), str(path)).items():
+            for layer, st in stats_from_json(path.read_text(encoding="utf-8"), str(path)).items():
                 if layer in per_layer:
                     per_layer[layer].append(st)
         totals = {i: merge_all(v, self.spec.width) for i, v in per_layer.items()}
@@ -315,40 +311,36 @@ class FeatureStore:
 
     # -- maintenance --------------------------------------------------------------
     def size_bytes(self) -> int:
-        return tree_bytes(self.path)
+        return self.path.tree_bytes()
 
-    def verify(self, progress: Callable[..., None] | None = None) -> "VerifyReport":
+    def verify(self, progress: Callable[..., None] | None = None) -> VerifyReport:
         """Recompute every committed ok sample's checksum from the stored bytes, reading through zarr."""
-        from .maintenance import verify_store
-
         return verify_store(self, progress)
 
-    def gc(self, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
+    def gc(self, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Location]:
         """Uncommitted segments (and their stats) and stale temp files; deleted unless ``dry_run``.
 
         A segment with a commit part is never touched. A segment without one is garbage when its
         writer is known dead (same host, pid gone) or it has not changed for ``grace_seconds``.
         """
-        from .maintenance import gc_store
-
         return gc_store(self, dry_run=dry_run, grace_seconds=grace_seconds)
 
 
 
-def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
+def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Location]:
     """Module-level alias of :meth:`FeatureStore.gc`."""
     return store.gc(dry_run=dry_run, grace_seconds=grace_seconds)
 
 
 def list_stores(cache_root: str | os.PathLike[str]) -> list[FeatureStore]:
     """Every store of a cache (``<cache>/features/*/spec.json``), sorted by name."""
-    root = _as_path(cache_root) / FEATURES_DIR
-    return [FeatureStore.open(root / n) for n in list_names(root) if (root / n / SPEC_FILE).exists()]
+    root = as_location(cache_root) / FEATURES_DIR
+    return [FeatureStore.open(root / n) for n in root.list_names() if (root / n / SPEC_FILE).exists()]
 
 
 def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None) -> FeatureStore:
     """A store by path, or by name (or unique name prefix / teacher name) inside ``cache_root``."""
-    path = _as_path(ref)
+    path = as_location(ref)
     if (path / SPEC_FILE).exists():
         return FeatureStore.open(path)
     if cache_root is not None:
@@ -361,5 +353,5 @@ def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str
         if len(hits) > 1:
             raise SakError(f"{ref!r} matches several stores: {', '.join(s.name for s in hits)}; pass the full name")
         names = ", ".join(s.name for s in stores) or "none"
-        raise SakError(f"no store {ref!r} in {_as_path(cache_root) / FEATURES_DIR} (stores: {names})")
+        raise SakError(f"no store {ref!r} in {as_location(cache_root) / FEATURES_DIR} (stores: {names})")
     raise SakError(f"{ref} is not a feature store directory; pass a store path or --cache with a store name")

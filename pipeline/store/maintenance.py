@@ -6,7 +6,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,8 +16,7 @@ from ...manifests.schemas import STATUS_OK
 
 from .commits import rows_by_segment
 from .arrays import layer_array_name, prefix_array_name, sample_checksum
-from ..storage.location import RemotePath, remove_tree
-from ..storage.location import list_names
+from ..storage import Location
 from .writer import ACTIVE_SEGMENTS, parse_segment_id, this_host
 
 log = logging.getLogger(__name__)
@@ -75,42 +73,38 @@ def verify_store(store, progress: Callable[..., None] | None = None) -> VerifyRe
     return report
 
 
-def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Path]:
+def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Location]:
     """Uncommitted segments (and their stats) and stale temp files; deleted unless ``dry_run``.
 
     A segment with a commit part is never touched. A segment without one is garbage when its
     writer is known dead (same host, pid gone) or it has not changed for ``grace_seconds``.
     """
     committed = set(store.committed_segments())
-    garbage: list[Path] = []
+    garbage: list[Location] = []
     now = time.time()
-    for seg in list_names(store.path / "segments"):
+    for seg in (store.path / "segments").list_names():
         if seg in committed:
             continue
         seg_path = store.path / "segments" / seg
-        if _writer_alive(seg) or (not _writer_dead(seg) and now - _newest_mtime(seg_path) < grace_seconds):
+        if _writer_alive(seg) or (not _writer_dead(seg) and now - seg_path.newest_mtime() < grace_seconds):
             continue
         garbage.append(seg_path)
-    for seg_stats in list_names(store.path / "stats", suffix=".json"):
+    for seg_stats in (store.path / "stats").list_names(suffix=".json"):
         seg = seg_stats[: -len(".json")]
         if seg not in committed and (store.path / "segments" / seg) in garbage:
             garbage.append(store.path / "stats" / seg_stats)
-    for sub in ("", "manifest", "stats"):
-        for name in list_names(store.path / sub if sub else store.path, prefix=".", suffix=".tmp"):
-            tmp = (store.path / sub / name) if sub else store.path / name
+    for folder in (store.path, store.path / "manifest", store.path / "stats"):
+        for name in folder.list_names(prefix=".", suffix=".tmp"):
+            tmp = folder / name
             if now - tmp.stat().st_mtime >= grace_seconds:
                 garbage.append(tmp)
     if not dry_run:
         if store.read_only:
             raise SakError(f"store {store.path} is open read-only; open it with read_only=False to delete garbage")
         for p in garbage:
-            _remove(p)
+            p.remove_tree()
             log.info("gc removed %s", p)
     return garbage
-
-
-def _remove(path) -> None:
-    remove_tree(path)
 
 
 def _writer_alive(segment_id: str) -> bool:
@@ -132,9 +126,3 @@ def _writer_dead(segment_id: str) -> bool:
     parsed = parse_segment_id(segment_id)
     return parsed is not None and parsed[0] == this_host() and not _writer_alive(segment_id)
 
-
-def _newest_mtime(path) -> float:
-    if isinstance(path, RemotePath):
-        return max((m for _, _, m in path.files()), default=time.time())
-    times = [p.stat().st_mtime for p in path.rglob("*")] + [path.stat().st_mtime]
-    return max(times)

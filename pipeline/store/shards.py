@@ -13,11 +13,13 @@ through zarr. ``sak-cache verify`` always reads through zarr, an independent dec
 from __future__ import annotations
 
 import json
-import os
 
+import google_crc32c
 import numpy as np
+from numcodecs import Zstd
 
 from ...manifests.errors import StoreCorrupt
+from ..storage import Location
 
 ZSTD_LEVEL = 3
 _ABSENT = np.uint64(2**64 - 1)
@@ -59,9 +61,6 @@ def encode_shard(block: np.ndarray, shard_samples: int) -> bytes:
     an absent chunk), then the crc32c of the index. This skips zarr's per-chunk async
     overhead (about 0.3 ms per chunk), which dominates for small feature maps; zarr reads it.
     """
-    import google_crc32c
-    from numcodecs import Zstd
-
     codec = Zstd(level=ZSTD_LEVEL)
     little = block.astype(block.dtype.newbyteorder("<"), copy=False)
     index = np.full((shard_samples, 2), np.iinfo(np.uint64).max, dtype="<u8")
@@ -78,14 +77,14 @@ def encode_shard(block: np.ndarray, shard_samples: int) -> bytes:
 
 
 class ShardReader:
-    """Slice reads of a segment array written by :func:`.store_writer.encode_shard`, without zarr's per-chunk overhead.
+    """Slice reads of a segment array written by :func:`encode_shard`, without zarr's per-chunk overhead.
 
     Reads only the shard index (checked with its crc32c) and the byte span of the wanted
     chunks; absent chunks or shards read as the fill value 0, as in zarr. Use it only for
-    arrays whose metadata :func:`.store_writer.fast_shards_supported` accepts.
+    arrays whose metadata :func:`fast_shards_supported` accepts.
     """
 
-    def __init__(self, path, array) -> None:
+    def __init__(self, path: Location, array) -> None:
         self.path = str(path)
         self._dir = path
         self.shape = tuple(array.shape)
@@ -99,9 +98,6 @@ class ShardReader:
         return self.read(start, max(start, stop))
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        import google_crc32c
-        from numcodecs import Zstd
-
         codec, s = Zstd(), self.shard_samples
         sample_shape = self.shape[1:]
         little = self.dtype.newbyteorder("<")
@@ -111,7 +107,7 @@ class ShardReader:
             path = self._dir.joinpath("c", str(k), *(["0"] * len(sample_shape)))
             lo, hi = max(start, k * s), min(stop, (k + 1) * s)
             try:
-                fh = _open_shard(path)
+                fh = path.open_ranges()  # local: one open file; remote: ranged GETs
             except FileNotFoundError:
                 continue
             with fh:
@@ -132,50 +128,3 @@ class ShardReader:
                 raw = codec.decode(buf[int(off) - begin : int(off) - begin + int(nbytes)])
                 out[lo - start + j] = np.frombuffer(raw, dtype=little).reshape(sample_shape)
         return out
-
-
-class _LocalShard:
-    """Byte-range reads of a local shard file (one open file, seek + read)."""
-
-    def __init__(self, path) -> None:
-        self._fh = open(path, "rb")
-
-    def tail(self, n: int) -> bytes:
-        self._fh.seek(-n, os.SEEK_END)
-        return self._fh.read(n)
-
-    def span(self, start: int, end: int) -> bytes:
-        self._fh.seek(start)
-        return self._fh.read(end - start)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._fh.close()
-
-
-class _RemoteShard:
-    """Byte-range reads of a shard object through fsspec (``cat_file`` with start/end: HTTP range GETs)."""
-
-    def __init__(self, path) -> None:
-        self._path = path
-        self._size = int(path.fs.size(path.path))  # raises FileNotFoundError when absent, like open()
-
-    def tail(self, n: int) -> bytes:
-        return self._path.read_range(self._size - n, self._size)
-
-    def span(self, start: int, end: int) -> bytes:
-        return self._path.read_range(start, end)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-def _open_shard(path):
-    from ..storage.location import RemotePath
-
-    return _RemoteShard(path) if isinstance(path, RemotePath) else _LocalShard(path)

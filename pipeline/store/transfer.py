@@ -2,7 +2,7 @@
 ones, in place) and ``export`` (a store, or a subset of its samples, into another cache).
 
 Both copy the **stored bytes** (float16, bf16 bits or float32 exactly as written), through the
-ordinary :class:`.store_writer.SegmentWriter`, and check that every copied sample's checksum
+ordinary :class:`.writer.SegmentWriter`, and check that every copied sample's checksum
 equals its original before anything old is removed.
 
 Compaction order, so readers never see a gap:
@@ -22,6 +22,7 @@ segments it planned to read are gone.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -32,8 +33,8 @@ import pyarrow.compute as pc
 from ...manifests.errors import SakError, StoreCorrupt
 from ...manifests.schemas import STATUS_FAILED, STATUS_OK
 
-from ..storage.location import remove_tree
 from .arrays import layer_array_name, prefix_array_name, read_rows_contiguous
+from .feature_store import FeatureStore
 from .writer import SampleKey, this_host
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ class TransferReport:
 
 
 def _compact_id(oldest: str) -> str:
-    import os
-
     return f"{oldest.split('-', 1)[0]}-{this_host()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
@@ -142,8 +141,8 @@ def compact_store(store, *, target_rows: int = 4096, progress: Progress | None =
     for seg in small:  # the new parts are committed: now the old ones may go, part first
         store.part_path(seg).unlink()
     for seg in small:
-        remove_tree(store.path / "stats" / f"{seg}.json")
-        remove_tree(store.path / "segments" / seg)
+        (store.path / "stats" / f"{seg}.json").remove_tree()
+        (store.path / "segments" / seg).remove_tree()
     store._parts.clear()
     store._arrays.clear()
     report.removed_segments = small
@@ -156,8 +155,6 @@ def export_store(store, dest_cache, *, samples: Sequence[str] | None = None, seg
     """Copy the ok rows of ``store`` (all, or those whose sha256 or sample_id is in ``samples``) into
     the store of the same spec in ``dest_cache`` (created if needed). Rows the target already holds
     (same sha256 and view) are reused, not copied again."""
-    from .feature_store import FeatureStore
-
     dest = FeatureStore.create(dest_cache, store.spec)
     report = TransferReport(source=str(store.path), target=str(dest.path))
     table = store.commits(STATUS_OK)

@@ -28,7 +28,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -40,7 +39,7 @@ from ...manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, table_
 from .spec import FeatureSpec
 from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
 from .stats import LayerStats, stats_to_json
-from ..storage.location import RemotePath, as_location, tree_bytes, write_bytes_atomic, write_parquet_atomic, zarr_store
+from ..storage import Location, as_location, write_parquet_atomic
 from .arrays import (
     BF16_ATTR,
     PREFIX_AXES,
@@ -80,10 +79,11 @@ def parse_segment_id(segment_id: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
-def write_text_atomic(path, text: str):
+def write_text_atomic(path: Location | str | os.PathLike[str], text: str) -> Location:
     """Write ``text`` so readers see all or nothing: temp + fsync + ``os.replace`` locally, one PUT remotely."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-    return path
+    location = as_location(path)
+    location.write_text_atomic(text)
+    return location
 
 
 def shard_samples_for(spec: FeatureSpec, capacity: int) -> int:
@@ -126,7 +126,7 @@ class SegmentWriter:
         self,
         *,
         spec: FeatureSpec,
-        store_path: Path,
+        store_path: Location | str | os.PathLike[str],
         capacity: int,
         segment_id: str | None = None,
         queue_size: int = 2,
@@ -226,7 +226,7 @@ class SegmentWriter:
             write_parquet_atomic(table, self.part_path, COMMIT_SCHEMA)  # last: makes the segment exist
             report.table = table
             report.write_seconds = self._busy
-            report.bytes_written = tree_bytes(self.segment_path) + self.part_path.stat().st_size + (
+            report.bytes_written = self.segment_path.tree_bytes() + self.part_path.stat().st_size + (
                 self.stats_path.stat().st_size if self._rows else 0
             )
             log.debug("committed segment %s: %d ok, %d failed", self.segment_id, self.n_ok, self.n_failed)
@@ -274,7 +274,7 @@ class SegmentWriter:
         from zarr.codecs import ZstdCodec
 
         group = zarr.open_group(
-            zarr_store(self.segment_path, read_only=False),
+            self.segment_path.zarr_store(read_only=False),
             mode="w-",
             attributes={"sak_segment_id": self.segment_id, "sak_spec_id": self.spec.spec_id, "sak_capacity": self.capacity},
         )
@@ -361,24 +361,12 @@ class SegmentWriter:
             raise AssertionError(f"block at row {start} of {block.shape[0]} rows is not one shard of {s}")
         key = "/".join(["c", str(start // s)] + ["0"] * (block.ndim - 1))
         path = self.segment_path / name / key
-        data = encode_shard(block, s)
-        if isinstance(path, RemotePath):  # one PUT per shard
-            path.write_bytes(data)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(data)
+        path.put_bytes(encode_shard(block, s))  # local: a plain write; object stores: one PUT
 
     def _finish_arrays(self) -> None:
         assert self._arrays is not None
         for arr in self._arrays.values():
             if arr.shape[0] != self.n_ok:
                 arr.resize((self.n_ok, *arr.shape[1:]))
-        if self.durable and not isinstance(self.segment_path, RemotePath):
-            for f in self.segment_path.rglob("*"):
-                if f.is_file():
-                    fd = os.open(f, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+        if self.durable:
+            self.segment_path.fsync_tree()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from sak.manifests.errors import SakError, SpecMismatch, StoreCorrupt
+from sak.pipeline.storage import ReadOnlyStorage
 from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
 from sak.pipeline.store.arrays import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
 from sak.pipeline.store.writer import SampleKey, new_segment_id, parse_segment_id
@@ -149,6 +151,15 @@ def test_read_only_store_cannot_write(st, tmp_path: Path) -> None:
     arr = ro.array(report.segment_id, "layer_1")
     with pytest.raises(ValueError, match="read-only"):
         arr[0] = np.zeros(arr.shape[1:], arr.dtype)
+    before = {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file()}
+    with pytest.raises(ReadOnlyStorage, match="read-only"):  # its folder is a read-only view too
+        (ro.path / "manifest" / f"part-{report.segment_id}.parquet").write_atomic(b"x")
+    with pytest.raises(ReadOnlyStorage):
+        (ro.path / "segments" / report.segment_id).remove_tree()
+    assert {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file()} == before
+    ro.read_only = False  # reopening for writing (sak-cache gc --delete does this) makes the folder writable
+    assert not ro.path.read_only and ro.path == store.path
+    assert pickle.loads(pickle.dumps(FeatureStore.open(store.path))).path.read_only  # dask workers too
 
 
 def test_read_time_dedup_rule(st, tmp_path: Path) -> None:

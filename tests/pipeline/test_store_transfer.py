@@ -12,7 +12,6 @@ import sak.pipeline.store.transfer as transfer
 from sak.manifests.errors import SakError
 from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.transfer import compact_store, export_store
-from sak.pipeline.storage.location import list_names
 
 SHAS = [f"{i:064x}" for i in range(16)]
 
@@ -71,8 +70,8 @@ def test_compact_merges_small_segments_without_a_gap(fragmented, monkeypatch) ->
 
     after = FeatureStore.open(str(store.path))
     assert after.committed_segments() == report.new_segments
-    assert list_names(after.path / "segments") == report.new_segments
-    assert list_names(after.path / "stats") == [f"{report.new_segments[0]}.json"]
+    assert (after.path / "segments").list_names() == report.new_segments
+    assert (after.path / "stats").list_names() == [f"{report.new_segments[0]}.json"]
     assert after.raw_commits().num_rows == 16  # the duplicate is gone, the failed row kept
     assert_same(features(after), before)
     assert [(r["image_sha256"], r["error"]) for r in after.commits("failed").to_pylist()] == [
@@ -115,9 +114,7 @@ def test_export_whole_store_then_a_subset_reuses_what_is_there(fragmented, tmp_p
 
 
 def test_verify_reports_a_committed_segment_missing_on_disk(fragmented) -> None:
-    from sak.pipeline.storage.location import remove_tree
-
     seg = fragmented.committed_segments()[1]
-    remove_tree(fragmented.path / "segments" / seg)
+    (fragmented.path / "segments" / seg).remove_tree()
     report = FeatureStore.open(str(fragmented.path)).verify()
     assert report.missing_segments == [seg] and len(report.corrupt) == 3 and not report.ok
