@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ...manifests.errors import DatasetError, SakError, SpecMismatch
 from ...manifests.schemas import STATUS_OK
+from ...pipeline.store.feature_store import list_stores
 from ...pipeline.teachers import aliases
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str
     A ref is a store name (or unique prefix), a teacher name or alias, optionally with
     ``@RES`` to pick the store of that input resolution (``dinov2@448``).
     """
-    from ...pipeline.store.feature_store import list_stores
-
     stores = list_stores(cache)
     if not stores:
         raise SakError(

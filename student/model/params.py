@@ -26,6 +26,7 @@ from ...pipeline.tasks import get_task
 from ...pipeline.teachers import list_teachers, teacher_info
 
 from .config import StudentConfig, TaskSpec, TeacherTarget, parse_img_size
+from .student import SAKStudent
 
 _GROUPS = ("backbone", "adapters", "norms", "routers", "heads", "aligners")
 
@@ -141,8 +142,6 @@ def describe_student(
 
 def count_config(cfg: StudentConfig) -> ParamCounts:
     """Parameter counts of ``cfg`` (meta device: nothing allocated, nothing downloaded)."""
-    from .student import SAKStudent
-
     with torch.device("meta"):
         model = SAKStudent(replace(cfg, pretrained=False))
     counts = count_parameters(model)
