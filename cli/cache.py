@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache_extract
-from . import cache_index
-from . import cache_inspect
-from . import cache_share
+from . import cache_extract, cache_index, cache_inspect, cache_share
 from .common import _main
 
 app = typer.Typer(

@@ -6,11 +6,28 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, exit_code_for, friendly_errors, out, parse_hw_option, parse_int_list
+from ..pipeline.extract.job import ExtractConfig
+from ..pipeline.extract.job import extract as run_extract
+from .common import (
+    console,
+    exit_code_for,
+    friendly_errors,
+    out,
+    parse_hw_option,
+    parse_int_list,
+)
 
 MAX_LISTED_FAILURES = 10
 
@@ -77,8 +94,6 @@ def extract(
 
       sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
     """
-    from ..pipeline.extract.job import ExtractConfig, extract as run_extract
-
     cfg = ExtractConfig(
         cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),

@@ -7,11 +7,19 @@ from typing import Any, Optional
 
 import pyarrow as pa
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ..manifests.schemas import STATUS_OK, label_column, label_tasks
-
+from ..pipeline.data.datasets import check_name, index_dataset, write_dataset_index
+from ..pipeline.data.demo import make_demo_dataset
 from .common import console, exit_code_for, friendly_errors, out
 
 MAX_LISTED_FAILURES = 10
@@ -61,8 +69,6 @@ def index(
 
       sak-cache index ./photos --cache ./cache --format folder  # train/ val/ test/ sub-folders become splits
     """
-    from ..pipeline.data.datasets import check_name, index_dataset, write_dataset_index
-
     if name is not None:
         check_name(name)
     with _progress() as bar:
@@ -114,8 +120,6 @@ def demo_data(
 
       sak-cache index ./demo --cache ./cache --name nyud
     """
-    from ..pipeline.data.demo import make_demo_dataset
-
     height, width = _parse_size(size)
     root = make_demo_dataset(out_dir, n=n, size=(height, width), seed=seed)
     out.print(f"wrote {n} scenes ({height}x{width}, seed {seed}) in the NYUD-v2 layout to [bold]{root}[/]")

@@ -6,9 +6,16 @@ from typing import Any
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
+from ..pipeline.store.feature_store import list_stores, resolve_store
 from .common import console, exit_code_for, friendly_errors, out
 
 MAX_LISTED = 20
@@ -30,8 +37,6 @@ def _created(store) -> str:
 
 def ls(cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a directory or an fsspec URL (s3://bucket/cache).")) -> None:
     """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size."""
-    from ..pipeline.store.feature_store import list_stores
-
     stores = list_stores(cache)
     if not stores:
         console.print(f"no feature stores in {cache}/features; create one with `sak-cache extract --cache {cache}`")
@@ -57,8 +62,6 @@ def info(
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
     """Show a store's spec, per-layer feature statistics and its failed samples with their errors."""
-    from ..pipeline.store.feature_store import resolve_store
-
     s = resolve_store(store, cache)
     spec_table = Table(title=f"{s.path}", show_header=False, title_justify="left")
     spec_table.add_column(style="bold")
@@ -103,8 +106,6 @@ def verify(
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
     """Recompute every committed sample's checksum from the stored bytes; exit 1 if any is corrupt or missing."""
-    from ..pipeline.store.feature_store import resolve_store
-
     s = resolve_store(store, cache)
     total = s.raw_commits().num_rows
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -142,8 +143,6 @@ def gc(
 
     A committed segment is never touched, and neither is a segment whose writer still runs on this host.
     """
-    from ..pipeline.store.feature_store import list_stores
-
     total_files, total_bytes = 0, 0
     for s in list_stores(cache):
         if delete:

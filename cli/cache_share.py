@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
+from ..pipeline.store.feature_store import FeatureStore, resolve_store
+from ..pipeline.store.transfer import compact_store, export_store
 from .common import console, friendly_errors, out
 
 STORE_HELP = "A store directory or URL, or a store name (or unique prefix, or teacher name) inside --cache."
@@ -35,9 +43,6 @@ def compact(
     so a reader always finds every row. Safe beside running extractions; restart training runs
     that opened the store before.
     """
-    from ..pipeline.store.feature_store import FeatureStore, resolve_store
-    from ..pipeline.store.transfer import compact_store
-
     found = resolve_store(store, cache)
     s = FeatureStore.open(str(found.path), read_only=False)
     bar, progress = _bar(f"compacting {s.name}", s.commits(status=None).num_rows)
@@ -64,9 +69,6 @@ def export(
     Rows the target already holds (same image content and view) are reused, not copied again.
     """
     from pathlib import Path
-
-    from ..pipeline.store.feature_store import resolve_store
-    from ..pipeline.store.transfer import export_store
 
     s = resolve_store(store, cache)
     wanted = None

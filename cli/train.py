@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import train_describe
-from . import train_fit
+from . import train_describe, train_fit
 from .common import _main
 
 app = typer.Typer(

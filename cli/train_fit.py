@@ -9,13 +9,30 @@ from typing import Any, Optional
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from ..pipeline.tasks import metric_direction
 from ..student.evaluate.evaluator import evaluate, export_run
-from ..student.runs.config import TrainConfig, field_default as D  # option defaults are the config's
+from ..student.runs.config import TrainConfig  # option defaults are the config's
+from ..student.runs.config import field_default as D
 from ..student.train.trainer import fit
-from .common import console, friendly_errors, out, parse_hw_option, parse_int_list, parse_str_list, setup_logging
+from .common import (
+    console,
+    friendly_errors,
+    out,
+    parse_hw_option,
+    parse_int_list,
+    parse_str_list,
+    setup_logging,
+)
 
 
 class LiveView:
@@ -48,8 +65,6 @@ class LiveView:
 
 
 def _better(key: str, new: float, old: float) -> bool:
-    from ..pipeline.tasks import metric_direction  # deferred like every library import here: --help stays fast
-
     return new > old if metric_direction(key) else new < old
 
 
