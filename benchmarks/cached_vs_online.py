@@ -19,8 +19,10 @@ Also reported: the one-time extraction cost and after how many epochs the cache 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 from .common import Bench, Scratch, alternate, demo_dataset, indexed, median, parser, pick, say, setup, sync
 
@@ -85,7 +87,7 @@ def timed_fit(train_cfg: Any, out: str) -> dict:
 
     marks: list[float] = []
     result = fit(replace(train_cfg, out=out), progress=lambda advance, **info: marks.append(time.perf_counter()))
-    steps = [b - a for a, b in zip(marks, marks[1:])][SKIP_FIRST - 1 : -1]  # steps 3 .. n-1
+    steps = [b - a for a, b in pairwise(marks)][SKIP_FIRST - 1 : -1]  # steps 3 .. n-1
     return {"step_s": median(steps), "steps_timed": len(steps), "data_wait": result.data_wait,
             "mean_s_per_step": result.s_per_step}
 
@@ -108,8 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from sak.pipeline.extract.job import ExtractConfig, extract
-    from sak.student.train.setup import prepare
     from sak.student.runs.config import TrainConfig
+    from sak.student.train.setup import prepare
 
     device = args.device
     root = demo_dataset(args.workdir, cfg["images"], tuple(cfg["image_size"]))
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         n_train = len(cached_setup.train)
         bench.detail("setup", {**cfg, "train_samples": n_train, "stage": cached_setup.cfg.optim.stage,
                                "torch_threads": torch.get_num_threads()})
-        del cached_setup, online_setup, student_step, online_batch
+        del cached_setup, student_step, teacher_forward
+        online_setup = online_batch = None  # free the parts' memory before the whole-trainer runs
 
         # -- achieved, from the trainer ------------------------------------------------
         fits = alternate({

@@ -24,9 +24,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 RATIO_RE = re.compile(
     r"^RATIO (?P<name>[A-Za-z0-9_.\-]+) = (?P<value>[-+0-9.eE]+|nan|inf)  "
@@ -324,7 +325,7 @@ class Scratch:
         else:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Scratch":
+    def __enter__(self) -> Scratch:
         return self
 
     def __exit__(self, *exc: object) -> None:

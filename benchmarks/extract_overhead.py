@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from sak.pipeline.data.datasets import open_dataset
-    from sak.pipeline.extract.job import ExtractConfig, extract
     from sak.pipeline.data.images import decode_rgb
+    from sak.pipeline.extract.job import ExtractConfig, extract
     from sak.pipeline.teachers import create_teacher
 
     device, n, bs = args.device, cfg["images"], cfg["batch_size"]
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         scratch.close()
     bare_s = median(r["img_s"] for r in res["bare_forward"])
     ours_s = median(r["img_s"] for r in res["extract"])
-    med = lambda key: median(r[key] for r in res["extract"])  # noqa: E731
+    med = lambda key: median(r[key] for r in res["extract"])
     bench.detail("rounds", res)
     bench.ratio("extract_vs_bare_forward", ours_s / bare_s, 0.95, {
         "extract_img_s": ours_s, "bare_forward_img_s": bare_s, "teacher": cfg["teacher"].split(":")[-1],

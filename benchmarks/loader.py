@@ -25,8 +25,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .common import (Bench, Scratch, alternate, demo_dataset, dir_bytes, evict, files_under, indexed, median, parser,
-                     pick, say, setup)
+import numpy as np
+
+from .common import (
+    Bench,
+    Scratch,
+    alternate,
+    demo_dataset,
+    dir_bytes,
+    evict,
+    files_under,
+    indexed,
+    median,
+    parser,
+    pick,
+    say,
+    setup,
+)
 
 SIZES = {
     "quick": dict(samples=32, image_size=(64, 80), grid=(4, 4), width=32, student="vit_tiny_patch16_224",
@@ -45,8 +60,8 @@ def synthetic_store(cache: Path, dataset, grid: tuple[int, int], width: int, see
     """A committed store holding float16 targets for every ok sample of ``dataset``, in manifest order."""
     import numpy as np
 
-    from sak.pipeline.store.spec import FeatureSpec
     from sak.pipeline.store.feature_store import FeatureStore
+    from sak.pipeline.store.spec import FeatureSpec
     from sak.pipeline.store.writer import SampleKey
 
     spec = FeatureSpec(teacher="synthetic:vit_base_patch14", weights="file:synthetic-benchmark-targets", layers=LAYERS,
@@ -109,7 +124,7 @@ def target_epoch(data, sampler, workers: int, files: list[Path] | None) -> dict:
     return {"samples_s": n / s, "samples": n}
 
 
-def direct_read(array_dir: Path, start: int, stop: int, shard: int, shape: tuple, dtype) -> "np.ndarray":
+def direct_read(array_dir: Path, start: int, stop: int, shard: int, shape: tuple, dtype) -> np.ndarray:
     """WHAT-IF (not the store's reader): rows [start, stop) of a sharded layer array read straight from its
     shard files (one ranged read per shard, the index at the end, zstd per chunk into the output)."""
     import numpy as np
@@ -190,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sak.pipeline.data.datasets import open_dataset
     from sak.student.data.cached import CachedTargets
-    from sak.student.train.setup import prepare
     from sak.student.runs.config import TrainConfig
+    from sak.student.train.setup import prepare
 
     from .cached_vs_online import first_batch, student_step_timer
 
@@ -242,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         scratch.close()
 
-    med = lambda res, name, key="samples_s": median(r[key] for r in res[name])  # noqa: E731
+    med = lambda res, name, key="samples_s": median(r[key] for r in res[name])
     raw_s, raw_mb = med(cold, "raw_read"), med(cold, "raw_read", "MB_s")
     shuf = med(cold, "targets_block_shuffle")
     mb_per_sample = disk / rows / 1e6

@@ -130,9 +130,9 @@ def grow_cache(cache: Path, rows: int) -> None:
 
     from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_OK, write_commit_part
     from sak.pipeline.data.datasets import manifest_schema, write_dataset_index
+    from sak.pipeline.store.feature_store import FeatureStore
     from sak.pipeline.store.spec import FeatureSpec
     from sak.pipeline.store.stats import LayerStats, stats_to_json
-    from sak.pipeline.store.feature_store import FeatureStore
     from sak.pipeline.store.writer import write_text_atomic
 
     data_root = cache / "images-root"

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from sak.pipeline.data.datasets import open_dataset
-    from sak.pipeline.extract.job import ExtractConfig, spec_for
     from sak.pipeline.data.images import decode_rgb
+    from sak.pipeline.extract.job import ExtractConfig, spec_for
     from sak.pipeline.store.feature_store import FeatureStore
     from sak.pipeline.store.writer import SampleKey
     from sak.pipeline.teachers import create_teacher
@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     est_fp16 = float(np.mean([zstd_bytes_per_sample(a.astype(np.float16)) for a in ref_np]))
     q8 = [int8_per_token(a) for a in ref_np]
     est_int8 = float(np.mean([zstd_bytes_per_sample(q, s) for q, s, _ in q8]))
-    cos8 = [cosines(a, d) for a, (_, _, d) in zip(ref_np, q8)]
+    cos8 = [cosines(a, d) for a, (_, _, d) in zip(ref_np, q8, strict=True)]
     results["int8_token_estimate"] = {"bytes": est_int8, "cos_mean": float(np.mean([c[0] for c in cos8])),
                                       "cos_token_min": min(c[1] for c in cos8)}
     if amp_maps[0]:
-        cos_amp = [cosines(a, np.concatenate(m).astype(np.float32)) for a, m in zip(ref_np, amp_maps)]
+        cos_amp = [cosines(a, np.concatenate(m).astype(np.float32)) for a, m in zip(ref_np, amp_maps, strict=True)]
         results["float16_autocast_forward"] = {"bytes": results["float16"]["bytes"],
                                                "cos_mean": float(np.mean([c[0] for c in cos_amp])),
                                                "cos_token_min": min(c[1] for c in cos_amp)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.progress import (
@@ -57,25 +57,25 @@ def _summary(report) -> Table:
 
 
 def extract(
-    teacher: List[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny). Repeat for several teachers: each image is decoded once for all."),
-    data: Optional[Path] = typer.Option(None, "--data", help="A dataset folder to index into the cache first, then extract."),
-    dataset: Optional[List[str]] = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
+    teacher: list[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny). Repeat for several teachers: each image is decoded once for all."),
+    data: Path | None = typer.Option(None, "--data", help="A dataset folder to index into the cache first, then extract."),
+    dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, a directory or an fsspec URL (s3://bucket/cache): stores go to <cache>/features/<teacher>-<spec_id>/. Samples whose image content (sha256) is already stored are reused, whoever extracted them."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", min=8, help="Square input size of the teachers. Default: each teacher's native size."),
+    layers: str | None = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
+    resolution: int | None = typer.Option(None, "--resolution", min=8, help="Square input size of the teachers. Default: each teacher's native size."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
     views: int = typer.Option(1, "--views", min=1, help="Augmented views per image (K > 1 needs --aug sak)."),
     aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: SAK's scale/crop/flip/photometric views, replayable exactly."),
-    aug_crop: Optional[str] = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576); default: each image's own size."),
+    aug_crop: str | None = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576); default: each image's own size."),
     keep_prefix: bool = typer.Option(False, "--keep-prefix", help="Also store the CLS/register tokens as prefix_<i>."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per teacher forward."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Dask worker processes (e.g. one per GPU). 1 runs in this process."),
     io_threads: int = typer.Option(4, "--io-threads", min=1, help="Decode/augment threads per worker."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing dask scheduler, e.g. tcp://host:8786; each task is one segment."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N images (after de-duplication by content)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Address of an existing dask scheduler, e.g. tcp://host:8786; each task is one segment."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N images (after de-duplication by content)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run images whose earlier attempt failed again (they are skipped and counted otherwise)."),
-    weights: Optional[List[str]] = typer.Option(None, "--weights", help="Local weights file (.safetensors) per --teacher, same order. Never unpickled."),
+    weights: list[str] | None = typer.Option(None, "--weights", help="Local weights file (.safetensors) per --teacher, same order. Never unpickled."),
     random_init: bool = typer.Option(False, "--random-init", help="Random weights (tests, demos). Recorded in the spec and flagged everywhere."),
     seed: int = typer.Option(0, "--seed", help="Seed of --random-init weights and of the view sampler."),
     segment_size: int = typer.Option(1024, "--segment-size", min=1, help="Samples per segment: the unit of commit, resume and dask task."),

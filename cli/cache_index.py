@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 import typer
@@ -53,7 +53,7 @@ def _summary(table: pa.Table) -> Table:
 def index(
     root: Path = typer.Argument(..., help="Dataset folder: an image folder, or the NYUD-v2 / PASCAL-Context layout."),
     cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root; the index goes to <cache>/datasets/<name>.parquet."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Dataset name (and the 'source' column). Default: nyud / pascal for those layouts, else the folder name."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Dataset name (and the 'source' column). Default: nyud / pascal for those layouts, else the folder name."),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | folder | nyud | pascal. auto: gt_sets/ means nyud, ImageSets/Context means pascal, else folder."),
     workers: int = typer.Option(8, "--workers", "-w", min=1, help="Threads hashing files and reading image headers."),
 ) -> None:

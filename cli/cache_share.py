@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.progress import (
@@ -61,7 +61,7 @@ def export(
     store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
     to: str = typer.Option(..., "--to", help="Target cache root, a directory or URL; the store keeps its name there."),
     cache: str = typer.Option("./cache", "--cache", "-c", help=CACHE_HELP),
-    samples: Optional[str] = typer.Option(None, "--samples", help="A text file with one sha256 or sample_id per line: export only those."),
+    samples: str | None = typer.Option(None, "--samples", help="A text file with one sha256 or sample_id per line: export only those."),
     segment_rows: int = typer.Option(4096, "--segment-rows", min=1, help="Rows per segment written in the target."),
 ) -> None:
     """Copy a store (or a subset of its samples) into another cache, e.g. from a lab bucket to local disk.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -38,8 +37,8 @@ def register(app: typer.Typer) -> None:
         tasks: str = typer.Option(
             "semseg,depth,normals,edge", help="Comma-separated tasks; 'name:channels' overrides the channel count."
         ),
-        img_size: Optional[str] = typer.Option(None, "--img-size", help="HxW (e.g. 448x576); default: the backbone's."),
-        teacher_widths: Optional[str] = typer.Option(
+        img_size: str | None = typer.Option(None, "--img-size", help="HxW (e.g. 448x576); default: the backbone's."),
+        teacher_widths: str | None = typer.Option(
             None, "--teacher-widths", help="Widths of teachers the registry cannot describe (e.g. unregistered plugins): 'name=768,other=1024'."
         ),
         dataset: str = typer.Option("nyud", help="Dataset format for default class counts (nyud: 40, pascal: 21)."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Group
@@ -108,9 +108,9 @@ def register(app: typer.Typer) -> None:
     @app.callback(invoke_without_command=True)
     def default(
         ctx: typer.Context,
-        cache: Optional[str] = typer.Option(None, "--cache", "-c", help="Cache root (directory or fsspec URL such as s3://bucket/cache): train with defaults (fit) from it."),
+        cache: str | None = typer.Option(None, "--cache", "-c", help="Cache root (directory or fsspec URL such as s3://bucket/cache): train with defaults (fit) from it."),
         iters: int = typer.Option(D("iters"), "--iters", min=1, help="Training steps for the default fit."),
-        out_dir: Optional[Path] = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
+        out_dir: Path | None = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     ) -> None:
@@ -129,31 +129,31 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def fit_cmd(
         cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root with datasets/ and features/: a directory or an fsspec URL (s3://bucket/cache); opened read-only."),
-        dataset: Optional[str] = typer.Option(D("dataset"), "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
-        teachers: Optional[str] = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
+        dataset: str | None = typer.Option(D("dataset"), "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
+        teachers: str | None = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
         backbone: str = typer.Option(D("backbone"), "--backbone", help="timm ViT of the student."),
-        img_size: Optional[str] = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
-        levels: Optional[str] = typer.Option(None, "--levels", help="Student feature levels (block indices), e.g. 2,5,8,11."),
+        img_size: str | None = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
+        levels: str | None = typer.Option(None, "--levels", help="Student feature levels (block indices), e.g. 2,5,8,11."),
         stage: str = typer.Option(D("stage"), "--stage", help="distill (paper stage 1: distillation only) | multitask (stage 2: tasks + alpha * distill) | auto."),
         iters: int = typer.Option(D("iters"), "--iters", min=1, help="Training steps."),
         batch_size: int = typer.Option(D("batch_size"), "--batch-size", "-b", min=1, help="Samples per step (per rank)."),
-        lr: Optional[float] = typer.Option(D("lr"), "--lr", help="Peak learning rate (default: distill 1e-3, multitask 2e-5)."),
-        weight_decay: Optional[float] = typer.Option(D("weight_decay"), "--weight-decay", help="AdamW weight decay (default: distill 0.01, multitask 1e-6)."),
-        warmup: Optional[int] = typer.Option(D("warmup"), "--warmup", help="Warmup steps (default: distill 5%, multitask 0)."),
-        schedule: Optional[str] = typer.Option(D("schedule"), "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
-        grad_clip: Optional[float] = typer.Option(D("grad_clip"), "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
+        lr: float | None = typer.Option(D("lr"), "--lr", help="Peak learning rate (default: distill 1e-3, multitask 2e-5)."),
+        weight_decay: float | None = typer.Option(D("weight_decay"), "--weight-decay", help="AdamW weight decay (default: distill 0.01, multitask 1e-6)."),
+        warmup: int | None = typer.Option(D("warmup"), "--warmup", help="Warmup steps (default: distill 5%, multitask 0)."),
+        schedule: str | None = typer.Option(D("schedule"), "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
+        grad_clip: float | None = typer.Option(D("grad_clip"), "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
         alpha: float = typer.Option(D("alpha"), "--alpha", help="Weight of the distillation loss in the multitask stage."),
         seed: int = typer.Option(D("seed"), "--seed", help="Seed of the init, the sampler and the gate noise."),
-        out_dir: Optional[Path] = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
+        out_dir: Path | None = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its checkpoint stopped."),
-        init: Optional[Path] = typer.Option(D("init"), "--init", help="Start from another run's weights (e.g. the distill stage)."),
+        init: Path | None = typer.Option(D("init"), "--init", help="Start from another run's weights (e.g. the distill stage)."),
         online: bool = typer.Option(D("online"), "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
-        teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
+        teacher_weights: str | None = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
         aug: str = typer.Option(D("aug"), "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
         feature_flip: bool = typer.Option(D("feature_flip"), "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
         allow_missing: bool = typer.Option(D("allow_missing"), "--allow-missing", help="Train on the covered samples when a store lacks some."),
         eval_every: int = typer.Option(D("eval_every"), "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
-        eval_samples: Optional[int] = typer.Option(D("eval_samples"), "--eval-samples", help="At most N val samples per evaluation."),
+        eval_samples: int | None = typer.Option(D("eval_samples"), "--eval-samples", help="At most N val samples per evaluation."),
         log_every: int = typer.Option(D("log_every"), "--log-every", min=1, help="metrics.jsonl record every N steps."),
         ckpt_every: int = typer.Option(D("ckpt_every"), "--ckpt-every", min=0, help="Checkpoint every N steps (and at the end)."),
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Dataset split to evaluate."),
         step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
         device: str = typer.Option("auto", "--device"),
-        max_samples: Optional[int] = typer.Option(None, "--max-samples", help="At most N samples."),
+        max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
         res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples)
@@ -216,7 +216,7 @@ def register(app: typer.Typer) -> None:
         table.add_column("expert")
         table.add_column("weight", justify="right")
         table.add_column("kept")
-        for name, w in zip(res["experts"], res["routing"]):
+        for name, w in zip(res["experts"], res["routing"], strict=True):
             table.add_row(name, f"{w:.3f}", "yes" if name == "stem" or name in res["kept"] else "[red]dropped[/]")
         out.print(table)
         cmp = Table(title="full student vs sub-model", title_justify="left")

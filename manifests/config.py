@@ -14,7 +14,8 @@ import json
 import math
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 
@@ -65,7 +66,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, where) for v in value)
         if args and len(args) == len(value):
-            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
         return tuple(value)
     if origin in (dict, Mapping) or tp is dict:
         return dict(value)

@@ -11,8 +11,9 @@ raise :class:`ConfigError` listing the known ones, so a typo is a one-line fix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import ConfigError
 

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
-
 from ..tasks import get_task
 
 POLICIES = ("none", "sak")
@@ -136,7 +135,7 @@ def sample_view(
         rng.uniform(-HUE_DELTA, HUE_DELTA),
     )
     contrast_last = bool(rng.random() < 0.5)
-    b, c, s, hue = (round(float(v), 6) if on else ident for v, on, ident in zip(values, coins, (0.0, 1.0, 1.0, 0.0)))
+    b, c, s, hue = (round(float(v), 6) if on else ident for v, on, ident in zip(values, coins, (0.0, 1.0, 1.0, 0.0), strict=True))
     return ViewParams(
         view=view, image_hw=(h, w), scale=round(scale, 6), scaled_hw=(sh, sw), crop_box=(top, left, ch, cw),
         flip=flip, brightness=b, contrast=c, saturation=s, hue=hue, contrast_last=contrast_last,

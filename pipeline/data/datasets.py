@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,6 @@ from ...manifests.schemas import (
     label_column,
     table_from_rows,
 )
-
 from ..storage import Location, as_location, read_parquet_with_metadata, write_parquet_atomic
 from ..tasks import get_task, list_tasks
 from .formats import FORMATS, Candidate, detect_format, discover
@@ -216,7 +216,7 @@ def list_datasets(cache_root: str | os.PathLike[str]) -> list[str]:
 
 
 def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
-                 root_override: str | os.PathLike[str] | None = None) -> "Dataset":
+                 root_override: str | os.PathLike[str] | None = None) -> Dataset:
     """Open the dataset ``name`` of a cache; ``root_override`` points at the images when they moved."""
     path = dataset_index_path(cache_root, name)
     if not path.exists():

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ...manifests.errors import DatasetError
-
 from ..tasks import all_tasks
 
 log = logging.getLogger(__name__)

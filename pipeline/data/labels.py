@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image
 
 from ...manifests.errors import BadImage, DatasetError
-
 from ..tasks import get_task
 
 

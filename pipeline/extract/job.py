@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
@@ -183,7 +183,7 @@ def _open_datasets(cfg: ExtractConfig) -> list:
 
 def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
     t = store.commits(status)
-    return set(zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist()))
+    return set(zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), strict=True))
 
 
 def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
@@ -235,7 +235,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
         specs.append(spec_for(teacher, cfg))
     for spec in specs:
         stores.append(FeatureStore.create(cfg.cache, spec))
-    reports = [TeacherReport(teacher=s.teacher, store=st.path, weights=s.weights) for s, st in zip(specs, stores)]
+    reports = [TeacherReport(teacher=s.teacher, store=st.path, weights=s.weights) for s, st in zip(specs, stores, strict=True)]
     datasets = _open_datasets(cfg)
     samples, n_images = plan_samples(cfg, datasets, stores, reports)
     ctx = RunContext(

@@ -20,10 +20,11 @@ import dataclasses
 import logging
 import os
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -134,7 +135,7 @@ def _late_keys(store: FeatureStore, known: frozenset) -> set[tuple[str, int]]:
     if not new:
         return set()
     t = pa.concat_tables([store.read_part(s) for s in new])
-    return {(h, v) for h, v, st in zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), t.column("status").to_pylist()) if st == "ok"}
+    return {(h, v) for h, v, st in zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), t.column("status").to_pylist(), strict=True) if st == "ok"}
 
 
 def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
@@ -258,7 +259,7 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
     result = SegmentResult(index=task.index, samples=len(task.samples), teachers=[TeacherPart() for _ in specs])
     stores = [worker_cached(("store", p), lambda p=p: FeatureStore.open(p, read_only=False)) for p in ctx.store_paths]
     samples = list(task.samples)
-    late = [_late_keys(store, known) for store, known in zip(stores, ctx.known_segments)]
+    late = [_late_keys(store, known) for store, known in zip(stores, ctx.known_segments, strict=True)]
     if any(late):
         kept = []
         for s in samples:
@@ -289,11 +290,11 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
                     continue
                 layers, prefix, finite = _forward(teachers[t], spec, [p.inputs[t] for p in good], device)
                 if not finite.all():
-                    for p in (p for p, ok in zip(good, finite) if not ok):
+                    for p in (p for p, ok in zip(good, finite, strict=True) if not ok):
                         writers[t].add_failed(_key(p), NON_FINITE)
                         result.failures.append((t, p.sample.sample_id, NON_FINITE))
                         n_failed += 1
-                    good = [p for p, ok in zip(good, finite) if ok]
+                    good = [p for p, ok in zip(good, finite, strict=True) if ok]
                     layers = [a[finite] for a in layers]
                     prefix = [a[finite] for a in prefix] if prefix is not None else None
                 if good:

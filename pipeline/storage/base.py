@@ -19,8 +19,9 @@ object visible only once its upload completed).
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from ...manifests.errors import SakError
 
@@ -54,7 +55,7 @@ class ByteRanges(Protocol):
 
     def span(self, start: int, end: int) -> bytes: ...
 
-    def __enter__(self) -> "ByteRanges": ...
+    def __enter__(self) -> ByteRanges: ...
 
     def __exit__(self, *exc) -> None: ...
 
@@ -68,10 +69,10 @@ class Location(abc.ABC):
 
     # -- naming -----------------------------------------------------------------
     @abc.abstractmethod
-    def __truediv__(self, name: str) -> "Location": ...
+    def __truediv__(self, name: str) -> Location: ...
 
     @abc.abstractmethod
-    def joinpath(self, *names: str) -> "Location": ...
+    def joinpath(self, *names: str) -> Location: ...
 
     @property
     @abc.abstractmethod
@@ -79,10 +80,10 @@ class Location(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def parent(self) -> "Location": ...
+    def parent(self) -> Location: ...
 
     @abc.abstractmethod
-    def with_name(self, name: str) -> "Location": ...
+    def with_name(self, name: str) -> Location: ...
 
     # -- queries (never cached: other writers add files at any time) -------------
     @abc.abstractmethod
@@ -102,7 +103,7 @@ class Location(abc.ABC):
         """Sorted entry names with the given prefix/suffix ([] when the folder does not exist)."""
 
     @abc.abstractmethod
-    def files(self) -> Iterator[tuple["Location", int, float]]:
+    def files(self) -> Iterator[tuple[Location, int, float]]:
         """(location, size, mtime) of every file below this folder (nothing when it does not exist)."""
 
     def tree_bytes(self) -> int:
@@ -138,7 +139,7 @@ class Location(abc.ABC):
     def read_only(self) -> bool: ...
 
     @abc.abstractmethod
-    def as_read_only(self) -> "Location":
+    def as_read_only(self) -> Location:
         """The same location, refusing every write."""
 
     @abc.abstractmethod

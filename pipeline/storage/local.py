@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ...manifests.atomic import atomic_write
-
 from .base import Location, refuse_write
 
 __all__ = ["LocalLocation", "ReadOnlyLocalLocation"]
@@ -36,7 +35,7 @@ class _LocalRanges:
         self._fh.seek(start)
         return self._fh.read(end - start)
 
-    def __enter__(self) -> "_LocalRanges":
+    def __enter__(self) -> _LocalRanges:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -56,7 +55,7 @@ class LocalLocation(_PathBase, Location):
             return []
         return sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
 
-    def files(self) -> Iterator[tuple["LocalLocation", int, float]]:
+    def files(self) -> Iterator[tuple[LocalLocation, int, float]]:
         for folder, _, names in os.walk(self):
             base = type(self)(folder)
             for n in names:
@@ -95,7 +94,7 @@ class LocalLocation(_PathBase, Location):
     def read_only(self) -> bool:
         return False
 
-    def as_read_only(self) -> "ReadOnlyLocalLocation":
+    def as_read_only(self) -> ReadOnlyLocalLocation:
         return ReadOnlyLocalLocation(self)
 
     def put_bytes(self, data: bytes) -> None:
@@ -145,7 +144,7 @@ class ReadOnlyLocalLocation(LocalLocation):
     def read_only(self) -> bool:
         return True
 
-    def as_read_only(self) -> "ReadOnlyLocalLocation":
+    def as_read_only(self) -> ReadOnlyLocalLocation:
         return self
 
     def open(self, mode: str = "r", *args, **kwargs):

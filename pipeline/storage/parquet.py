@@ -9,14 +9,13 @@ file (zstd), see tests/pipeline/storage/test_parquet.py.
 from __future__ import annotations
 
 import io
-from typing import Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...manifests.errors import SchemaMismatch
 from ...manifests.schemas import validate_table
-
 from .base import Location
 
 __all__ = ["read_parquet", "read_parquet_with_metadata", "write_parquet_atomic"]

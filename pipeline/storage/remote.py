@@ -12,14 +12,14 @@ fsspec's configuration, e.g. ``FSSPEC_S3_ENDPOINT_URL=http://127.0.0.1:9000``.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from .base import Location, Stat, refuse_write
 
 __all__ = ["FsspecLocation", "open_url"]
 
 
-def open_url(url: str, read_only: bool = False) -> "FsspecLocation":
+def open_url(url: str, read_only: bool = False) -> FsspecLocation:
     """The location of an fsspec URL (imports the filesystem's backend, e.g. s3fs, on first use)."""
     from fsspec.core import url_to_fs
 
@@ -44,7 +44,7 @@ def _mtime(info: dict) -> float:
 class _RemoteRanges:
     """Byte-range reads of one object (``cat_file`` with start/end: HTTP range GETs)."""
 
-    def __init__(self, location: "FsspecLocation") -> None:
+    def __init__(self, location: FsspecLocation) -> None:
         self._location = location
         self._size = int(location.fs.size(location.path))  # raises FileNotFoundError when absent, like open()
 
@@ -54,7 +54,7 @@ class _RemoteRanges:
     def span(self, start: int, end: int) -> bytes:
         return self._location.read_range(start, end)
 
-    def __enter__(self) -> "_RemoteRanges":
+    def __enter__(self) -> _RemoteRanges:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -69,7 +69,7 @@ class FsspecLocation(Location):
         self.path = path.rstrip("/") or "/"
         self._read_only = read_only
 
-    def _child(self, path: str) -> "FsspecLocation":
+    def _child(self, path: str) -> FsspecLocation:
         return FsspecLocation(self.fs, path, read_only=self._read_only)
 
     def _check_writable(self, what: str) -> None:
@@ -77,10 +77,10 @@ class FsspecLocation(Location):
             raise refuse_write(self, what)
 
     # -- naming -----------------------------------------------------------------
-    def __truediv__(self, name: str) -> "FsspecLocation":
+    def __truediv__(self, name: str) -> FsspecLocation:
         return self._child(f"{self.path.rstrip('/')}/{name}")
 
-    def joinpath(self, *names: str) -> "FsspecLocation":
+    def joinpath(self, *names: str) -> FsspecLocation:
         return self._child("/".join([self.path.rstrip("/"), *names]))
 
     @property
@@ -88,10 +88,10 @@ class FsspecLocation(Location):
         return self.path.rsplit("/", 1)[-1]
 
     @property
-    def parent(self) -> "FsspecLocation":
+    def parent(self) -> FsspecLocation:
         return self._child(self.path.rsplit("/", 1)[0] or "/")
 
-    def with_name(self, name: str) -> "FsspecLocation":
+    def with_name(self, name: str) -> FsspecLocation:
         return self.parent / name
 
     @property
@@ -138,7 +138,7 @@ class FsspecLocation(Location):
         names = {e.rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""}
         return sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
 
-    def files(self) -> Iterator[tuple["FsspecLocation", int, float]]:
+    def files(self) -> Iterator[tuple[FsspecLocation, int, float]]:
         self.fs.invalidate_cache(self.path)
         try:
             found = self.fs.find(self.path, detail=True)
@@ -171,7 +171,7 @@ class FsspecLocation(Location):
     def read_only(self) -> bool:
         return self._read_only
 
-    def as_read_only(self) -> "FsspecLocation":
+    def as_read_only(self) -> FsspecLocation:
         return self if self._read_only else FsspecLocation(self.fs, self.path, read_only=True)
 
     def put_bytes(self, data: bytes) -> None:

@@ -16,7 +16,7 @@ across chunks ran at 15 MB/s against 1.2 GB/s for contiguous slices):
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

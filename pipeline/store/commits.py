@@ -39,8 +39,8 @@ def dropped_ok_rows(raw: pa.Table) -> pa.Table:
     kept = first_per_key(ok, "ascending")
     if kept.num_rows == ok.num_rows:
         return ok.slice(0, 0)
-    kept_ids = set(zip(kept.column("segment_id").to_pylist(), kept.column("row").to_pylist()))
-    mask = [(s, r) not in kept_ids for s, r in zip(ok.column("segment_id").to_pylist(), ok.column("row").to_pylist())]
+    kept_ids = set(zip(kept.column("segment_id").to_pylist(), kept.column("row").to_pylist(), strict=True))
+    mask = [(s, r) not in kept_ids for s, r in zip(ok.column("segment_id").to_pylist(), ok.column("row").to_pylist(), strict=True)]
     return ok.filter(pa.array(mask))
 
 
@@ -50,9 +50,9 @@ def rows_by_segment(table: pa.Table, with_meta: bool = False) -> dict[str, list]
     rows = table.column("row").to_pylist()
     if with_meta:
         shas, sums = table.column("image_sha256").to_pylist(), table.column("checksum").to_pylist()
-        for s, r, h, c in zip(segs, rows, shas, sums):
+        for s, r, h, c in zip(segs, rows, shas, sums, strict=True):
             out.setdefault(s, []).append((r, h, c))
     else:
-        for s, r in zip(segs, rows):
+        for s, r in zip(segs, rows, strict=True):
             out.setdefault(s, []).append(r)
     return out

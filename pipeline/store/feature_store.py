@@ -30,8 +30,8 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,14 +40,13 @@ import pyarrow.compute as pc
 from ...manifests.config import canonical_json
 from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
-
+from ..storage import Location, as_location, read_parquet
+from .arrays import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
+from .commits import dedup_commits, dropped_ok_rows, rows_by_segment
+from .maintenance import VerifyReport, gc_store, verify_store
+from .shards import ShardReader, fast_shards_supported
 from .spec import FORMAT_VERSION, FeatureSpec
 from .stats import LayerStats, merge_all, stats_from_json
-from .shards import ShardReader, fast_shards_supported
-from .commits import dedup_commits, dropped_ok_rows, rows_by_segment
-from .arrays import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
-from ..storage import Location, as_location, read_parquet
-from .maintenance import VerifyReport, gc_store, verify_store
 from .writer import SegmentWriter, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class FeatureStore:
         return as_location(cache_root) / FEATURES_DIR / spec.store_name
 
     @classmethod
-    def create(cls, cache_root: str | os.PathLike[str], spec: FeatureSpec) -> "FeatureStore":
+    def create(cls, cache_root: str | os.PathLike[str], spec: FeatureSpec) -> FeatureStore:
         """Create the store of ``spec`` in a cache (idempotent for an equal spec; refuses a different one)."""
         path = cls.path_for(cache_root, spec)
         if (path / SPEC_FILE).exists():
@@ -136,7 +135,7 @@ class FeatureStore:
         return cls(path, spec, read_only=False)
 
     @classmethod
-    def open(cls, path_or_url: str | os.PathLike[str], *, read_only: bool = True) -> "FeatureStore":
+    def open(cls, path_or_url: str | os.PathLike[str], *, read_only: bool = True) -> FeatureStore:
         """Open an existing store by its directory; reads and checks ``spec.json`` first."""
         path = as_location(path_or_url)
         spec_path = path / SPEC_FILE

@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow.compute as pc
 
 from ...manifests.errors import SakError
 from ...manifests.schemas import STATUS_OK
-
-from .commits import rows_by_segment
-from .arrays import layer_array_name, prefix_array_name, sample_checksum
 from ..storage import Location
+from .arrays import layer_array_name, prefix_array_name, sample_checksum
+from .commits import rows_by_segment
 from .writer import ACTIVE_SEGMENTS, parse_segment_id, this_host
 
 log = logging.getLogger(__name__)

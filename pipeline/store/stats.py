@@ -14,8 +14,8 @@ round-trip exactly.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -33,11 +33,11 @@ class LayerStats:
     m2: np.ndarray  # (C,) float64: sum of squared deviations from the mean
 
     @classmethod
-    def empty(cls, channels: int) -> "LayerStats":
+    def empty(cls, channels: int) -> LayerStats:
         return cls(0, np.zeros(channels, np.float64), np.zeros(channels, np.float64))
 
     @classmethod
-    def from_values(cls, values: np.ndarray) -> "LayerStats":
+    def from_values(cls, values: np.ndarray) -> LayerStats:
         """Statistics of an array whose last axis is the channel axis (all other axes are observations)."""
         x = np.asarray(values).reshape(-1, values.shape[-1]).astype(np.float64)
         if x.shape[0] == 0:
@@ -47,7 +47,7 @@ class LayerStats:
         return cls(int(x.shape[0]), mean, m2)
 
     @classmethod
-    def from_blocks(cls, values: np.ndarray, max_elements: int = 1 << 22) -> "LayerStats":
+    def from_blocks(cls, values: np.ndarray, max_elements: int = 1 << 22) -> LayerStats:
         """Like :meth:`from_values` for a large (n, ..., C) array, in float64 pieces of at most ``max_elements``."""
         n = values.shape[0]
         per_sample = max(1, int(np.prod(values.shape[1:])))
@@ -71,7 +71,7 @@ class LayerStats:
     def std(self) -> np.ndarray:
         return np.sqrt(self.var)
 
-    def merge(self, other: "LayerStats") -> "LayerStats":
+    def merge(self, other: LayerStats) -> LayerStats:
         """Chan's parallel combination: statistics of the union of both sets of observations."""
         if other.count == 0:
             return self
@@ -83,7 +83,7 @@ class LayerStats:
         m2 = self.m2 + other.m2 + np.square(delta) * (self.count * other.count / n)
         return LayerStats(n, mean, m2)
 
-    def subtract(self, other: "LayerStats") -> "LayerStats":
+    def subtract(self, other: LayerStats) -> LayerStats:
         """Statistics with the observations of ``other`` (a subset of ours) removed: inverse of :meth:`merge`."""
         if other.count == 0:
             return self
@@ -101,7 +101,7 @@ class LayerStats:
         return {"count": self.count, "mean": [float(v) for v in self.mean], "m2": [float(v) for v in self.m2]}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "LayerStats":
+    def from_dict(cls, data: Mapping) -> LayerStats:
         return cls(int(data["count"]), np.asarray(data["mean"], np.float64), np.asarray(data["m2"], np.float64))
 
 

@@ -24,15 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...manifests.errors import SakError, StoreCorrupt
 from ...manifests.schemas import STATUS_FAILED, STATUS_OK
-
 from .arrays import layer_array_name, prefix_array_name, read_rows_contiguous
 from .feature_store import FeatureStore
 from .writer import SampleKey, this_host
@@ -60,7 +59,7 @@ def _compact_id(oldest: str) -> str:
 
 def _keys(table: pa.Table) -> list[SampleKey]:
     cols = [table.column(c).to_pylist() for c in ("image_sha256", "sample_id", "source", "view", "view_params")]
-    return [SampleKey(*vals) for vals in zip(*cols)]
+    return [SampleKey(*vals) for vals in zip(*cols, strict=True)]
 
 
 def _blocks(table: pa.Table) -> Iterable[tuple[str, pa.Table]]:
@@ -102,14 +101,14 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
                 if progress is not None:
                     progress(piece.num_rows, segment=seg)
             if g == 0:
-                for key, error in zip(_keys(failed), failed.column("error").to_pylist()):
+                for key, error in zip(_keys(failed), failed.column("error").to_pylist(), strict=True):
                     writer.add_failed(key, error or "failed")
             report = writer.commit()
         want = group.column("checksum").to_pylist()
         got = report.table.filter(pc.equal(report.table.column("status"), STATUS_OK)).column("checksum").to_pylist()
         if got != want:  # source bytes differ from what was recorded: take the copy back out
             dest.part_path(report.segment_id).unlink()
-            bad = sum(a != b for a, b in zip(got, want))
+            bad = sum(a != b for a, b in zip(got, want, strict=True))
             raise StoreCorrupt(
                 f"{bad} sample(s) read from {src.path} do not match their recorded checksums; "
                 f"run `sak-cache verify {src.path}` and repair the store before copying it"
@@ -127,7 +126,7 @@ def compact_store(store, *, target_rows: int = 4096, progress: Progress | None =
     report = TransferReport(source=str(store.path), target=str(store.path))
     raw = store.raw_commits()
     counts: dict[str, int] = {}
-    for seg, st in zip(raw.column("segment_id").to_pylist(), raw.column("status").to_pylist()):
+    for seg, st in zip(raw.column("segment_id").to_pylist(), raw.column("status").to_pylist(), strict=True):
         counts[seg] = counts.get(seg, 0) + (st == STATUS_OK)
     small = sorted(s for s, n in counts.items() if n < target_rows)
     if len(small) < 2:
@@ -160,7 +159,7 @@ def export_store(store, dest_cache, *, samples: Sequence[str] | None = None, seg
     table = store.commits(STATUS_OK)
     if samples is not None:
         wanted = set(samples)
-        mask = [h in wanted or s in wanted for h, s in zip(table.column("image_sha256").to_pylist(), table.column("sample_id").to_pylist())]
+        mask = [h in wanted or s in wanted for h, s in zip(table.column("image_sha256").to_pylist(), table.column("sample_id").to_pylist(), strict=True)]
         table = table.filter(pa.array(mask, type=pa.bool_()))
         found = set(table.column("image_sha256").to_pylist()) | set(table.column("sample_id").to_pylist())
         missing = sorted(wanted - found)
@@ -170,8 +169,8 @@ def export_store(store, dest_cache, *, samples: Sequence[str] | None = None, seg
                 "list sha256 or sample_id values of committed rows (sak-cache info STORE)"
             )
     have = dest.commits(STATUS_OK)
-    have_keys = set(zip(have.column("image_sha256").to_pylist(), have.column("view").to_pylist()))
-    new = [(h, v) not in have_keys for h, v in zip(table.column("image_sha256").to_pylist(), table.column("view").to_pylist())]
+    have_keys = set(zip(have.column("image_sha256").to_pylist(), have.column("view").to_pylist(), strict=True))
+    new = [(h, v) not in have_keys for h, v in zip(table.column("image_sha256").to_pylist(), table.column("view").to_pylist(), strict=True)]
     report.reused = len(new) - sum(new)
     table = table.filter(pa.array(new, type=pa.bool_()))
     if table.num_rows:

@@ -26,19 +26,15 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from ...manifests.errors import SakError
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, table_from_rows
-
-from .spec import FeatureSpec
-from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
-from .stats import LayerStats, stats_to_json
 from ..storage import Location, as_location, write_parquet_atomic
 from .arrays import (
     BF16_ATTR,
@@ -51,6 +47,9 @@ from .arrays import (
     storage_numpy_dtype,
     to_storage,
 )
+from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
+from .spec import FeatureSpec
+from .stats import LayerStats, stats_to_json
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ class SegmentWriter:
             self._create_arrays()
         for k in keys:
             self._rows.append({**k.__dict__, "row": len(self._rows)})
-        for name, block in zip(self._names, blocks):
+        for name, block in zip(self._names, blocks, strict=True):
             self._buf[name].append(block)
         self._buffered += b
         while self._buffered >= self.shard_samples:
@@ -245,7 +244,7 @@ class SegmentWriter:
             self._thread.join()
         ACTIVE_SEGMENTS.discard(self.segment_id)
 
-    def __enter__(self) -> "SegmentWriter":
+    def __enter__(self) -> SegmentWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -263,7 +262,7 @@ class SegmentWriter:
         if len(arrays) != len(self.spec.layers):
             raise ValueError(f"expected {len(self.spec.layers)} {what} arrays (layers {self.spec.layers}), got {len(arrays)}")
         out = []
-        for layer, arr in zip(self.spec.layers, arrays):
+        for layer, arr in zip(self.spec.layers, arrays, strict=True):
             if tuple(arr.shape) != shape:
                 raise ValueError(f"{what} {layer}: expected shape {shape}, got {tuple(arr.shape)}")
             out.append(to_storage(arr, self.spec.dtype))

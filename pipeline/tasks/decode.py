@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from ...manifests.errors import DatasetError
-
 from .base import IGNORE_INDEX
 
 

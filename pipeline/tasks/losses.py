@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
-
 from .base import IGNORE_INDEX
 
 EDGE_POS_WEIGHT = 0.95

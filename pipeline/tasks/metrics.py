@@ -25,13 +25,13 @@ Which metric a task uses, on which dataset with which settings, is the task's de
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
-
 from .base import IGNORE_INDEX
 
 
@@ -54,7 +54,7 @@ class StreamingMetric:
         for name in self._fields:
             setattr(self, name, torch.as_tensor(state[name], dtype=torch.float64).cpu().clone())
 
-    def merge(self, other: "StreamingMetric | Mapping[str, torch.Tensor]") -> "StreamingMetric":
+    def merge(self, other: StreamingMetric | Mapping[str, torch.Tensor]) -> StreamingMetric:
         st = other.state() if isinstance(other, StreamingMetric) else other
         for name in self._fields:
             add = torch.as_tensor(st[name], dtype=torch.float64).cpu()
@@ -266,7 +266,7 @@ class BoundaryF(StreamingMetric):
         h, w = label.shape[-2:]
         radius = self.max_dist * math.hypot(h, w)
         thr = self.thresholds.to(prob.device)
-        for p, y in zip(prob, label):
+        for p, y in zip(prob, label, strict=True):
             valid = y != self.ignore_index
             gt = valid & (y > 0.5)
             p = torch.where(valid, p, -math.inf)  # ignored pixels never count as predictions

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from ...manifests.errors import ConfigError
 from ...manifests.registry import Registry
-
 from . import depth, edge, normals, parts, saliency, semseg
 from .base import TaskDef, UnknownTask
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ...manifests.errors import ConfigError
-
 from .info import TeacherInfo, default_layers
 from .preprocess import Preprocess
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
-
 from .preprocess import Preprocess
 
 

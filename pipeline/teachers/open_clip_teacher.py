@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from ...manifests.errors import TeacherUnavailable
-
 from . import weights
 from .base import Teacher
 from .info import TeacherInfo, default_layers

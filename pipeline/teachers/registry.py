@@ -18,12 +18,11 @@ teachers (imported by the package, so they exist whenever this module is usable)
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 from ...manifests.errors import ConfigError, TeacherUnavailable
 from ...manifests.registry import Registry
-
 from .base import Teacher
 from .info import TeacherInfo
 from .source import TeacherRequest, TeacherSource

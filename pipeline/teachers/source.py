@@ -8,12 +8,11 @@ parameter accounting and ``sak-cache teachers`` never download anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
-
 from .base import Teacher
 from .info import TeacherInfo
 

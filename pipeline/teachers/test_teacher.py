@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ...manifests.errors import TeacherUnavailable
-
 from .base import Teacher
 from .info import TeacherInfo
 from .preprocess import Preprocess

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from ...manifests.errors import ConfigError, TeacherUnavailable
-
 from . import weights
 from .base import Teacher
 from .info import TeacherInfo, default_layers
@@ -75,10 +74,10 @@ class TimmTeacher(Teacher):
         with torch.no_grad():
             out = self.model.forward_intermediates(x_bchw, **kwargs)
         if self._prefix_kw:
-            maps = {i: y.permute(0, 2, 3, 1).contiguous() for i, (y, _) in zip(take, out)}
-            prefix = {i: p.contiguous() for i, (_, p) in zip(take, out)}
+            maps = {i: y.permute(0, 2, 3, 1).contiguous() for i, (y, _) in zip(take, out, strict=True)}
+            prefix = {i: p.contiguous() for i, (_, p) in zip(take, out, strict=True)}
             return [maps[i] for i in layers], [prefix[i] for i in layers]
-        maps = {i: y.permute(0, 2, 3, 1).contiguous() for i, y in zip(take, out)}
+        maps = {i: y.permute(0, 2, 3, 1).contiguous() for i, y in zip(take, out, strict=True)}
         return [maps[i] for i in layers], None
 
 

@@ -19,8 +19,8 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 from urllib.parse import urlparse
 
 import torch

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,11 +34,10 @@ from ...manifests.errors import ConfigError
 from ...pipeline.data.images import decode_rgb
 from ...pipeline.tasks import get_task
 from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
+from . import views
 from .prefetch import BackgroundIterator, ordered_map
 from .sampler import Block, BlockShuffleSampler, Window, make_blocks
 from .stores import Item, StoreJoin, teacher_key
-from . import views
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Batch:
     position: tuple[int, int] = (0, 0)
     teacher_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # online mode: key -> (B, 3, h, w)
 
-    def _map(self, fn, *, masks: bool = True) -> "Batch":
+    def _map(self, fn, *, masks: bool = True) -> Batch:
         return Batch(
             image=fn(self.image),
             labels={k: fn(v) for k, v in self.labels.items()},
@@ -65,10 +65,10 @@ class Batch:
             teacher_inputs={k: fn(v) for k, v in self.teacher_inputs.items()},
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return self._map(lambda t: t.pin_memory(), masks=False)
 
 
@@ -188,7 +188,7 @@ class CachedTargets:
         """Targets of one item, one small read per store (tests, debugging; the loader reads blocks)."""
         item = self.items[index]
         out = {}
-        for key, store, (seg, row) in zip(self.keys, self.stores, item.locations):
+        for key, store, (seg, row) in zip(self.keys, self.stores, item.locations, strict=True):
             got = store.read_rows(seg, [row])
             out[key] = [got[layer][0] for layer in store.spec.layers]
         return out
@@ -236,7 +236,7 @@ class CachedTargets:
 
     def batches(self, batch_size: int, sampler: BlockShuffleSampler, *, start: tuple[int, int] = (0, 0),
                 workers: int = 4, prefetch: int = 4, pin_memory: bool = False,
-                drop_last_epoch: bool = False) -> "Loader":
+                drop_last_epoch: bool = False) -> Loader:
         """Endless batches from sampler position ``start`` (``drop_last_epoch``: stop after one epoch)."""
         return Loader(self, batch_size, sampler, start, workers, prefetch, pin_memory, drop_last_epoch)
 
@@ -315,7 +315,7 @@ class Loader(Iterator[Batch]):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> "Loader":
+    def __enter__(self) -> Loader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,9 @@ losses agree step by step up to the store's float16 rounding.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -66,8 +67,8 @@ class OnlineTeachers:
     def __init__(self, stores: Sequence[Any], keys: Sequence[str], device: torch.device | str = "cpu", *,
                  weights: Mapping[str, str] | None = None, amp: bool = False) -> None:
         self.device = torch.device(device)
-        self.layers = {k: tuple(s.spec.layers) for k, s in zip(keys, stores)}
-        self.teachers = {k: teacher_for_store(s, k, weights).to(self.device) for k, s in zip(keys, stores)}
+        self.layers = {k: tuple(s.spec.layers) for k, s in zip(keys, stores, strict=True)}
+        self.teachers = {k: teacher_for_store(s, k, weights).to(self.device) for k, s in zip(keys, stores, strict=True)}
         self.amp = amp and self.device.type == "cuda"
 
     @property

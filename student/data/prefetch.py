@@ -11,8 +11,9 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,7 +104,7 @@ class BackgroundIterator(Iterator[T]):
             pass
         self._thread.join(timeout=5.0)
 
-    def __enter__(self) -> "BackgroundIterator[T]":
+    def __enter__(self) -> BackgroundIterator[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,9 +13,9 @@ just ``(epoch, offset)``, which is what a checkpoint stores.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Sequence
 
 import numpy as np
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -194,7 +195,7 @@ class StoreJoin:
         covered = 0
         for row in rows:
             sha = row["sha256"]
-            for name, idx in zip(missing, index):
+            for name, idx in zip(missing, index, strict=True):
                 if not any((sha, v) in idx for v in range(views)):
                     missing[name] += 1
             got = 0
@@ -248,4 +249,4 @@ class StoreJoin:
     def _index(store: Any) -> Mapping[tuple[str, int], tuple[str, int, str]]:
         t = store.commits()
         cols = [t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row", "view_params")]
-        return {(sha, int(v)): (seg, int(row), params) for sha, v, seg, row, params in zip(*cols)}
+        return {(sha, int(v)): (seg, int(row), params) for sha, v, seg, row, params in zip(*cols, strict=True)}

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ...pipeline.devices import resolve_device
-
 from ..data.cached import IMAGENET_MEAN, IMAGENET_STD, CachedTargets
 from ..model.export import dropped_gate_mass, export_submodel, routing_weights
 from ..model.io import save_student

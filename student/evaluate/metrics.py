@@ -8,7 +8,7 @@ dataset, and which direction each metric key improves in, is the task's declarat
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ...manifests.errors import ConfigError
 from ...pipeline.tasks import get_task, metric_direction

@@ -9,8 +9,9 @@ head output is drawn is its ``plot`` style (:class:`sak.pipeline.tasks.PlotStyle
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def loss_plot(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
     for name in names:
         pts = [(r["step"], r["losses"][name]) for r in records if name in r.get("losses", {})]
         if pts:
-            xs, ys = zip(*pts)
+            xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, label=name, linewidth=2 if name == "total" else 1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
@@ -106,7 +107,7 @@ class StudentConfig(Config):
             raise ConfigError(f"img_size must be (H, W) with positive sides, got {self.img_size}; e.g. (448, 576)")
         if not self.levels:
             raise ConfigError("levels is empty; use the official levels (2, 5, 8, 11) for ViT-S/B, (5, 11, 17, 23) for ViT-L")
-        if any(b <= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[0] < 0:
+        if any(b <= a for a, b in pairwise(self.levels)) or self.levels[0] < 0:
             raise ConfigError(f"levels must be increasing non-negative block indices, got {self.levels}")
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
@@ -165,7 +166,7 @@ class StudentConfig(Config):
         tasks: tuple[TaskSpec, ...] | list[TaskSpec] = (),
         img_size: int | tuple[int, int] | None = None,
         **kwargs: object,
-    ) -> "StudentConfig":
+    ) -> StudentConfig:
         """A config with the official levels for ``backbone``'s depth and its native input size.
 
         ``img_size`` defaults to the size in the name (``vit_base_patch16_384`` -> 384x384).

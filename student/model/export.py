@@ -13,14 +13,14 @@ the dropped gate mass otherwise.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any, Iterable, Sequence, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ...manifests.errors import ConfigError
-
 from .student import SAKStudent
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ backbone's SAK parts).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class TaskHead(nn.Module):
     def forward(self, levels_bnc: Sequence[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
         gh, gw = self.grid
         maps = []
-        for linear, tokens in zip(self.linears, levels_bnc):
+        for linear, tokens in zip(self.linears, levels_bnc, strict=True):
             b = tokens.shape[0]
             m = linear(tokens).transpose(1, 2).reshape(b, -1, gh, gw)
             maps.append(F.interpolate(m, size=self.work_size, mode="bilinear", align_corners=False))

@@ -17,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from ...manifests.atomic import atomic_write
 from ...manifests.errors import SakError
-
 from .config import StudentConfig
 from .student import SAKStudent
 

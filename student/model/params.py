@@ -15,8 +15,9 @@ Reference points (3 teachers, adapter ratio 1/4): the adapters add
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,6 @@ from torch import nn
 from ...manifests.errors import ConfigError, SakError
 from ...pipeline.tasks import get_task
 from ...pipeline.teachers import list_teachers, teacher_info
-
 from .config import StudentConfig, TaskSpec, TeacherTarget, parse_img_size
 from .student import SAKStudent
 

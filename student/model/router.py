@@ -11,7 +11,7 @@ training mode ``logits = clean + N(0, 1) * (softplus(raw) + 0.01)``, in eval mod
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

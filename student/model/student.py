@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from ...manifests.errors import ConfigError, SakError
-
 from .adapters import TSAPBranch, init_linear_trunc_normal
 from .config import StudentConfig
 from .heads import TaskHead
@@ -175,13 +174,13 @@ class SAKStudent(nn.Module):
             if i > cfg.levels[-1]:
                 break  # nothing after the last level reaches an output
             x = block(x)
-            res = [branch.step(i, r, x) for branch, r in zip(self.tsap, res)]
+            res = [branch.step(i, r, x) for branch, r in zip(self.tsap, res, strict=True)]
             li = self._level_index.get(i)
             if li is None:
                 continue
-            reps = [branch.represent(li, r[:, p:]) for branch, r in zip(self.tsap, res)]
+            reps = [branch.represent(li, r[:, p:]) for branch, r in zip(self.tsap, res, strict=True)]
             if want_distill:
-                for name, aligners, rep in zip(cfg.teacher_names, self.aligners, reps):
+                for name, aligners, rep in zip(cfg.teacher_names, self.aligners, reps, strict=True):
                     a = cast(nn.ModuleList, aligners)[li](rep)  # (B, N, C_t)
                     maps[name].append(a.transpose(1, 2).reshape(b, a.shape[-1], gh, gw))
             if cfg.tasks:

@@ -26,8 +26,9 @@ config always states every number the run used.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
@@ -137,7 +138,7 @@ class OptimConfig(Config):
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
 
-    def resolved(self) -> "OptimConfig":
+    def resolved(self) -> OptimConfig:
         """Fill the stage defaults (lr, weight decay, schedule, warmup, grad clip); the stage must be chosen."""
         if self.stage not in STAGE_DEFAULTS:
             raise ConfigError(f"choose the stage before resolving: 'distill' or 'multitask', got {self.stage!r}")
@@ -267,7 +268,7 @@ class TrainConfig(Config):
             object.__setattr__(self, name, section)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Read a sectioned record, or the flat one of run dirs written before the sections."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"TrainConfig: expected an object, got {type(data).__name__}")
@@ -291,6 +292,6 @@ class TrainConfig(Config):
         """The record as one flat dict of JSON values (the layout of run dirs before the sections)."""
         return {k: v for section in SECTIONS for k, v in getattr(self, section).to_dict().items()}
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Fill the stage defaults of ``optim``; the stage must be chosen."""
         return replace(self, optim=self.optim.resolved())

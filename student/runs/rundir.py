@@ -28,11 +28,11 @@ import torch
 
 from ...manifests.errors import SakError
 from ...pipeline.data.datasets import open_dataset
-
 from ..data.cached import CachedTargets
 from ..model.config import StudentConfig
 from ..model.student import SAKStudent
-from .checkpoint import Checkpoint, load_checkpoint, load_weights as _load_file_weights, save_checkpoint, write_json_atomic
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import load_weights as _load_file_weights
 from .config import TrainConfig
 from .runtime import seed_everything
 
@@ -123,7 +123,7 @@ class RunDir:
         write_json_atomic(self.summary_file, {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()})
 
     # -- rebuilding the run's student --------------------------------------------------------------
-    def load(self, split: str = "val") -> "LoadedRun":
+    def load(self, split: str = "val") -> LoadedRun:
         """The run's configs and ``split`` of its dataset (in order, no augmentation), ready to evaluate."""
         cfg = self.train_config()
         scfg = self.student_config()

@@ -15,7 +15,8 @@ a task with no sample contributes an exact 0 that stays connected to the graph (
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,7 @@ def distill_loss_terms(
                 "given; read the store layers that match the student's levels"
             )
         layer_stats = stats.get(name) if stats else None
-        for k, (s, t) in enumerate(zip(preds, targets)):
+        for k, (s, t) in enumerate(zip(preds, targets, strict=True)):
             if layer_stats is not None:
                 mean, var = _stat_pair(layer_stats[k])
                 t = standardize(t, mean, var, layout=teacher_layout)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 import torch
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 from ...manifests.errors import ConfigError
-
 from ..runs.config import SCHEDULES
 
 

@@ -19,7 +19,6 @@ import torch
 
 from ...manifests.errors import ConfigError, SakError, SpecMismatch
 from ...pipeline.data.datasets import list_datasets, open_dataset
-
 from ..data import views
 from ..data.cached import CachedTargets
 from ..data.online import OnlineTeachers
@@ -80,18 +79,18 @@ class RunSetup:
             "dataset": {"name": self.dataset.name, "root": str(self.dataset.root), "format": self.dataset.format,
                         "splits": self.dataset.splits()},
             "stores": [{"key": k, "name": s.name, "path": str(s.path), "spec_id": s.spec.spec_id,
-                        "spec": s.spec.to_dict()} for k, s in zip(self.keys, self.stores)],
+                        "spec": s.spec.to_dict()} for k, s in zip(self.keys, self.stores, strict=True)],
             "coverage": self.train.coverage.__dict__,
         }
 
 
 def build_student_config(cfg: TrainConfig, dataset: Any, stores: list, keys: tuple[str, ...],
                          tasks: tuple[str, ...]) -> StudentConfig:
-    teachers = [TeacherTarget(name=k, width=s.spec.width, grid=tuple(s.spec.grid)) for k, s in zip(keys, stores)]
+    teachers = [TeacherTarget(name=k, width=s.spec.width, grid=tuple(s.spec.grid)) for k, s in zip(keys, stores, strict=True)]
     task_specs = [TaskSpec(name=t, channels=dataset.task_channels(t)) for t in tasks]
     scfg = StudentConfig.for_backbone(cfg.model.backbone, teachers=teachers, tasks=task_specs,
                                       img_size=cfg.model.img_size, **dict(cfg.model.student or {}))
-    for key, store in zip(keys, stores):
+    for store in stores:
         if len(store.spec.layers) != len(scfg.levels):
             raise SpecMismatch(
                 f"store {describe(store)} holds {len(store.spec.layers)} layer maps but the student distills at "
@@ -114,7 +113,7 @@ def _dataset_name(cache: str, name: str | None) -> str:
 def _target_stats(keys: tuple[str, ...], stores: list, device: torch.device) -> dict | None:
     """Per-level (mean, var) of every store that has stats for all its layers; None when none has."""
     stats = {}
-    for key, store in zip(keys, stores):
+    for key, store in zip(keys, stores, strict=True):
         st = store.stats()
         if all(st[layer].count > 0 for layer in store.spec.layers):
             stats[key] = [(torch.as_tensor(st[i].mean, dtype=torch.float32, device=device),

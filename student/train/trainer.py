@@ -18,18 +18,18 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ...manifests.errors import ConfigError, SakError
-
 from ..data.cached import Batch
-from ..runs.config import TrainConfig
 from ..runs.checkpoint import Checkpoint
+from ..runs.config import TrainConfig
 from ..runs.rundir import RunDir
 from ..runs.runtime import autocast, gather, setup_distributed, teardown_distributed
 from .losses import distill_loss_terms, task_losses
@@ -100,7 +100,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
     if cfg.optim.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     opt.step()
-    return dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))  # one device sync
+    return dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist(), strict=True))  # one device sync
 
 
 def param_checksum(model: torch.nn.Module) -> str:

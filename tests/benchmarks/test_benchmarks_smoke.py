@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ lives at the repo root, not in the package
 
-from benchmarks.common import Ratio, parse_ratio_lines  # noqa: E402
+from benchmarks.common import Ratio, parse_ratio_lines
 
 EXPECTED = {
     "extract_overhead": {"extract_vs_bare_forward"},

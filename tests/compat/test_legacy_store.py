@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sak.pipeline.data.datasets import index_dataset, write_dataset_index
+from sak.pipeline.extract.job import ExtractConfig, extract
 from sak.pipeline.store.feature_store import FeatureStore
 from sak.student.runs.config import TrainConfig
 from sak.student.train.trainer import fit
-
-from sak.pipeline.data.datasets import index_dataset, write_dataset_index
-from sak.pipeline.extract.job import ExtractConfig, extract
 
 LEGACY = Path(__file__).parent.parent / "data" / "legacy_v1"
 GOLDEN = json.loads((LEGACY / "golden.json").read_text())
@@ -50,8 +49,8 @@ def test_legacy_store_equals_a_fresh_extraction_byte_for_byte(legacy_cache, demo
     assert old.spec == new.spec
     a, b = old.commits(), new.commits()
     assert a.num_rows == b.num_rows == 12
-    old_sum = dict(zip(a.column("image_sha256").to_pylist(), a.column("checksum").to_pylist()))
-    new_sum = dict(zip(b.column("image_sha256").to_pylist(), b.column("checksum").to_pylist()))
+    old_sum = dict(zip(a.column("image_sha256").to_pylist(), a.column("checksum").to_pylist(), strict=True))
+    new_sum = dict(zip(b.column("image_sha256").to_pylist(), b.column("checksum").to_pylist(), strict=True))
     assert old_sum == new_sum  # sha256 over every stored byte of every sample
     for sha in list(old_sum)[:3]:
         for layer, values in old.read_sample(sha).items():

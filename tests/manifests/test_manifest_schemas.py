@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sak.manifests.errors import SchemaMismatch
-from sak.manifests.errors import ConfigError
+from sak.manifests.errors import ConfigError, SchemaMismatch
 from sak.manifests.schemas import (
     COMMIT_SCHEMA,
     dataset_schema,

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sak.pipeline.store.spec import FeatureSpec
 from sak.pipeline.store.feature_store import FeatureStore
+from sak.pipeline.store.spec import FeatureSpec
 from sak.pipeline.store.writer import SampleKey, WriteReport
 
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from sak.manifests.errors import TeacherUnavailable
 from sak.pipeline.data.datasets import index_dataset, open_dataset, write_dataset_index
-from sak.pipeline.extract.job import ExtractConfig, extract
 from sak.pipeline.data.images import decode_rgb
+from sak.pipeline.extract.job import ExtractConfig, extract
 from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.teachers import create_teacher
 
@@ -144,7 +144,7 @@ def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
     assert len({p.to_json() for p in params}) == 6  # every view differs
     ds = open_dataset(cache, "nyud")
     teacher = create_teacher("test:tiny", random_init=True, seed=7)
-    for r, p in zip(rows, params):
+    for r, p in zip(rows, params, strict=True):
         assert p.view == r["view"]
         rgb = decode_rgb(ds.image_path(r["sample_id"]))
         x01 = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)

@@ -13,8 +13,8 @@ import uuid
 import numpy as np
 import pytest
 
-from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
 from sak.pipeline.storage import FsspecLocation, as_location
+from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
@@ -31,7 +31,7 @@ def url_root(request) -> str:
 def features_by_sha(store: FeatureStore) -> dict[tuple[str, int], dict[int, np.ndarray]]:
     out = {}
     t = store.commits()
-    for sha, view, seg, row in zip(*(t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row"))):
+    for sha, view, seg, row in zip(*(t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row")), strict=True):
         out[(sha, view)] = {k: v[0] for k, v in store.read_rows(seg, [row]).items()}
     return out
 

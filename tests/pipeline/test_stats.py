@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sak.pipeline.store.stats import LayerStats, stats_from_json, stats_to_json
 from sak.pipeline.store.feature_store import FeatureStore
-
+from sak.pipeline.store.stats import LayerStats, stats_from_json, stats_to_json
 
 
 def test_golden_values() -> None:

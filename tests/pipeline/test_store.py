@@ -17,10 +17,9 @@ from hypothesis import strategies as hst
 
 from sak.manifests.errors import SakError, SpecMismatch, StoreCorrupt
 from sak.pipeline.storage import ReadOnlyStorage
-from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
 from sak.pipeline.store.arrays import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
+from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
 from sak.pipeline.store.writer import SampleKey, new_segment_id, parse_segment_id
-
 
 PLAIN_READER = textwrap.dedent(
     """
@@ -73,7 +72,7 @@ def test_round_trip_is_readable_with_plain_zarr_and_pyarrow(st, tmp_path: Path, 
     subprocess.run([sys.executable, "-c", PLAIN_READER, str(store.path), str(out)], check=True, cwd=tmp_path)
     plain = np.load(out)
     assert len(plain.files) == 7 * 4
-    for j, layer in enumerate(spec.layers):
+    for layer in spec.layers:
         mine = ro.read_rows(report.segment_id, [4])[layer][0].astype(np.float32)
         np.testing.assert_array_equal(plain[f"{shas[4]}/layer_{layer}"], mine)
 

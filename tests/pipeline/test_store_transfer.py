@@ -24,7 +24,7 @@ def root(request, tmp_path) -> str:
 def features(store: FeatureStore) -> dict[tuple[str, int], tuple[dict[int, np.ndarray], dict[int, np.ndarray]]]:
     out = {}
     t = store.commits()
-    for sha, view, seg, row in zip(*(t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row"))):
+    for sha, view, seg, row in zip(*(t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row")), strict=True):
         out[(sha, view)] = (store.read_rows(seg, [row]), store.read_prefix(seg, [row]))
     return out
 
@@ -32,7 +32,7 @@ def features(store: FeatureStore) -> dict[tuple[str, int], tuple[dict[int, np.nd
 def assert_same(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b)
     for key in a:
-        for x, y in zip(a[key], b[key]):
+        for x, y in zip(a[key], b[key], strict=True):
             for layer in x:
                 np.testing.assert_array_equal(x[layer], y[layer])
 

@@ -47,7 +47,7 @@ def test_round_trip_continues_identically(tmp_path) -> None:
     assert np.array_equal(draws[1], expected_draws[1]) and draws[2] == expected_draws[2]
     model2(x).pow(2).sum().backward()
     opt2.step()
-    for a, b in zip(model2.parameters(), expected):
+    for a, b in zip(model2.parameters(), expected, strict=True):
         assert torch.equal(a, b)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _caches import extract_store, indexed_cache
 
 from sak.manifests.errors import SakError, SpecMismatch
 from sak.pipeline.data.augment import ViewParams, apply_view_image, apply_view_label
@@ -17,8 +18,6 @@ from sak.pipeline.data.images import decode_rgb
 from sak.student.data.cached import CachedTargets, normalize_image
 from sak.student.data.stores import CoverageError, select_stores
 from sak.student.data.views import label_tensor
-
-from _caches import extract_store, indexed_cache
 
 SIZE = (64, 80)
 
@@ -59,7 +58,7 @@ def test_join_serves_exact_stored_targets_and_labels(cache) -> None:
     seg, row = data.items[0].locations[0]
     stored = store.read_rows(seg, [row])
     assert [tuple(t.shape) for t in s["targets"]["tiny"]] == [(32, 8, 8)] * 4
-    for layer, t in zip(store.spec.layers, s["targets"]["tiny"]):
+    for layer, t in zip(store.spec.layers, s["targets"]["tiny"], strict=True):
         assert torch.equal(t, torch.from_numpy(stored[layer][0].astype(np.float32)).permute(2, 0, 1))
     # identity view: the image is the decoded file, normalized for the student
     rgb = decode_rgb(data.dataset.image_path(data.items[0].row))
@@ -132,9 +131,9 @@ def test_loader_reads_each_block_once_contiguously_and_is_thread_independent(cac
     with data.batches(3, sampler, workers=2, prefetch=2, drop_last_epoch=True) as loader:
         threaded = list(loader)
     assert len(threaded) == len(sync) == 3
-    for a, b in zip(sync, threaded):
+    for a, b in zip(sync, threaded, strict=True):
         assert a.sample_ids == b.sample_ids and torch.equal(a.image, b.image)
-        assert all(torch.equal(x, y) for x, y in zip(a.targets["tiny"], b.targets["tiny"]))
+        assert all(torch.equal(x, y) for x, y in zip(a.targets["tiny"], b.targets["tiny"], strict=True))
         assert torch.equal(a.labels["semseg"], b.labels["semseg"])
 
 

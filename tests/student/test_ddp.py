@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _caches import extract_store, indexed_cache
 
 from sak.pipeline.data.datasets import open_dataset
 from sak.student.data.cached import CachedTargets
 from sak.student.data.stores import select_stores
-
-from _caches import extract_store, indexed_cache
 
 
 @pytest.fixture(scope="module")

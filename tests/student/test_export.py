@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sak.manifests.errors import ConfigError
-from sak.student.model.io import StudentFileError, load_student, read_student_config, save_student
 from sak.student.model.export import dropped_gate_mass, export_submodel, routing_weights
+from sak.student.model.io import StudentFileError, load_student, read_student_config, save_student
 from sak.student.model.params import count_parameters
 
 

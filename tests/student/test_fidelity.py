@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from _caches import extract_store, indexed_cache
 
 from sak.student.runs.config import TrainConfig
 from sak.student.train.trainer import fit
-
-from _caches import extract_store, indexed_cache
 
 STEPS = 3
 
@@ -35,7 +34,7 @@ def test_cached_and_online_losses_agree_step_by_step(cache, tmp_path) -> None:
     cached = _losses(cache, tmp_path / "cached", online=False)
     online = _losses(cache, tmp_path / "online", online=True)
     assert len(cached) == len(online) == STEPS
-    for step, (a, b) in enumerate(zip(cached, online), start=1):
+    for step, (a, b) in enumerate(zip(cached, online, strict=True), start=1):
         assert set(a) == set(b)
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-2), f"step {step} {key}"
@@ -63,7 +62,7 @@ def test_online_targets_are_the_cached_ones_before_fp16_rounding(cache) -> None:
     assert tuple(b.teacher_inputs["tiny"].shape) == (4, 3, 64, 64)
     online = teachers(b)["tiny"]
     assert len(online) == len(a.targets["tiny"]) == 4
-    for stored, live_map in zip(a.targets["tiny"], online):
+    for stored, live_map in zip(a.targets["tiny"], online, strict=True):
         assert torch.equal(stored, live_map.half().float())  # the store keeps exactly the fp16 rounding
 
 

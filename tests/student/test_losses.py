@@ -67,7 +67,7 @@ def test_distill_sums_over_teachers_and_levels_and_reads_bhwc():
     # teacher b: 2 channels on a 1x1 grid; same numbers as (s2, t2) with the values as channels -> 0.025
     sb, tb = t([2, 0], (1, 2, 1, 1)), t([1, 0], (1, 2, 1, 1))
     student = {"a": [s1, s2], "b": [sb]}
-    to_bhwc = lambda x: x.permute(0, 2, 3, 1)  # noqa: E731 - the store's (B, H, W, C)
+    to_bhwc = lambda x: x.permute(0, 2, 3, 1)
     teacher = {"a": [to_bhwc(t1), to_bhwc(t2)], "b": [to_bhwc(tb)]}
     with pytest.raises(ConfigError, match="teacher_layout"):
         distill_loss(student, teacher)  # (1, 1, 1, 2) read as B,C,H,W has 1 channel, the student 2

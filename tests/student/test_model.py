@@ -6,16 +6,16 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch.nn.functional as F
 from torch import nn
 
 from sak.manifests.errors import ConfigError
 from sak.student.model.config import StudentConfig, TaskSpec, TeacherTarget, default_levels, parse_img_size
-from sak.student.model.student import SAKStudent
 from sak.student.model.params import count_config, count_parameters, describe_student
 from sak.student.model.router import MoRRouter
+from sak.student.model.student import SAKStudent
 
 
 def test_config_round_trip(tiny_student_cfg):
@@ -109,8 +109,8 @@ def test_tsap_recurrence_and_routing_match_a_hand_computation(tiny_student, tiny
     r = [b.adapters[0](x) for b in m.tsap]
     for i in range(3):
         x = vit.blocks[i](x)
-        r = [b.adapters[i + 1](rr + x) for b, rr in zip(m.tsap, r)]
-    reps = [b.norms[0](rr[:, 1:]) for b, rr in zip(m.tsap, r)]  # cls token dropped
+        r = [b.adapters[i + 1](rr + x) for b, rr in zip(m.tsap, r, strict=True)]
+    reps = [b.norms[0](rr[:, 1:]) for b, rr in zip(m.tsap, r, strict=True)]  # cls token dropped
     for k, name in enumerate(["a", "test:tiny2", "c"]):
         aligned = m.aligners[k][0](reps[k])  # (B, 6, C_t)
         expected = aligned.transpose(1, 2).reshape(2, -1, 2, 3)

@@ -7,12 +7,20 @@ import dataclasses
 import inspect
 import json
 import textwrap
+from itertools import pairwise
 
 import pytest
 
 from sak.manifests.errors import ConfigError
 from sak.student.runs.config import (
-    OWNER, SECTIONS, DataConfig, LoaderConfig, ModelConfig, OptimConfig, TrainConfig, field_default,
+    OWNER,
+    SECTIONS,
+    DataConfig,
+    LoaderConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    field_default,
 )
 
 #: config.json "train" of a run written before the sections (commit e689c9d), verbatim.
@@ -51,7 +59,7 @@ def test_every_field_has_one_section_and_a_docstring() -> None:
     assert len(OWNER) == 37
     for section in SECTIONS.values():
         body = ast.parse(textwrap.dedent(inspect.getsource(section))).body[0].body
-        documented = {stmt.target.id for stmt, after in zip(body, body[1:]) if isinstance(stmt, ast.AnnAssign)
+        documented = {stmt.target.id for stmt, after in pairwise(body) if isinstance(stmt, ast.AnnAssign)
                       and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)}
         assert documented == {f.name for f in dataclasses.fields(section)}, section.__name__
     assert field_default("iters") == 1000 and field_default("teachers") == () and field_default("device") == "auto"

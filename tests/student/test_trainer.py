@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from _caches import extract_store, indexed_cache
 
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
-from sak.student.runs.checkpoint import load_checkpoint
 from sak.student.evaluate.evaluator import evaluate
+from sak.student.runs.checkpoint import load_checkpoint
 from sak.student.runs.config import TrainConfig
 from sak.student.train.setup import prepare
 from sak.student.train.trainer import fit
-
-from _caches import extract_store, indexed_cache
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -21,7 +21,13 @@ import zarr
 
 from sak.manifests.errors import SakError, SchemaMismatch
 from sak.pipeline.storage import (
-    FsspecLocation, LocalLocation, Location, ReadOnlyStorage, as_location, read_parquet, read_parquet_with_metadata,
+    FsspecLocation,
+    LocalLocation,
+    Location,
+    ReadOnlyStorage,
+    as_location,
+    read_parquet,
+    read_parquet_with_metadata,
     write_parquet_atomic,
 )
 

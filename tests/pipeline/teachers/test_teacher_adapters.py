@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 
 from sak.manifests.errors import ConfigError, TeacherUnavailable
 from sak.manifests.hashing import sha256_file
-from sak.pipeline.teachers import Preprocess, create_teacher
-from sak.pipeline.teachers import timm_teacher, weights
+from sak.pipeline.teachers import Preprocess, create_teacher, timm_teacher, weights
 from sak.pipeline.teachers.base import default_layers
 
 
@@ -58,8 +57,8 @@ def test_tiny_is_deterministic_per_seed_and_leaves_global_rng_alone():
     b, pb = create_teacher("test:tiny", seed=0).forward_layers(x, (1, 3))
     c, _ = create_teacher("test:tiny", seed=1).forward_layers(x, (1, 3))
     assert torch.equal(torch.get_rng_state(), state)
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
-    assert all(torch.equal(u, v) for u, v in zip(pa, pb))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert all(torch.equal(u, v) for u, v in zip(pa, pb, strict=True))
     assert not torch.equal(a[1], c[1])
 
 
@@ -73,7 +72,7 @@ def test_layer_maps_shapes_order_and_equal_direct_forward_intermediates():
     direct = t.model.forward_intermediates(
         x, indices=[1, 3], output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
     )
-    for got, got_prefix, (tokens, pre) in zip(maps, prefix, direct[::-1]):
+    for got, got_prefix, (tokens, pre) in zip(maps, prefix, direct[::-1], strict=True):
         assert torch.equal(got, tokens.reshape(2, 8, 8, 32))
         assert torch.equal(got_prefix, pre)
     # raw block outputs (no final norm): a manual run of the blocks gives the same numbers
@@ -116,8 +115,8 @@ def test_timm_weights_file_roundtrip(tmp_path):
     x = _x((1, 3, 64, 64))
     a, pa = src.forward_layers(x, (2, 11))
     b, pb = loaded.forward_layers(x, (2, 11))
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
-    assert all(torch.equal(u, v) for u, v in zip(pa, pb))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert all(torch.equal(u, v) for u, v in zip(pa, pb, strict=True))
     # a plain torch file of tensors works too (weights_only=True)
     pt = tmp_path / "vit_tiny.pt"
     torch.save(src.model.state_dict(), pt)
@@ -260,13 +259,13 @@ def test_open_clip_hooks_equal_manual_forward(tiny_clip_name):
             h = blk(h)
             outs.append(h)
         ref = t.visual.forward_intermediates(x, indices=[0, 2], intermediates_only=True, output_fmt="NLC", output_extra_tokens=True)
-    for got, got_prefix, i in zip(maps, prefix, (2, 0)):
+    for got, got_prefix, i in zip(maps, prefix, (2, 0), strict=True):
         assert got.shape == (2, 4, 4, 32) and got_prefix.shape == (2, 1, 32)
         assert torch.equal(got, outs[i][:, 1:].reshape(2, 4, 4, 32))
         assert torch.equal(got_prefix, outs[i][:, :1])
     assert torch.equal(maps[1].reshape(2, 16, 32), ref["image_intermediates"][0])
     again, _ = create_teacher(tiny_clip_name, random_init=True, seed=2).forward_layers(x, (2, 0))
-    assert all(torch.equal(u, v) for u, v in zip(maps, again))
+    assert all(torch.equal(u, v) for u, v in zip(maps, again, strict=True))
 
 
 def test_open_clip_weights_file_full_clip_state_and_resolution(tiny_clip_name, tmp_path):
@@ -280,7 +279,7 @@ def test_open_clip_weights_file_full_clip_state_and_resolution(tiny_clip_name, t
     loaded = create_teacher(tiny_clip_name, weights=str(path))
     assert loaded.weights_id == f"file:{sha256_file(path)}"
     x = _x((1, 3, 32, 32))
-    assert all(torch.equal(u, v) for u, v in zip(src.forward_layers(x, (1,))[0], loaded.forward_layers(x, (1,))[0]))
+    assert all(torch.equal(u, v) for u, v in zip(src.forward_layers(x, (1,))[0], loaded.forward_layers(x, (1,))[0], strict=True))
     bigger = create_teacher(tiny_clip_name, weights=str(path), resolution=48)
     assert bigger.grid == (6, 6)
     assert bigger.forward_layers(_x((1, 3, 48, 48)), (2,))[0][0].shape == (1, 6, 6, 32)

@@ -10,9 +10,17 @@ import torch
 
 from sak.manifests.errors import ConfigError
 from sak.pipeline.teachers import (
-    IMAGENET_MEAN, IMAGENET_STD, SOURCES, Preprocess, TeacherInfo, aliases, create_teacher, teacher_info,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SOURCES,
+    Preprocess,
+    TeacherInfo,
+    aliases,
+    create_teacher,
+    preprocess,
+    teacher_info,
+    timm_teacher,
 )
-from sak.pipeline.teachers import preprocess, timm_teacher
 from sak.pipeline.teachers.base import default_layers
 
 

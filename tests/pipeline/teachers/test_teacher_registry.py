@@ -12,7 +12,16 @@ import pytest
 
 import sak.manifests.registry as registry_mod
 from sak.manifests.errors import ConfigError, TeacherUnavailable
-from sak.pipeline.teachers import TEACHERS, aliases, create_teacher, list_sources, list_teachers, register_teacher, resolve_name, teacher_info
+from sak.pipeline.teachers import (
+    TEACHERS,
+    aliases,
+    create_teacher,
+    list_sources,
+    list_teachers,
+    register_teacher,
+    resolve_name,
+    teacher_info,
+)
 from sak.pipeline.teachers.test_teacher import TINY2
 
 TEACHERS_DIR = Path(__file__).resolve().parents[3] / "pipeline" / "teachers"
