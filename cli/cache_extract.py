@@ -35,7 +35,7 @@ MAX_LISTED_FAILURES = 10
 class _RateColumn(ProgressColumn):
     """Samples per second of the task."""
 
-    def render(self, task) -> Text:  # type: ignore[override]
+    def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
 

@@ -6,7 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -48,7 +48,7 @@ def friendly_errors(fn: F) -> F:
             console.print("[yellow]interrupted[/]: committed work is kept; run the same command again to resume.")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps keeps fn's signature
 
 
 def parse_int_list(text: str | None, what: str) -> tuple[int, ...] | None:

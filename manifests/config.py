@@ -15,7 +15,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import ConfigError
 
@@ -82,6 +82,9 @@ class Config:
     the fix. ``from_dict(cfg.to_dict()) == cfg`` holds for every valid config.
     """
 
+    # set by @dataclass on every subclass; declared so a type checker sees configs as dataclasses
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
 
@@ -90,7 +93,7 @@ class Config:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
@@ -98,7 +101,7 @@ class Config:
                 "The file was probably written by a newer version of sak: upgrade sak."
             )
         kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
-        return cls(**kwargs)  # type: ignore[call-arg]
+        return cls(**kwargs)
 
     def to_json(self) -> str:
         return canonical_json(self)

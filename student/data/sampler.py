@@ -54,18 +54,18 @@ def make_blocks(segments: Sequence[str], rows: Sequence[int], block_size: int) -
     order = sorted(range(len(rows)), key=lambda i: (segments[i], int(rows[i])))
     blocks: list[Block] = []
     cur: list[tuple[int, int]] = []
-    seg: str | None = None
+    seg = ""  # read only once cur holds a row of it
     start = 0
     for i in order:
         r = int(rows[i])
         if cur and (segments[i] != seg or r >= start + block_size):
-            blocks.append(Block(seg, start, cur[-1][1] + 1, tuple(cur)))  # type: ignore[arg-type]
+            blocks.append(Block(seg, start, cur[-1][1] + 1, tuple(cur)))
             cur = []
         if not cur:
             seg, start = segments[i], r
         cur.append((i, r))
     if cur:
-        blocks.append(Block(seg, start, cur[-1][1] + 1, tuple(cur)))  # type: ignore[arg-type]
+        blocks.append(Block(seg, start, cur[-1][1] + 1, tuple(cur)))
     return blocks
 
 

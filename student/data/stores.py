@@ -200,8 +200,9 @@ class StoreJoin:
                     missing[name] += 1
             got = 0
             for v in range(views):
-                hits = [idx.get((sha, v)) for idx in index]
-                if any(h is None for h in hits):
+                found = [idx.get((sha, v)) for idx in index]
+                hits = [h for h in found if h is not None]
+                if len(hits) < len(found):
                     continue
                 params = hits[0][2]
                 if any(h[2] != params for h in hits[1:]):
@@ -246,7 +247,7 @@ class StoreJoin:
             )
 
     @staticmethod
-    def _index(store: Any) -> Mapping[tuple[str, int], tuple[str, int, str]]:
+    def _index(store: Any) -> Mapping[tuple[str, int], tuple[str, int, str | None]]:
         t = store.commits()
         cols = [t.column(c).to_pylist() for c in ("image_sha256", "view", "segment_id", "row", "view_params")]
         return {(sha, int(v)): (seg, int(row), params) for sha, v, seg, row, params in zip(*cols, strict=True)}

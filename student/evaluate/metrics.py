@@ -9,13 +9,25 @@ dataset, and which direction each metric key improves in, is the task's declarat
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
 
 from ...manifests.errors import ConfigError
 from ...pipeline.tasks import get_task, metric_direction
-from ...pipeline.tasks.metrics import StreamingMetric
 
 
-def metric_for_task(task: str, dataset: str = "nyud") -> StreamingMetric:
+class TaskMetric(Protocol):
+    """What evaluation asks of a task's accumulator (a :class:`~sak.pipeline.tasks.metrics.StreamingMetric`)."""
+
+    def reset(self) -> None: ...
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+def metric_for_task(task: str, dataset: str = "nyud") -> TaskMetric:
     """A fresh accumulator of the paper's metric for ``task`` on a dataset format ("nyud", "pascal", ...)."""
     return get_task(task).new_metric(dataset)
 
@@ -31,6 +43,7 @@ def delta_m(
     """
     if not metrics:
         raise ConfigError("delta_m: no metrics given")
+    declared: Mapping[str, bool] = higher_is_better or {}
     gains = []
     for key, value in metrics.items():
         if key not in baselines:
@@ -38,8 +51,7 @@ def delta_m(
         base = float(baselines[key])
         if base == 0:
             raise ConfigError(f"delta_m: baseline of {key!r} is 0; relative gain is undefined")
-        given = higher_is_better is not None and key in higher_is_better
-        up = higher_is_better[key] if given else metric_direction(key)  # type: ignore[index]
+        up = declared[key] if key in declared else metric_direction(key)
         if up is None:
             raise ConfigError(f"delta_m: unknown direction for {key!r}; pass higher_is_better={{{key!r}: True/False}}")
         sign = 1.0 if up else -1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any, cast
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
@@ -165,7 +166,7 @@ class StudentConfig(Config):
         teachers: tuple[TeacherTarget, ...] | list[TeacherTarget] = (),
         tasks: tuple[TaskSpec, ...] | list[TaskSpec] = (),
         img_size: int | tuple[int, int] | None = None,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> StudentConfig:
         """A config with the official levels for ``backbone``'s depth and its native input size.
 
@@ -178,7 +179,7 @@ class StudentConfig(Config):
             img_size=parse_img_size(img_size) if img_size is not None else native_img_size(backbone),
             teachers=tuple(teachers),
             tasks=tuple(tasks),
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
 
 
@@ -192,7 +193,7 @@ def backbone_depth(backbone: str) -> int:
 
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False, num_classes=0)
-    return len(model.blocks)
+    return len(cast(torch.nn.Sequential, model.blocks))  # a timm ViT's blocks; nn.Module types them loosely
 
 
 def default_levels(backbone: str) -> tuple[int, ...]:

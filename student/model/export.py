@@ -18,9 +18,9 @@ from dataclasses import replace
 from typing import Any, cast
 
 import torch
-from torch import nn
 
 from ...manifests.errors import ConfigError
+from .router import MoRRouter
 from .student import SAKStudent
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def export_submodel(
     )
     experts = [0] + [k + 1 for k in kept_idx]
     rows = experts + [cfg.num_experts + e for e in experts] if cfg.noisy_gating else experts
-    last = len(cast(nn.ModuleList, model.routers[task])[0].mlp) - 1
+    last = len(cast("Sequence[MoRRouter]", model.routers[task])[0].mlp) - 1
 
     state = {}
     for key, value in model.state_dict().items():

@@ -24,6 +24,7 @@ Deviations from the official ``models/backbones/sak.py`` (all deliberate):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -160,12 +161,13 @@ class SAKStudent(nn.Module):
         gh, gw = self.grid
         p = self.num_prefix_tokens
         want_distill = distill and self.has_distill
+        branches = cast("Sequence[TSAPBranch]", self.tsap)  # a ModuleList of TSAPBranch; nn.Module hides that
 
         x = self.vit.patch_embed(x_bchw)
         x = self.vit._pos_embed(x)
         x = self.vit.patch_drop(x)
         x = self.vit.norm_pre(x)
-        res = [branch.start(x) for branch in self.tsap]
+        res = [branch.start(x) for branch in branches]
 
         maps: dict[str, list[torch.Tensor]] = {t: [] for t in cfg.teacher_names} if want_distill else {}
         routed: dict[str, list[torch.Tensor]] = {t: [] for t in cfg.task_names}
@@ -174,11 +176,11 @@ class SAKStudent(nn.Module):
             if i > cfg.levels[-1]:
                 break  # nothing after the last level reaches an output
             x = block(x)
-            res = [branch.step(i, r, x) for branch, r in zip(self.tsap, res, strict=True)]
+            res = [branch.step(i, r, x) for branch, r in zip(branches, res, strict=True)]
             li = self._level_index.get(i)
             if li is None:
                 continue
-            reps = [branch.represent(li, r[:, p:]) for branch, r in zip(self.tsap, res, strict=True)]
+            reps = [branch.represent(li, r[:, p:]) for branch, r in zip(branches, res, strict=True)]
             if want_distill:
                 for name, aligners, rep in zip(cfg.teacher_names, self.aligners, reps, strict=True):
                     a = cast(nn.ModuleList, aligners)[li](rep)  # (B, N, C_t)

@@ -127,8 +127,13 @@ class RunDir:
         """The run's configs and ``split`` of its dataset (in order, no augmentation), ready to evaluate."""
         cfg = self.train_config()
         scfg = self.student_config()
-        dataset = open_dataset(cfg.data.cache, cfg.data.dataset)
-        data = CachedTargets(dataset, (), split, tuple(cfg.model.img_size), tasks=scfg.task_names, seed=cfg.runtime.seed)
+        name, img_size = cfg.data.dataset, cfg.model.img_size
+        if name is None or img_size is None:  # training records the resolved config, which names both
+            raise SakError(f"{self.config_file} does not name the dataset and img_size of the run: "
+                           "it was not written by sak-train fit; train the run again")
+        dataset = open_dataset(cfg.data.cache, name)
+        data = CachedTargets(dataset, (), split, (img_size[0], img_size[1]), tasks=scfg.task_names,
+                             seed=cfg.runtime.seed)
         return LoadedRun(self, cfg, scfg, data)
 
 

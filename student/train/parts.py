@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import IO, Any
 
 import torch
 
-from ..data.cached import Batch
+from ...manifests.errors import ConfigError
+from ..data.cached import Loader
 from ..evaluate.evaluator import evaluate_model, predictions
 from ..evaluate.plots import loss_plot, predictions_plot
-from ..runs.checkpoint import Checkpoint, restore_rng
+from ..runs.checkpoint import Checkpoint, CheckpointError, restore_rng
 from ..runs.config import OptimConfig, TrainConfig
 from ..runs.rundir import RunDir
 from .setup import RunSetup
@@ -34,14 +34,17 @@ Position = tuple[int, int]  # (sampler epoch, offset)
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW with ``weight_decay`` on matrices and none on norms and biases."""
-    decay, no_decay = [], []
+    if optim.lr is None or optim.weight_decay is None:
+        raise ConfigError("build_optimizer needs the resolved optimizer settings: pass cfg.resolved().optim")
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)
 
 
-def build_loader(setup: RunSetup, *, rank: int, world: int, start: Position) -> Iterator[Batch]:
+def build_loader(setup: RunSetup, *, rank: int, world: int, start: Position) -> Loader:
     """This rank's training batches from sampler position ``start`` (close() it when done)."""
     cfg = setup.cfg
     loader = cfg.loader
@@ -59,6 +62,9 @@ class Checkpointer:
 
     def restore(self, ckpt: Checkpoint, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, Position]:
         """Load a checkpoint into ``model`` and ``opt``, restore the RNGs; returns (step, sampler position)."""
+        if ckpt.optimizer is None:
+            raise CheckpointError(f"{self.run.checkpoint_file} holds no optimizer state, so the run cannot resume "
+                                  f"from it; start a new run from its weights with --init {self.run.path}")
         model.load_state_dict(ckpt.weights)
         opt.load_state_dict(ckpt.optimizer)
         step, position = int(ckpt.record["step"]), tuple(ckpt.record["sampler"])
@@ -66,7 +72,7 @@ class Checkpointer:
         if self.main:
             self.run.truncate_metrics(step)  # the records after the checkpoint are logged again
         log.info("resumed %s at step %d (sampler epoch %d, offset %d)", self.run.path, step, *position)
-        return step, position  # type: ignore[return-value]
+        return step, position
 
     def maybe_save(self, step: int, position: Position, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         every, last = self.cfg.checkpoint.ckpt_every, self.cfg.optim.iters
@@ -127,7 +133,7 @@ class PeriodicEvaluator:
 
     def evaluate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
         """The metrics after ``step`` ({} when this rank does not evaluate)."""
-        if not self.active:
+        if not self.active or self.val is None:  # active implies a val split
             return {}
         metrics = evaluate_model(model, self.val, batch_size=self.batch_size, device=self.device,
                                  max_samples=self.max_samples)

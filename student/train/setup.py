@@ -12,12 +12,12 @@ import logging
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ...manifests.errors import ConfigError, SakError, SpecMismatch
+from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
 from ...pipeline.data.datasets import list_datasets, open_dataset
 from ..data import views
 from ..data.cached import CachedTargets
@@ -41,7 +41,11 @@ def patch_size(backbone: str) -> int:
 def infer_img_size(dataset: Any, stores: list, split: str, backbone: str) -> tuple[int, int]:
     """The stored views' size (augmented stores), else the split's most common image size; a patch multiple."""
     if stores and stores[0].spec.aug != "none":
-        h, w = views.parse(stores[0].commits().column("view_params")[0].as_py()).out_hw
+        view = views.parse(stores[0].commits().column("view_params")[0].as_py())
+        if view is None:
+            raise StoreCorrupt(f"store {describe(stores[0])} is augmented but its first row records no view; "
+                               "extract it again")
+        h, w = view.out_hw
     else:
         sizes = Counter((r["height"], r["width"]) for r in dataset.ok_rows() if r["split"] == split)
         (h, w), _ = sizes.most_common(1)[0]
@@ -65,7 +69,10 @@ class RunSetup:
 
     @property
     def run(self) -> RunDir:
-        return RunDir(self.cfg.checkpoint.out)
+        out = self.cfg.checkpoint.out
+        if out is None:  # prepare() always sets it
+            raise ConfigError("RunSetup.cfg has no checkpoint.out: build the setup with prepare()")
+        return RunDir(out)
 
     def targets(self, batch: Any) -> dict[str, list[torch.Tensor]]:
         """Teacher targets of a batch: read from the stores, or computed by the online teachers."""
@@ -144,10 +151,10 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     if stage == "multitask" and not train_tasks:
         raise ConfigError(f"dataset '{name}' has no labels: train --stage distill")
     out = cfg.checkpoint.out or broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}", world)
-    img = tuple(cfg.model.img_size) if cfg.model.img_size else infer_img_size(dataset, stores, data.train_split,
-                                                                              cfg.model.backbone)
-    cfg = replace(cfg, dataset=name, stage=stage, out=str(out), img_size=img,
-                  teachers=tuple(data.teachers) or tuple(s.name for s in stores)).resolved()
+    given = cfg.model.img_size
+    img = (given[0], given[1]) if given else infer_img_size(dataset, stores, data.train_split, cfg.model.backbone)
+    cfg = cfg.with_fields(dataset=name, stage=stage, out=str(out), img_size=img,
+                          teachers=tuple(data.teachers) or tuple(s.name for s in stores)).resolved()
     data = cfg.data
     student_cfg = build_student_config(cfg, dataset, stores, keys, train_tasks)
 

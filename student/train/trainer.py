@@ -19,7 +19,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def resume_point(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Checkpoin
         raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
     ckpt = RunDir(out).load_checkpoint()
     # only what does not change the computation may differ from the run's own settings
-    return replace(TrainConfig.from_dict(ckpt.record["config"]), **{k: cfg.get(k) for k in RESUME_FREE}), ckpt
+    return TrainConfig.from_dict(ckpt.record["config"]).with_fields(**{k: cfg.get(k) for k in RESUME_FREE}), ckpt
 
 
 def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, world: int,
@@ -143,6 +144,11 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
     setup = prepare(cfg, device=device, rank=rank, world=world)
     cfg, run, model = setup.cfg, setup.run, setup.model
     opt = build_optimizer(model, cfg.optim)
+    optim = cfg.optim
+    if optim.lr is None or optim.schedule is None or optim.warmup is None:  # prepare() resolves them
+        raise ConfigError("the learning rate schedule is not resolved: train with cfg.resolved()")
+    sched = partial(lr_at, lr=optim.lr, total=optim.iters, schedule=optim.schedule, warmup=optim.warmup,
+                    min_lr=optim.min_lr)
     checkpointer = Checkpointer(run, cfg, setup.student_cfg.to_dict(), main=main)
     step, position = checkpointer.restore(ckpt, model, opt) if ckpt else (0, (0, 0))
     if ckpt is None and main:
@@ -156,15 +162,13 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
         result.baseline = evaluator.evaluate(0, model)
     loader = build_loader(setup, rank=rank, world=world, start=position)
     meter = MetricsLogger(run, cfg, first_step=step, world=world, main=main)
-    sched = dict(lr=cfg.optim.lr, total=cfg.optim.iters, schedule=cfg.optim.schedule, warmup=cfg.optim.warmup,
-                 min_lr=cfg.optim.min_lr)
     try:
         while step < cfg.optim.iters:
             t0 = time.perf_counter()
             batch = next(loader)
             t_data = time.perf_counter() - t0
             batch = batch.to(device, non_blocking=True)
-            lr = lr_at(step, **sched)
+            lr = sched(step)
             losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr)
             if not math.isfinite(losses["total"]):
                 raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")

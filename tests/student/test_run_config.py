@@ -55,6 +55,17 @@ def test_flat_names_and_sections_build_the_same_config() -> None:
     assert moved.get("iters") == 7 and TrainConfig(cache="x", img_size="448x576").model.img_size == (448, 576)
 
 
+def test_with_fields_is_dataclasses_replace() -> None:
+    cfg = TrainConfig(cache="c", backbone="test_vit", iters=5, batch_size=2, out="r")
+    for changes in ({"iters": 7, "workers": 0}, {"optim": OptimConfig(iters=9), "lr": 1e-3},
+                    {"dataset": "nyud", "stage": "distill", "img_size": (32, 48), "teachers": ("a", "b")}):
+        assert cfg.with_fields(**changes) == dataclasses.replace(cfg, **changes) != cfg
+    assert cfg.with_fields(optim=OptimConfig(iters=9), lr=1e-3).optim == OptimConfig(iters=9, lr=1e-3)
+    assert cfg == TrainConfig(cache="c", backbone="test_vit", iters=5, batch_size=2, out="r")  # the original stays
+    with pytest.raises(ConfigError, match="TrainConfig has no field"):
+        cfg.with_fields(itrs=3)
+
+
 def test_every_field_has_one_section_and_a_docstring() -> None:
     assert len(OWNER) == 37
     for section in SECTIONS.values():

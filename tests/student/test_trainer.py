@@ -12,8 +12,10 @@ from _caches import extract_store, indexed_cache
 
 from sak.manifests.errors import ConfigError, SakError, SpecMismatch
 from sak.student.evaluate.evaluator import evaluate
-from sak.student.runs.checkpoint import load_checkpoint
-from sak.student.runs.config import TrainConfig
+from sak.student.runs.checkpoint import CheckpointError, load_checkpoint
+from sak.student.runs.config import OptimConfig, TrainConfig
+from sak.student.runs.rundir import RunDir
+from sak.student.train.parts import Checkpointer, build_optimizer
 from sak.student.train.setup import prepare
 from sak.student.train.trainer import fit
 
@@ -146,3 +148,24 @@ def test_student_levels_must_match_store_layers(cache, tmp_path) -> None:
 def test_resume_without_out_is_refused(cache) -> None:
     with pytest.raises(ConfigError, match="--resume needs --out"):
         fit(TrainConfig(cache=str(cache), iters=1), resume=True)
+
+
+def test_optimizer_decays_matrices_only_and_needs_the_resolved_settings() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    with pytest.raises(ConfigError, match="resolved optimizer settings"):
+        build_optimizer(model, OptimConfig(stage="distill"))
+    opt = build_optimizer(model, OptimConfig(stage="distill").resolved())
+    decay, no_decay = opt.param_groups
+    assert (decay["lr"], decay["weight_decay"], no_decay["weight_decay"]) == (1e-3, 0.01, 0.0)
+    assert [p is model[0].weight for p in decay["params"]] == [True]
+    assert len(no_decay["params"]) == 3  # linear bias, norm weight and bias
+
+
+def test_a_checkpoint_without_optimizer_state_cannot_be_resumed(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    model = torch.nn.Linear(3, 2)
+    run.save_checkpoint(model=model.state_dict(), optimizer=None, record={"step": 3, "sampler": [0, 2]})
+    opt = build_optimizer(model, OptimConfig(stage="distill").resolved())
+    checkpointer = Checkpointer(run, TrainConfig(cache="c"), {}, main=True)
+    with pytest.raises(CheckpointError, match=r"holds no optimizer state, so the run cannot resume from it; .*--init"):
+        checkpointer.restore(run.load_checkpoint(), model, opt)
