@@ -31,6 +31,7 @@ from ...manifests.schemas import STATUS_OK
 from ...manifests.sizes import parse_hw
 from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
 from ..devices import resolve_device
+from ..storage import Location
 from ..store.feature_store import FeatureStore
 from ..store.spec import AUG_POLICIES, DTYPES, FeatureSpec
 from ..teachers import create_teacher
@@ -108,7 +109,7 @@ class ExtractConfig(Config):
 @dataclass
 class TeacherReport:
     teacher: str
-    store: Path
+    store: Location
     weights: str
     done: int = 0
     skipped_cached: int = 0
@@ -146,7 +147,7 @@ class ExtractReport:
         return sum(t.failed + t.skipped_failed for t in self.teachers)
 
     @property
-    def stores(self) -> list[Path]:
+    def stores(self) -> list[Location]:
         return [t.store for t in self.teachers]
 
 
@@ -155,9 +156,8 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
     layers = tuple(cfg.layers) if cfg.layers else tuple(teacher.default_layers)
     teacher.check_layers(layers)
     pp = teacher.preprocess
-    extra = {"aug_crop": tuple(cfg.aug_crop)} if cfg.aug_crop is not None else {}
     return FeatureSpec(
-        **extra, teacher=teacher.name, weights=teacher.weights_id, layers=layers, resolution=tuple(pp.resolution),
+        aug_crop=cfg.aug_crop, teacher=teacher.name, weights=teacher.weights_id, layers=layers, resolution=tuple(pp.resolution),
         resize=pp.resize, mean=tuple(pp.mean), std=tuple(pp.std), patch_size=teacher.patch_size,
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
         keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=cfg.aug, aug_seed=cfg.seed,
@@ -189,7 +189,7 @@ def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
 def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
     """The (image, view) samples still to run, in manifest order; counts skips into ``reports``."""
     seen: set[str] = set()
-    images: list[tuple[str, str, str, str | None, str | None, str | None]] = []
+    images: list[tuple[str, str, str, str, str, str | None]] = []  # key, sample_id, source, root, path, error
     for ds in datasets:
         root = str(ds.root)
         for row in ds.table.select(["sample_id", "path", "sha256", "source", "status", "error"]).to_pylist():

@@ -17,6 +17,7 @@ Models and open stores are cached per worker process (:func:`.execution.worker_c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections import deque
@@ -257,7 +258,7 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, cfg.workers)))
     result = SegmentResult(index=task.index, samples=len(task.samples), teachers=[TeacherPart() for _ in specs])
-    stores = [worker_cached(("store", p), lambda p=p: FeatureStore.open(p, read_only=False)) for p in ctx.store_paths]
+    stores = [worker_cached(("store", p), functools.partial(FeatureStore.open, p, read_only=False)) for p in ctx.store_paths]
     samples = list(task.samples)
     late = [_late_keys(store, known) for store, known in zip(stores, ctx.known_segments, strict=True)]
     if any(late):
@@ -277,12 +278,13 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
         for batch in _prepared_batches(samples, teachers, cfg):
             n_failed = 0
             for t, spec in enumerate(specs):
-                if writers[t] is None:
+                writer = writers[t]
+                if writer is None:
                     continue
                 mine = [p for p in batch if t in p.sample.teachers]
                 for p in mine:
                     if p.error is not None:
-                        writers[t].add_failed(_key(p), p.error)
+                        writer.add_failed(_key(p), p.error)
                         result.failures.append((t, p.sample.sample_id, p.error))
                         n_failed += 1
                 good = [p for p in mine if p.error is None]
@@ -291,14 +293,14 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
                 layers, prefix, finite = _forward(teachers[t], spec, [p.inputs[t] for p in good], device)
                 if not finite.all():
                     for p in (p for p, ok in zip(good, finite, strict=True) if not ok):
-                        writers[t].add_failed(_key(p), NON_FINITE)
+                        writer.add_failed(_key(p), NON_FINITE)
                         result.failures.append((t, p.sample.sample_id, NON_FINITE))
                         n_failed += 1
                     good = [p for p, ok in zip(good, finite, strict=True) if ok]
                     layers = [a[finite] for a in layers]
                     prefix = [a[finite] for a in prefix] if prefix is not None else None
                 if good:
-                    writers[t].append([_key(p) for p in good], layers, prefix)
+                    writer.append([_key(p) for p in good], layers, prefix)
             if progress is not None:
                 progress(len(batch), failed=n_failed)
         for t, writer in enumerate(writers):

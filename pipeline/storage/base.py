@@ -25,7 +25,7 @@ from typing import Protocol
 
 from ...manifests.errors import SakError
 
-__all__ = ["ByteRanges", "Location", "ReadOnlyStorage", "Stat"]
+__all__ = ["ByteRanges", "Location", "ReadOnlyStorage", "Stat", "StatLike"]
 
 
 class ReadOnlyStorage(SakError):
@@ -46,6 +46,16 @@ class Stat:
 
     st_size: int
     st_mtime: float
+
+
+class StatLike(Protocol):
+    """What :meth:`Location.stat` returns: a :class:`Stat` or an ``os.stat_result`` (local locations)."""
+
+    @property
+    def st_size(self) -> int: ...
+
+    @property
+    def st_mtime(self) -> float: ...
 
 
 class ByteRanges(Protocol):
@@ -96,7 +106,7 @@ class Location(abc.ABC):
     def is_file(self) -> bool: ...
 
     @abc.abstractmethod
-    def stat(self) -> Stat: ...
+    def stat(self) -> StatLike: ...
 
     @abc.abstractmethod
     def list_names(self, prefix: str = "", suffix: str = "") -> list[str]:
@@ -155,7 +165,8 @@ class Location(abc.ABC):
         self.write_atomic(text.encode("utf-8"))
 
     @abc.abstractmethod
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None: ...
+    def mkdir(self, *, parents: bool = False, exist_ok: bool = False) -> None:
+        """Keyword-only: pathlib's own ``mkdir`` takes ``mode`` first, so a positional call means two things."""
 
     @abc.abstractmethod
     def unlink(self, missing_ok: bool = False) -> None: ...

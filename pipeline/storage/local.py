@@ -12,13 +12,17 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...manifests.atomic import atomic_write
 from .base import Location, refuse_write
 
 __all__ = ["LocalLocation", "ReadOnlyLocalLocation"]
 
-_PathBase = type(Path())  # PosixPath here (pathlib refuses to instantiate Path subclasses directly before 3.12)
+if TYPE_CHECKING:
+    _PathBase = Path  # what the checker sees: the concrete class below is one of Path's own subclasses
+else:
+    _PathBase = type(Path())  # PosixPath here (pathlib refuses to instantiate Path subclasses directly before 3.12)
 
 
 class _LocalRanges:

@@ -183,7 +183,7 @@ class FsspecLocation(Location):
         self._check_writable("write_atomic()")
         self.fs.pipe_file(self.path, bytes(data))
 
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+    def mkdir(self, *, parents: bool = False, exist_ok: bool = False) -> None:
         self._check_writable("mkdir()")
         try:
             self.fs.makedirs(self.path, exist_ok=True)

@@ -32,6 +32,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,9 @@ from .shards import ShardReader, fast_shards_supported
 from .spec import FORMAT_VERSION, FeatureSpec
 from .stats import LayerStats, merge_all, stats_from_json
 from .writer import SegmentWriter, write_text_atomic
+
+if TYPE_CHECKING:
+    import zarr
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ class FeatureStore:
         self._location = as_location(path)  # as given; ``path`` is it, or its read-only view
         self.spec = spec
         self.read_only = read_only
-        self._arrays: dict[tuple[str, str], object] = {}
+        self._arrays: dict[tuple[str, str, bool], zarr.Array | ShardReader] = {}
         self._parts: dict[str, pa.Table] = {}
         self._lock = threading.Lock()
 
@@ -135,7 +139,7 @@ class FeatureStore:
         return cls(path, spec, read_only=False)
 
     @classmethod
-    def open(cls, path_or_url: str | os.PathLike[str], *, read_only: bool = True) -> FeatureStore:
+    def open(cls, path_or_url: str | os.PathLike[str] | Location, *, read_only: bool = True) -> FeatureStore:
         """Open an existing store by its directory; reads and checks ``spec.json`` first."""
         path = as_location(path_or_url)
         spec_path = path / SPEC_FILE
@@ -172,7 +176,7 @@ class FeatureStore:
         return {"path": self._location, "spec": self.spec, "read_only": self.read_only}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["spec"], read_only=state["read_only"])
+        type(self).__init__(self, state["path"], state["spec"], read_only=state["read_only"])
 
     def require(self, **expected) -> None:
         """Raise :class:`SpecMismatch` naming the fields whose stored value differs, e.g. ``require(layers=(11,))``."""

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +51,10 @@ from .arrays import (
 from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
 from .spec import FeatureSpec
 from .stats import LayerStats, stats_to_json
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.core.common import JSON
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +150,7 @@ class SegmentWriter:
         self._names = [layer_array_name(i) for i in spec.layers]
         if spec.keep_prefix:
             self._names += [prefix_array_name(i) for i in spec.layers]
-        self._arrays: dict[str, object] | None = None
+        self._arrays: dict[str, zarr.Array] | None = None
         self._fast_shards = False
         self._rows: list[dict] = []
         self._failed: list[dict] = []
@@ -278,7 +283,7 @@ class SegmentWriter:
             attributes={"sak_segment_id": self.segment_id, "sak_spec_id": self.spec.spec_id, "sak_capacity": self.capacity},
         )
         dtype = storage_numpy_dtype(self.spec.dtype)
-        attrs = {BF16_ATTR: self.spec.dtype}
+        attrs: dict[str, JSON] = {BF16_ATTR: self.spec.dtype}
         h, w = self.spec.grid
         c, p, s = self.spec.width, self.spec.num_prefix_tokens, self.shard_samples
         arrays = {}
@@ -328,6 +333,8 @@ class SegmentWriter:
             raise SakError(f"writing segment {self.segment_id} failed: {self._error}") from self._error
 
     def _worker(self) -> None:
+        arrays = self._arrays
+        assert arrays is not None  # _create_arrays sets them before it starts this thread
         while True:
             item = self._queue.get()
             if item is None:
@@ -347,7 +354,7 @@ class SegmentWriter:
                     if self._fast_shards:
                         self._write_shard(name, start, arr)
                     else:
-                        self._arrays[name][start : start + arr.shape[0]] = arr
+                        arrays[name][start : start + arr.shape[0]] = arr
             except BaseException as exc:  # surfaced to the caller on its next call
                 self._error = exc
             finally:

@@ -100,6 +100,8 @@ def _check_hw(pred: torch.Tensor, label: torch.Tensor, what: str) -> None:
 class MeanIoU(StreamingMetric):
     """Semantic / part segmentation mIoU (percent) and pixel accuracy from a confusion matrix."""
 
+    confusion: torch.Tensor  # the state tensors of ``_fields``, set by reset()/load_state()/merge()
+
     def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, absent: str = "exclude") -> None:
         if absent not in ("exclude", "zero"):
             raise ConfigError(f"absent must be 'exclude' or 'zero', got {absent!r}")
@@ -142,6 +144,8 @@ class DepthRMSE(StreamingMetric):
     """Root mean squared depth error (meters), pooled over every valid pixel of the split."""
 
     _fields = {"sq_err": (), "count": ()}
+    sq_err: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, *, min_depth: float = 0.0, max_depth: float = 80.0) -> None:
         self.min_depth, self.max_depth = min_depth, max_depth
@@ -171,6 +175,9 @@ class NormalsAngle(StreamingMetric):
     """Mean angular error (degrees) over valid pixels, and the share within 11.25/22.5/30 degrees."""
 
     _fields = {"deg_sum": (), "count": (), "within": (3,)}
+    deg_sum: torch.Tensor
+    count: torch.Tensor
+    within: torch.Tensor
     _limits = (11.25, 22.5, 30.0)
 
     @torch.no_grad()
@@ -249,6 +256,12 @@ class BoundaryF(StreamingMetric):
     99 thresholds 0.01..0.99.
     """
 
+    cnt_p: torch.Tensor  # the state tensors of ``_fields``
+    sum_p: torch.Tensor
+    cnt_r: torch.Tensor
+    sum_r: torch.Tensor
+    ois: torch.Tensor
+
     def __init__(self, *, max_dist: float = 0.011, num_thresholds: int = 99,
                  ignore_index: int = IGNORE_INDEX, from_logits: bool = True) -> None:
         self.max_dist, self.ignore_index, self.from_logits = max_dist, ignore_index, from_logits
@@ -301,6 +314,10 @@ def _fmeasure(cnt_p: torch.Tensor, sum_p: torch.Tensor, cnt_r: torch.Tensor, sum
 
 class SaliencyMaxF(StreamingMetric):
     """Saliency maxF (percent): pooled precision/recall at thresholds 0.05..0.95, beta^2 = 0.3."""
+
+    tp: torch.Tensor  # the state tensors of ``_fields``
+    pred_pos: torch.Tensor
+    actual_pos: torch.Tensor
 
     def __init__(self, *, beta2: float = 0.3, ignore_index: int = IGNORE_INDEX, from_logits: bool = True) -> None:
         self.beta2, self.ignore_index, self.from_logits = beta2, ignore_index, from_logits

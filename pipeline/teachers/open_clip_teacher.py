@@ -14,7 +14,8 @@ tag's mean/std (open_clip's defaults, the OpenAI values, when no tag is named).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -22,11 +23,30 @@ from ...manifests.errors import TeacherUnavailable
 from . import weights
 from .base import Teacher
 from .info import TeacherInfo, default_layers
-from .preprocess import Preprocess
+from .preprocess import Preprocess, rgb_triple
 from .source import TeacherRequest, TeacherSource
 from .weights import hub_failure, hub_mode, load_strict, random_init_id, read_state_dict, seeded
 
 log = logging.getLogger(__name__)
+
+
+class _Transformer(Protocol):
+    width: int
+    resblocks: torch.nn.ModuleList
+
+
+class _Tower(Protocol):
+    """What this adapter reads of open_clip's ``VisionTransformer`` (nn.Module attributes are untyped)."""
+
+    transformer: _Transformer
+    patch_size: int | tuple[int, ...] | list[int]
+    image_size: int | tuple[int, ...] | list[int]
+    image_mean: Sequence[float]
+    image_std: Sequence[float]
+
+
+def _tower(visual: torch.nn.Module) -> _Tower:
+    return cast(_Tower, visual)
 
 
 class _Stop(Exception):
@@ -47,16 +67,17 @@ class OpenClipTeacher(Teacher):
         self.name = name
         self.weights_id = weights_id
         self.preprocess = preprocess
-        patch = visual.patch_size
-        patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+        tower = _tower(visual)
+        size = tower.patch_size
+        patch = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         if patch[0] != patch[1]:
             raise TeacherUnavailable(f"{name}: non-square patches {patch} are not supported.")
         self.patch_size = int(patch[0])
-        self.width = int(visual.transformer.width)
-        self.num_blocks = len(visual.transformer.resblocks)
+        self.width = int(tower.transformer.width)
+        self.num_blocks = len(tower.transformer.resblocks)
         self.num_prefix_tokens = 1  # open_clip's ViT always prepends one class token
         self.default_layers = default_layers(self.num_blocks)
-        self._batch_first = bool(getattr(visual.transformer, "batch_first", False))
+        self._batch_first = bool(getattr(tower.transformer, "batch_first", False))
 
     def forward_layers(
         self, x_bchw: torch.Tensor, layers: tuple[int, ...]
@@ -75,7 +96,8 @@ class OpenClipTeacher(Teacher):
 
             return fn
 
-        handles = [self.visual.transformer.resblocks[i].register_forward_hook(hook(i)) for i in take]
+        blocks = _tower(self.visual).transformer.resblocks
+        handles = [blocks[i].register_forward_hook(hook(i)) for i in take]
         try:
             with torch.no_grad():
                 self.visual(x_bchw)
@@ -124,14 +146,15 @@ def _resolve(model_name: str) -> tuple[str, str, str | None, dict[str, Any], dic
 
 def _wrap(model: torch.nn.Module, *, name: str, weights_id: str, tag_cfg: dict[str, Any]) -> OpenClipTeacher:
     """Wrap the image tower; squash-resize to its image size with the tag's mean/std (the tower's when untagged)."""
-    visual = model.visual
-    size = visual.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    visual = cast(torch.nn.Module, model.visual)
+    tower = _tower(visual)
+    image_size = tower.image_size
+    size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     pre = Preprocess(
         resolution=(int(size[0]), int(size[1])),
         resize="squash",
-        mean=tuple(float(v) for v in tag_cfg.get("mean") or visual.image_mean),
-        std=tuple(float(v) for v in tag_cfg.get("std") or visual.image_std),
+        mean=rgb_triple(tag_cfg.get("mean") or tower.image_mean),
+        std=rgb_triple(tag_cfg.get("std") or tower.image_std),
     )
     return OpenClipTeacher(visual, name=name, weights_id=weights_id, preprocess=pre)
 
@@ -190,7 +213,7 @@ def _load_visual(model: torch.nn.Module, state: dict[str, torch.Tensor], *, sour
         full = {"visual.positional_embedding": state["positional_embedding"]}
         resize_pos_embed(full, model)
         state["positional_embedding"] = full["visual.positional_embedding"]
-    load_strict(model.visual, state, source=source, what=f"{what} image tower")
+    load_strict(cast(torch.nn.Module, model.visual), state, source=source, what=f"{what} image tower")
 
 
 SOURCE = TeacherSource(prefix="open_clip", build=create_open_clip_teacher, describe=describe_open_clip_teacher)

@@ -6,7 +6,9 @@ normalization (``student.data``) imports it from here, so the two can never drif
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,6 +23,11 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: OpenAI CLIP's channel statistics (timm's OPENAI_CLIP_MEAN/STD, open_clip's defaults).
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def rgb_triple(values: Iterable[float]) -> tuple[float, float, float]:
+    """Per-channel mean or std as the floats :class:`Preprocess` keeps (timm and open_clip hand lists or tuples)."""
+    return cast(tuple[float, float, float], tuple(float(v) for v in values))
 
 
 @dataclass(frozen=True, kw_only=True)

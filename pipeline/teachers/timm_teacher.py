@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -24,11 +24,29 @@ from ...manifests.errors import ConfigError, TeacherUnavailable
 from . import weights
 from .base import Teacher
 from .info import TeacherInfo, default_layers
-from .preprocess import Preprocess
+from .preprocess import Preprocess, rgb_triple
 from .source import TeacherRequest, TeacherSource
 from .weights import hub_failure, hub_mode, load_strict, random_init_id, read_state_dict, seeded
 
 log = logging.getLogger(__name__)
+
+
+class _PatchEmbed(Protocol):
+    patch_size: int | tuple[int, ...] | list[int]
+
+
+class _TimmViT(Protocol):
+    """What this adapter reads of a timm ViT (nn.Module attributes are untyped)."""
+
+    patch_embed: _PatchEmbed
+    embed_dim: int
+    blocks: torch.nn.Sequential | torch.nn.ModuleList
+
+    def forward_intermediates(self, x: torch.Tensor, **kwargs: Any) -> Any: ...
+
+
+def _vit(model: torch.nn.Module) -> _TimmViT:
+    return cast(_TimmViT, model)
 
 
 class TimmTeacher(Teacher):
@@ -44,16 +62,17 @@ class TimmTeacher(Teacher):
         self.name = name
         self.weights_id = weights_id
         self.preprocess = preprocess
-        patch = model.patch_embed.patch_size
-        patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+        vit = _vit(model)
+        size = vit.patch_embed.patch_size
+        patch = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         if patch[0] != patch[1]:
             raise TeacherUnavailable(f"{name}: non-square patches {patch} are not supported.")
         self.patch_size = int(patch[0])
-        self.width = int(model.embed_dim)
-        self.num_blocks = len(model.blocks)
+        self.width = int(vit.embed_dim)
+        self.num_blocks = len(vit.blocks)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self.default_layers = default_layers(self.num_blocks)
-        params = inspect.signature(model.forward_intermediates).parameters
+        params = inspect.signature(vit.forward_intermediates).parameters
         self._prefix_kw = "return_prefix_tokens" in params and self.num_prefix_tokens > 0
         h, w = preprocess.resolution
         if h % self.patch_size or w % self.patch_size:
@@ -72,7 +91,7 @@ class TimmTeacher(Teacher):
         if self._prefix_kw:
             kwargs["return_prefix_tokens"] = True
         with torch.no_grad():
-            out = self.model.forward_intermediates(x_bchw, **kwargs)
+            out = _vit(self.model).forward_intermediates(x_bchw, **kwargs)
         if self._prefix_kw:
             maps = {i: y.permute(0, 2, 3, 1).contiguous() for i, (y, _) in zip(take, out, strict=True)}
             prefix = {i: p.contiguous() for i, (_, p) in zip(take, out, strict=True)}
@@ -119,8 +138,8 @@ def wrap_timm_model(
     pre = Preprocess(
         resolution=resolution,
         resize="longest-pad" if is_sam else "squash",
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
+        mean=rgb_triple(mean),
+        std=rgb_triple(std),
     )
     return TimmTeacher(model, name=name, weights_id=weights_id, preprocess=pre)
 
@@ -143,7 +162,8 @@ def _wrap_native(model: torch.nn.Module, *, name: str, weights_id: str, resoluti
     from timm.data import resolve_data_config
 
     data_cfg = resolve_data_config(model=model)
-    native = tuple(int(v) for v in data_cfg["input_size"][1:])
+    _, native_h, native_w = data_cfg["input_size"]  # (C, H, W)
+    native = (int(native_h), int(native_w))
     size = (resolution, resolution) if resolution is not None else native
     return wrap_timm_model(model, name=name, weights_id=weights_id, resolution=size, mean=data_cfg["mean"], std=data_cfg["std"])
 
