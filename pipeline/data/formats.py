@@ -14,8 +14,9 @@ Layouts:
             depth/<id>.npy, normals/<id>.png, edge/<id>.png, gt_sets/{train,val,test}.txt.
 ``pascal``  the PASCAL-Context multi-task layout: JPEGImages/<id>.jpg,
             semseg/pascal-context/<id>.png, human_parts/<id>.png|mat, sal_distill/<id>.png,
-            normals_distill/<id>.png, ImageSets/Context/{train,val,test}.txt. Edges are derived
-            from semseg by the trainer, so label_edge stays null.
+            normals_distill/<id>.png, pascal-context/trainval/<id>.mat (the 459-class LabelMap
+            the edge label is derived from, as in the official loader),
+            ImageSets/Context/{train,val,test}.txt.
 
 Which folder holds a task's labels in a layout is the task's ``layout_dirs`` rule
 (:mod:`sak.pipeline.tasks`); this module knows the image folders and split lists only.

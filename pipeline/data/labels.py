@@ -1,7 +1,8 @@
 """Load a task's label file into an array in that task's convention.
 
-Reading is shared by every task: pngs (8-bit, 16-bit, palette pngs as their indices) and
-``.npy`` files, read with ``allow_pickle=False`` so a label file can never run code. The
+Reading is shared by every task: pngs (8-bit, 16-bit, palette pngs as their indices),
+``.npy`` files, read with ``allow_pickle=False`` so a label file can never run code, and the
+PASCAL ``.mat`` files (context ``LabelMap``, PASCAL-Part ``anno``; :mod:`sak.pipeline.tasks.pascal`). The
 conversion to the task's convention (class indices, meters, unit vectors, {0, 1} maps) is the
 task's ``decode`` rule in :mod:`sak.pipeline.tasks`; each task module documents its convention.
 """
@@ -16,6 +17,7 @@ from PIL import Image
 
 from ...manifests.errors import BadImage, DatasetError
 from ..tasks import get_task
+from ..tasks.pascal import read_mat
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -48,10 +50,7 @@ def _read(path: Path) -> np.ndarray:
     if suffix == ".npy":
         return _read_npy(path)
     if suffix == ".mat":
-        raise DatasetError(
-            f"label file {path} is a MATLAB .mat file, which sak does not read. Convert it to a single-channel "
-            "png of part indices (0 = background, 255 = ignore) next to it and index the dataset again."
-        )
+        return read_mat(path)  # PASCAL-Context LabelMap / PASCAL-Part anno (sak.pipeline.tasks.pascal)
     return _read_png(path)
 
 

@@ -1,6 +1,7 @@
 """Human parts (PASCAL-Context): (H, W) int64 part indices as stored, 255 = ignore; 7 classes.
 
-``.mat`` part files are refused with the conversion to do (see ``pipeline.data.labels``).
+PASCAL-Part ``human_parts/<id>.mat`` files are read as the official loader does (person class 15,
+parts grouped into 6, union over persons, background 0; :func:`~sak.pipeline.tasks.pascal.human_parts`).
 Views pad with 255; loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
 """
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.io
 from PIL import Image
 
 from sak.manifests.errors import DatasetError, PathEscape, SchemaMismatch
@@ -22,6 +23,7 @@ from sak.pipeline.data.datasets import (
     open_dataset,
     write_dataset_index,
 )
+from sak.pipeline.data.labels import load_label
 
 LABELS = ("label_semseg", "label_depth", "label_normals", "label_edge", "label_parts", "label_saliency")
 
@@ -113,6 +115,9 @@ def test_pascal_layout(tmp_path):
     for sid in ("2008_000001", "2008_000002", "2008_000003"):
         _img(root / "JPEGImages" / f"{sid}.jpg", w=7, h=6, fmt="JPEG")
         _gray(root / "semseg" / "pascal-context" / f"{sid}.png", np.zeros((6, 7), np.uint8))
+        context = root / "pascal-context" / "trainval" / f"{sid}.mat"  # the 459-class LabelMap edges come from
+        context.parent.mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(str(context), {"LabelMap": np.kron([[1, 2], [3, 4]], np.ones((3, 4), np.uint16))[:, :7]})
     _gray(root / "human_parts" / "2008_000001.png", np.zeros((6, 7), np.uint8))
     (root / "human_parts" / "2008_000002.mat").write_bytes(b"MATLAB 5.0")
     _gray(root / "sal_distill" / "2008_000001.png", np.zeros((6, 7), np.uint8))
@@ -126,7 +131,10 @@ def test_pascal_layout(tmp_path):
     assert [r["split"] for r in rows.values()] == ["train", "train", "val"]
     assert all(r["status"] == "ok" and r["source"] == "pascal" and (r["width"], r["height"]) == (7, 6)
                for r in rows.values())
-    assert all(r["label_edge"] is None and r["label_depth"] is None for r in rows.values())
+    assert all(r["label_edge"] == f"pascal-context/trainval/{s}.mat" and r["label_depth"] is None
+               for s, r in rows.items())
+    edge = load_label("edge", root / rows["2008_000003"]["label_edge"], dataset="pascal")
+    assert edge.shape == (6, 7) and edge.sum() == 8 and edge[3, :6].all()  # thinned cross between the 4 regions
     assert all(r["label_semseg"] == f"semseg/pascal-context/{s}.png" for s, r in rows.items())
     assert rows["2008_000001"]["label_parts"] == "human_parts/2008_000001.png"
     assert rows["2008_000002"]["label_parts"] == "human_parts/2008_000002.mat"

@@ -50,10 +50,11 @@ def test_parts_as_stored(tmp_path):
     np.testing.assert_array_equal(out, [[0, 6, 255]])
 
 
-def test_parts_mat_is_refused_with_fix(tmp_path):
+def test_parts_mat_is_read_not_refused(tmp_path):
+    # .mat part files were refused before scipy; now a file that is not MATLAB v5 says so (and how to fix it)
     path = tmp_path / "2008_000001.mat"
     path.write_bytes(b"MATLAB 5.0 MAT-file")
-    with pytest.raises(DatasetError, match="Convert it to a single-channel") as info:
+    with pytest.raises(BadImage, match="not a readable MATLAB v5") as info:
         load_label("parts", path)
     assert str(path) in str(info.value)
 
