@@ -194,9 +194,11 @@ def register(app: typer.Typer) -> None:
         step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
         device: str = typer.Option("auto", "--device"),
         max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
+        amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
+        miou: str = typer.Option("official", "--miou", help="official (mean over all classes, absent = 0) | present."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
-        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples)
+        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
 
     @app.command("export")

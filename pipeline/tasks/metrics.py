@@ -6,17 +6,25 @@ mask=None)`` takes the raw head output (logits / regressions, (B, C, H, W)) and 
 labels at the same resolution; ``mask`` is a per-sample bool (False = no label, skipped).
 ``compute()`` returns a dict of floats (percent for IoU / F-measures, meters, degrees).
 
-Conventions (official SAK ``evaluation/`` unless noted):
-- mIoU: confusion over pixels != 255 for the whole split. Classes absent from both the
-  predictions and the labels of the split are excluded from the mean (``absent="exclude"``).
-  The official / multi-task-literature code averages over every class with IoU = 0 for an
-  absent class (``absent="zero"``); on the full NYUD / PASCAL val splits every class occurs,
-  so both agree there; they differ on subsets.
-- depth RMSE: sqrt(sum of squared errors / valid pixels), pooled over the split;
-  valid = 0 < depth < 80 m; predictions clamped to >= 1e-9.
-- normals: mean angle in degrees over valid pixels, ``2 * atan2(|p - g|, |p + g|)`` on unit vectors.
-- saliency maxF: pooled precision/recall over thresholds 0.05..0.95, F with beta^2 = 0.3.
-- boundary odsF / oisF: see :class:`BoundaryF` (an approximation of the SEISM evaluator).
+Conventions (official SAK ``evaluation/``, checked against the official meters in the tests):
+- mIoU (``eval_semseg.py``, ``eval_human_parts.py``): tp / fp / fn summed over the whole split on
+  pixels whose label is not 255; IoU_c = tp / max(tp + fp + fn, 1e-8); mIoU = 100 x the mean over
+  **every** class, so a class absent from both labels and predictions counts 0 (``miou="official"``,
+  the default). ``miou="present"`` is sak's earlier convention: the mean over classes that occur
+  in the labels or the predictions. Both agree when every class occurs (full NYUD / PASCAL val
+  splits); on a subset they differ a lot (e.g. 7.14 vs 75.0 on the G7 case of the research doc).
+- depth RMSE (``eval_depth.py``): sqrt(sum of squared errors / valid pixels), pooled over every
+  valid pixel of the split (not a mean of per-image RMSEs); valid = 0 < depth < 80 (so 255 is
+  ignored); predictions clamped to >= 0, then <= 0 -> 1e-9.
+- normals (``eval_normals.py``): mean angle in degrees over the pixels whose label has no channel
+  equal to 255 (and is not the zero vector), ``2 * atan2(|p - g|, |p + g|)`` on unit vectors,
+  pooled. The official code maps the unit prediction to ``(p + 1) * 255 / 2`` and back before
+  normalizing; that is a float round trip, not an 8-bit quantisation (nothing is rounded), and it
+  moves an angle by < 3e-5 degrees in float32, so we skip it.
+- saliency maxF (``eval_sal.py``): precision / recall pooled over the split at the official 19
+  float32 thresholds ``arange(0.05, 1, 0.05)`` (prediction >= t), F with beta^2 = 0.3, max over t.
+- boundary odsF / oisF: see :class:`BoundaryF`: **not** the official SEISM evaluator (sak's own
+  tolerance test with SEISM's per-dataset maxDist), so comparable across sak runs, not with papers.
 
 Which metric a task uses, on which dataset with which settings, is the task's declaration
 (:mod:`sak.pipeline.tasks`); this module only holds the accumulators.
@@ -97,15 +105,23 @@ def _check_hw(pred: torch.Tensor, label: torch.Tensor, what: str) -> None:
                           "resize predictions to the label resolution first")
 
 
+#: mIoU conventions: "official" (mean over every class, absent = 0) and "present" (sak's earlier mean over seen classes).
+MIOU_CONVENTIONS = ("official", "present")
+
+
 class MeanIoU(StreamingMetric):
-    """Semantic / part segmentation mIoU (percent) and pixel accuracy from a confusion matrix."""
+    """Semantic / part segmentation mIoU (percent) and pixel accuracy from a confusion matrix.
+
+    ``miou``: ``"official"`` (default) averages IoU over all ``num_classes`` classes with 0 for a
+    class absent from both labels and predictions, as the official SemsegMeter; ``"present"``
+    averages over the classes that occur. NaN while no labeled pixel has been seen.
+    """
 
     confusion: torch.Tensor  # the state tensors of ``_fields``, set by reset()/load_state()/merge()
 
-    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, absent: str = "exclude") -> None:
-        if absent not in ("exclude", "zero"):
-            raise ConfigError(f"absent must be 'exclude' or 'zero', got {absent!r}")
-        self.num_classes, self.ignore_index, self.absent = num_classes, ignore_index, absent
+    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, miou: str = "official") -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.miou = check_miou(miou)
         self._fields = {"confusion": (num_classes, num_classes)}  # rows: label, cols: prediction
         super().__init__()
 
@@ -125,19 +141,28 @@ class MeanIoU(StreamingMetric):
     def per_class_iou(self) -> torch.Tensor:
         """IoU per class in [0, 1]; NaN for classes absent from labels and predictions."""
         tp = self.confusion.diag()
-        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
+        union = self.confusion.sum(0) + self.confusion.sum(1) - tp  # tp + fp + fn
         return torch.where(union > 0, tp / union.clamp(min=1), torch.nan)
 
     def compute(self) -> dict[str, float]:
         iou = self.per_class_iou()
         present = ~torch.isnan(iou)
-        if self.absent == "zero":
+        total = float(self.confusion.sum())
+        if not total:
+            miou = math.nan
+        elif self.miou == "official":
             miou = float(torch.nan_to_num(iou, nan=0.0).mean())
         else:
-            miou = float(iou[present].mean()) if bool(present.any()) else math.nan
-        total = float(self.confusion.sum())
+            miou = float(iou[present].mean())
         acc = float(self.confusion.diag().sum()) / total if total else math.nan
         return {"mIoU": miou * 100.0, "pixAcc": acc * 100.0}
+
+
+def check_miou(miou: str) -> str:
+    if miou not in MIOU_CONVENTIONS:
+        raise ConfigError(f"miou convention must be one of {', '.join(MIOU_CONVENTIONS)} (official: mean over every "
+                          f"class, absent = 0; present: mean over the classes seen), got {miou!r}")
+    return miou
 
 
 class DepthRMSE(StreamingMetric):
@@ -155,7 +180,7 @@ class DepthRMSE(StreamingMetric):
     def update(self, pred: torch.Tensor, label: torch.Tensor, mask: Any = None) -> None:
         pred, label = self._select(mask, pred, label)
         _check_hw(pred, label, "DepthRMSE")
-        p = _class_map(pred).double().clamp(min=1e-9)  # official: clamp at 0, then <= 0 -> 1e-9
+        p = _class_map(pred).double().clamp(min=1e-9)  # official: clamp at 0 (utils.py), then <= 0 -> 1e-9
         g = _class_map(label).to(p.device).double()
         valid = torch.isfinite(g) & (g > self.min_depth) & (g < self.max_depth)
         self._add("sq_err", ((p - g)[valid] ** 2).sum())
@@ -239,21 +264,23 @@ def disk_max_pool(x_b1hw: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 class BoundaryF(StreamingMetric):
-    """Boundary detection odsF / oisF (percent) with a distance tolerance.
+    """Boundary detection odsF / oisF (percent) with a distance tolerance. **Not the SEISM evaluator.**
 
     A predicted edge pixel (probability >= t) is a hit when a ground-truth edge pixel lies
     within ``max_dist * image diagonal`` (Euclidean); a ground-truth pixel is recalled when a
     predicted pixel lies within that distance. Counts pool over the split per threshold
     (ODS: one threshold for the split; OIS: the best threshold per image).
 
-    Differences from the MATLAB SEISM/BSDS evaluator used by the paper (our numbers are not
-    comparable with published odsF, only across our own runs): SEISM matches pixels one to
-    one (bipartite ``correspondPixels``), so a thick prediction next to a thin boundary earns
-    one hit per boundary pixel, while this tolerance-disk test counts every nearby predicted
-    pixel as a hit (optimistic precision for thick edges); SEISM thins the binarized
-    predictions (and the paper runs NMS first) — we do neither; SEISM binarizes 8-bit images,
-    we threshold float probabilities. Defaults: ``max_dist`` 0.011 (NYUD) / 0.0075 (PASCAL),
-    99 thresholds 0.01..0.99.
+    The paper's odsF comes offline from the authors' MATLAB SEISM fork (official ``README.md``,
+    ``evaluation/edge_evaluation.py``): predictions saved as 8-bit ``sigmoid * 255`` pngs, MATLAB
+    NMS, then SEISM with ``maxDist`` 0.011 (NYUD) / 0.0075 (PASCAL). We take the same per-dataset
+    tolerance (the edge task passes it per dataset format) but not the rest: SEISM matches pixels
+    one to one (bipartite ``correspondPixels``), so a thick prediction next to a thin boundary earns
+    one hit per boundary pixel, while this tolerance-disk test counts every nearby predicted pixel
+    as a hit (optimistic precision for thick edges); SEISM thins the binarized predictions after
+    NMS, we do neither; SEISM binarizes 8-bit images, we threshold float probabilities. So our
+    odsF is comparable across sak runs, **not** with published numbers. Defaults: ``max_dist``
+    0.011, 99 thresholds 0.01..0.99.
     """
 
     cnt_p: torch.Tensor  # the state tensors of ``_fields``
@@ -313,7 +340,7 @@ def _fmeasure(cnt_p: torch.Tensor, sum_p: torch.Tensor, cnt_r: torch.Tensor, sum
 
 
 class SaliencyMaxF(StreamingMetric):
-    """Saliency maxF (percent): pooled precision/recall at thresholds 0.05..0.95, beta^2 = 0.3."""
+    """Saliency maxF (percent): pooled precision/recall at the official thresholds 0.05..0.95, beta^2 = 0.3."""
 
     tp: torch.Tensor  # the state tensors of ``_fields``
     pred_pos: torch.Tensor
@@ -321,7 +348,7 @@ class SaliencyMaxF(StreamingMetric):
 
     def __init__(self, *, beta2: float = 0.3, ignore_index: int = IGNORE_INDEX, from_logits: bool = True) -> None:
         self.beta2, self.ignore_index, self.from_logits = beta2, ignore_index, from_logits
-        self.thresholds = (torch.arange(1, 20, dtype=torch.float64) * 0.05).float()
+        self.thresholds = torch.arange(0.05, 1.0, 0.05, dtype=torch.float32)  # the official float32 values
         self._fields = {"tp": (19,), "pred_pos": (19,), "actual_pos": ()}
         super().__init__()
 

@@ -1,7 +1,9 @@
 """Evaluate a student on a dataset split with the paper's metrics (``student.metrics``).
 
 ``evaluate_model(model, data)`` runs a built model over a :class:`CachedTargets` split
-(in manifest order, no augmentation) and returns ``{"<task>/<metric>": value}``.
+(in manifest order, no augmentation) and returns ``{"<task>/<metric>": value}``. As the
+official ``test.py`` (no autocast), the forward pass runs in fp32 unless ``amp`` asks for bf16
+autocast; mIoU uses the official convention unless ``miou="present"``.
 ``evaluate(run_dir)`` rebuilds a run's student from ``config.json`` and its last
 checkpoint; with ``step0=True`` it also evaluates the untrained student the run
 started from (same seed, same init), so the improvement is visible.
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ...manifests.errors import ConfigError
 from ...pipeline.devices import resolve_device
 from ..data.cached import IMAGENET_MEAN, IMAGENET_STD, CachedTargets
 from ..model.export import dropped_gate_mass, export_submodel, routing_weights
@@ -26,6 +29,8 @@ from .metrics import metric_for_task
 from .plots import display_map
 
 log = logging.getLogger(__name__)
+
+AMP_MODES = ("off", "auto", "bf16")
 
 
 @torch.no_grad()
@@ -38,12 +43,20 @@ def evaluate_model(
     max_samples: int | None = None,
     workers: int = 2,
     progress: Callable[..., None] | None = None,
+    amp: str = "off",
+    miou: str = "official",
 ) -> dict[str, float]:
-    """Metrics of ``model`` over ``data`` (every item once, in order; at most ``max_samples``)."""
+    """Metrics of ``model`` over ``data`` (every item once, in order; at most ``max_samples``).
+
+    ``amp``: ``"off"`` (fp32, the official evaluation) or ``"auto"`` / ``"bf16"`` (bf16 autocast on
+    cuda); ``miou``: ``"official"`` or ``"present"`` (see :class:`~sak.pipeline.tasks.metrics.MeanIoU`).
+    """
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)} (off: fp32 as the official evaluation), got {amp!r}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    metrics = {t: metric_for_task(t, data.dataset.format) for t in data.tasks}
+    metrics = {t: metric_for_task(t, data.dataset.format, miou=miou) for t in data.tasks}
     sampler = data.sampler(block_size=max(1, batch_size), window=1, shuffle=False)
     seen = 0
     try:
@@ -52,7 +65,7 @@ def evaluate_model(
                 if max_samples is not None and seen >= max_samples:
                     break
                 batch = batch.to(device)
-                with autocast(device):
+                with autocast(device, amp):
                     out = model(batch.image, distill=False)
                 for task, metric in metrics.items():
                     metric.update(out.tasks[task].float(), batch.labels[task], batch.masks[task])
@@ -77,11 +90,15 @@ def evaluate(
     batch_size: int | None = None,
     max_samples: int | None = None,
     progress: Callable[..., None] | None = None,
+    amp: str = "off",
+    miou: str = "official",
 ) -> dict[str, Any]:
     """Evaluate a run's last checkpoint on ``split``: ``{"step", "split", "metrics", "baseline"}``.
 
     ``baseline`` holds the untrained (step-0) student's metrics: recomputed when
-    ``step0`` is true, else read from ``eval/step_0.json`` when the split is the run's val split.
+    ``step0`` is true, else read from ``eval/step_0.json`` when the split is the run's val split
+    (scored when the run was trained, with the conventions of that time). ``amp`` and ``miou``
+    as in :func:`evaluate_model` (fp32 and the official mIoU by default).
     """
     dev = resolve_device(device)
     run = RunDir(run_dir)
@@ -91,16 +108,18 @@ def evaluate(
     out: dict[str, Any] = {"step": step, "split": split}
     if step0:
         fresh = loaded.build_model().to(dev)
-        out["baseline"] = evaluate_model(fresh, loaded.data, batch_size=bs, device=dev, max_samples=max_samples)
+        out["baseline"] = evaluate_model(fresh, loaded.data, batch_size=bs, device=dev, max_samples=max_samples,
+                                         amp=amp, miou=miou)
     elif split == loaded.cfg.eval.val_split and run.has_eval(0):
         out["baseline"] = run.read_eval(0)
     out["metrics"] = evaluate_model(model.to(dev), loaded.data, batch_size=bs, device=dev,
-                                    max_samples=max_samples, progress=progress)
+                                    max_samples=max_samples, progress=progress, amp=amp, miou=miou)
     return out
 
 
 @torch.no_grad()
-def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device: torch.device | str = "cpu") -> list[dict]:
+def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device: torch.device | str = "cpu",
+                amp: str = "off") -> list[dict]:
     """The first ``n`` samples of ``data`` as plot rows: image in [0, 1], labels and predictions as arrays."""
     device = torch.device(device)
     was_training = model.training
@@ -109,7 +128,7 @@ def predictions(model: torch.nn.Module, data: CachedTargets, n: int = 4, device:
     try:
         for i in range(min(n, len(data))):
             s = data[i]
-            with autocast(device):
+            with autocast(device, amp):
                 out = model(s["image"][None].to(device), distill=False)
             img = s["image"] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
             preds, labels = {}, {}

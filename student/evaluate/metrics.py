@@ -15,6 +15,7 @@ import torch
 
 from ...manifests.errors import ConfigError
 from ...pipeline.tasks import get_task, metric_direction
+from ...pipeline.tasks.metrics import MeanIoU, check_miou
 
 
 class TaskMetric(Protocol):
@@ -27,9 +28,16 @@ class TaskMetric(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
-def metric_for_task(task: str, dataset: str = "nyud") -> TaskMetric:
-    """A fresh accumulator of the paper's metric for ``task`` on a dataset format ("nyud", "pascal", ...)."""
-    return get_task(task).new_metric(dataset)
+def metric_for_task(task: str, dataset: str = "nyud", *, miou: str = "official") -> TaskMetric:
+    """A fresh accumulator of the paper's metric for ``task`` on a dataset format ("nyud", "pascal", ...).
+
+    ``miou`` sets the convention of every mIoU accumulator (semseg, parts): ``"official"`` (mean
+    over all classes, absent = 0) or ``"present"`` (sak's earlier mean over the classes seen).
+    """
+    metric = get_task(task).new_metric(dataset)
+    if isinstance(metric, MeanIoU):
+        metric.miou = check_miou(miou)
+    return metric
 
 
 def delta_m(
@@ -40,6 +48,10 @@ def delta_m(
     """Multi-task gain (percent): mean over ``metrics`` of ``(-1)^l (M - M_b) / M_b * 100``,
     l = 1 when lower is better. Directions come from ``higher_is_better`` or from the tasks'
     declared metric directions (:func:`sak.pipeline.tasks.metric_direction`).
+
+    ``baselines`` are the single-task models' metrics, given by the user: the official SAK
+    repository has neither the Delta_m code nor the single-task numbers, so sak cannot supply
+    them. Score the baselines with the same convention (``miou``) and data as ``metrics``.
     """
     if not metrics:
         raise ConfigError("delta_m: no metrics given")

@@ -9,6 +9,7 @@ import pytest
 
 from sak.manifests.errors import ConfigError
 from sak.pipeline.tasks.metrics import BoundaryF, MeanIoU
+from sak.student.evaluate.evaluator import evaluate_model
 from sak.student.evaluate.metrics import delta_m, metric_for_task
 
 
@@ -42,3 +43,17 @@ def test_delta_m_golden():
     assert delta_m({"normals/mean_angle": 20.0}, {"normals/mean_angle": 25.0}) == pytest.approx(20.0)
     with pytest.raises(ConfigError, match="direction"):
         delta_m({"edge/ods_threshold": 0.5}, {"edge/ods_threshold": 0.4})
+
+
+def test_miou_convention_by_task_official_by_default():
+    # official SemsegMeter / HumanPartsMeter average over every class (eval_semseg.py:40-47); "present" is opt-in
+    assert metric_for_task("semseg", "nyud").miou == "official"
+    assert metric_for_task("parts", "pascal", miou="present").miou == "present"
+    assert metric_for_task("depth", "nyud", miou="present") is not None  # no mIoU: the option does not apply
+    with pytest.raises(ConfigError, match="miou convention"):
+        metric_for_task("semseg", "nyud", miou="all")
+
+
+def test_evaluate_model_refuses_unknown_precision():
+    with pytest.raises(ConfigError, match="off: fp32"):
+        evaluate_model(None, None, amp="fp16")  # type: ignore[arg-type]

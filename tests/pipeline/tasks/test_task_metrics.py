@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,18 +15,103 @@ from sak.pipeline.tasks.metrics import BoundaryF, DepthRMSE, MeanIoU, NormalsAng
 def test_miou_golden_ignore_and_absent_classes():
     # label [0, 0, 1, 255], pred [0, 1, 1, 2] (3 classes). Valid pixels 0..2:
     # class 0: tp 1, fn 1 -> 1/2;  class 1: tp 1, fp 1 -> 1/2;  class 2: only predicted on the ignored
-    # pixel -> absent from both -> excluded: mIoU = 50;  with absent="zero" (official): (.5 + .5 + 0) / 3
+    # pixel -> absent from both -> 0 (official): (.5 + .5 + 0) / 3;  excluded with miou="present": 50
     label = torch.tensor([[[0, 0, 1, 255]]])
     pred_cls = torch.tensor([[[0, 1, 1, 2]]])
     logits = torch.nn.functional.one_hot(pred_cls, 3).permute(0, 3, 1, 2).float()
     m = MeanIoU(3)
     m.update(logits, label)
     res = m.compute()
-    assert res["mIoU"] == pytest.approx(50.0) and res["pixAcc"] == pytest.approx(200 / 3)
-    z = MeanIoU(3, absent="zero")
+    assert res["mIoU"] == pytest.approx(100 / 3) and res["pixAcc"] == pytest.approx(200 / 3)
+    z = MeanIoU(3, miou="present")
     z.update(pred_cls, label)
-    assert z.compute()["mIoU"] == pytest.approx(100 / 3)
+    assert z.compute()["mIoU"] == pytest.approx(50.0)
     assert MeanIoU(3).compute()["mIoU"] != MeanIoU(3).compute()["mIoU"]  # NaN when nothing was seen
+    with pytest.raises(ConfigError, match="official, present"):
+        MeanIoU(3, miou="zero")
+
+
+def test_miou_g7_official_convention():
+    # research doc G7, official SemsegMeter('pascalcontext') (evaluation/eval_semseg.py:8-18 21 classes,
+    # :23-33 tp/fp/fn over gt != 255, :40-47 mean over all classes): tp [3,3,0,0], fp [0,1,0,0], fn [1,0,0,0]
+    gt = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 255]]])
+    pred = torch.tensor([[[0, 1, 1, 1], [0, 0, 1, 3]]])
+    official, present = MeanIoU(21), MeanIoU(21, miou="present")
+    official.update(pred, gt)
+    present.update(pred, gt)
+    c = official.confusion
+    tp, fp, fn = c.diag()[:4], (c.sum(0) - c.diag())[:4], (c.sum(1) - c.diag())[:4]
+    assert tp.tolist() == [3, 3, 0, 0] and fp.tolist() == [0, 1, 0, 0] and fn.tolist() == [1, 0, 0, 0]
+    assert official.compute()["mIoU"] == pytest.approx(7.142857142857142, abs=1e-9)  # (0.75 + 0.75) / 21 * 100
+    assert present.compute()["mIoU"] == pytest.approx(75.0)
+
+
+def _official_meter_inputs():
+    """The inputs the official meters were run on once (numbers below); numpy's PCG64 ``random`` stream."""
+    rng = np.random.default_rng(7)
+    sal_logits = torch.tensor(rng.random((2, 2, 5, 6)) * 6 - 3, dtype=torch.float32)
+    sal = (rng.random((2, 5, 6)) < 0.4).astype(np.float32)
+    sal[rng.random((2, 5, 6)) < 0.15] = 255
+    seg_logits = torch.tensor(rng.random((2, 40, 4, 5)), dtype=torch.float32)
+    seg_logits[:, 6:] -= 2
+    seg = torch.tensor((rng.random((2, 4, 5)) * 6).astype(np.int64))
+    seg[0, 0, :2] = 255
+    nrm_out = torch.tensor(rng.random((2, 3, 3, 4)) * 2 - 1, dtype=torch.float32)
+    nrm = torch.tensor(rng.random((2, 3, 3, 4)) * 2 - 1, dtype=torch.float32)
+    nrm[0, :, 0, 0] = 255
+    dep_out = torch.tensor(rng.random((2, 1, 3, 4)) * 6 - 1, dtype=torch.float32)
+    dep = torch.tensor(rng.random((2, 1, 3, 4)) * 90, dtype=torch.float32)
+    dep[1, 0, 0, :2] = 0
+    dep[0, 0, 1, 1] = 255
+    return (sal_logits, torch.tensor(sal)), (seg_logits, seg), (nrm_out, nrm), (dep_out, dep)
+
+
+def test_metrics_equal_official_meters_on_random_batches():
+    # Values printed by the official meters fed through utils.get_output (utils.py:114-145) with these inputs:
+    # SaliencyMeter (eval_sal.py) maxF, SemsegMeter('nyud') (eval_semseg.py) mIoU, NormalsMeter (eval_normals.py)
+    # mErr, DepthMeter (eval_depth.py) RMSE over 21 valid pixels; torch 2.14.1, numpy 2.4.6.
+    (sal_logits, sal), (seg_logits, seg), (nrm_out, nrm), (dep_out, dep) = _official_meter_inputs()
+    s = SaliencyMaxF()
+    s.update(sal_logits, sal)
+    assert s.compute()["maxF"] == pytest.approx(35.5789452791214, abs=1e-5)  # official P/R in float32, ours float64
+    m = MeanIoU(40)
+    for i in range(2):
+        m.update(seg_logits[i:i + 1], seg[i:i + 1])
+    assert m.compute()["mIoU"] == pytest.approx(1.0606060606060606, abs=1e-12)
+    n = NormalsAngle()
+    n.update(nrm_out, nrm)
+    assert n.compute()["mean_angle"] == pytest.approx(96.78910495923913, abs=1e-4)
+    d = DepthRMSE()
+    d.update(dep_out, dep)
+    assert float(d.count) == 21 and d.compute()["rmse"] == pytest.approx(48.913917605988956, abs=1e-5)
+
+
+def test_g8_depth_rmse_pooled_over_pixels():
+    # research doc G8 (eval_depth.py:10-33, clamp utils.py:138-140): 255 and 0 are not valid depths;
+    # squared errors 0.25, 0, 1 over 3 valid pixels of two batches -> sqrt(1.25 / 3)
+    d = DepthRMSE()
+    d.update(torch.tensor([[[[1.0, 2.0], [3.0, 0.5]]]]), torch.tensor([[[1.5, 2.0], [255.0, 0.0]]]))
+    d.update(torch.tensor([[[[2.0]]]]), torch.tensor([[[1.0]]]))
+    assert float(d.count) == 3 and d.compute()["rmse"] == pytest.approx(0.6454972243679028, abs=1e-12)
+
+
+def test_g8_normals_mean_angle_and_ignore():
+    # research doc G8 (eval_normals.py:20-37): raw outputs (1,0,0) vs gt (0,0,1): 90 deg, (1,1,0) vs (1,0,0): 45
+    # -> 67.5; a third pixel whose gt has a 255 channel is not valid
+    pred = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 1, 0]]).T.reshape(1, 3, 1, 3)
+    gt = torch.tensor([[0.0, 0, 1], [1, 0, 0], [255, 255, 255]]).T.reshape(1, 3, 1, 3)
+    n = NormalsAngle()
+    n.update(pred, gt)
+    assert float(n.count) == 2 and n.compute()["mean_angle"] == pytest.approx(67.5, abs=1e-9)
+
+
+def test_saliency_thresholds_are_the_official_float32_values():
+    # eval_sal.py:11 thresholds = torch.arange(0.05, 1, 0.05) (float32): the 12th is 0.59999996, not 0.6, so a
+    # probability of 0.59999996 is a positive at that threshold (pred >= t, eval_sal.py:33)
+    m = SaliencyMaxF(from_logits=False)
+    assert m.thresholds.numel() == 19 and float(m.thresholds[11]) == pytest.approx(0.5999999642372131, abs=0)
+    m.update(torch.tensor([[[[0.5999999642372131]]]]), torch.tensor([[[1.0]]]))
+    assert float(m.tp[11]) == 1 and float(m.tp[12]) == 0
 
 
 def test_miou_streaming_merge_state_and_masks():
@@ -48,17 +134,6 @@ def test_miou_streaming_merge_state_and_masks():
     assert torch.equal(masked.confusion, first["confusion"])
     with pytest.raises(ConfigError, match="shapes"):
         MeanIoU(5).merge(MeanIoU(4))
-
-
-def test_depth_rmse_golden_pooled_over_pixels():
-    # batch 1: pred (1, 2, 3), gt (2, 0, 5): valid 2 pixels, squared errors 1 and 4
-    # batch 2: pred -1 (clamped to ~0), gt 1: squared error 1.  RMSE = sqrt(6 / 3) = sqrt(2)
-    m = DepthRMSE()
-    m.update(torch.tensor([1.0, 2.0, 3.0]).reshape(1, 1, 1, 3), torch.tensor([[[2.0, 0.0, 5.0]]]))
-    assert m.compute()["rmse"] == pytest.approx(math.sqrt(2.5))
-    m.update(torch.tensor([[[[-1.0]]]]), torch.tensor([[[1.0]]]))
-    assert m.compute()["rmse"] == pytest.approx(math.sqrt(2.0))
-    assert math.isnan(DepthRMSE().compute()["rmse"])
 
 
 def test_normals_mean_angle_golden():
