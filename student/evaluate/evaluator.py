@@ -23,14 +23,13 @@ from ...pipeline.devices import resolve_device
 from ..data.cached import IMAGENET_MEAN, IMAGENET_STD, CachedTargets
 from ..model.export import dropped_gate_mass, export_submodel, routing_weights
 from ..model.io import save_student
+from ..runs.config import AMP_MODES
 from ..runs.rundir import RunDir
 from ..runs.runtime import autocast
 from .metrics import metric_for_task
 from .plots import display_map
 
 log = logging.getLogger(__name__)
-
-AMP_MODES = ("off", "auto", "bf16")
 
 
 @torch.no_grad()

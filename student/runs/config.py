@@ -33,6 +33,7 @@ from typing import Any
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
 from ...manifests.sizes import parse_hw
+from ...pipeline.tasks.metrics import check_miou
 
 STAGES = ("auto", "distill", "multitask")  # auto: multitask when the dataset has labels, else distill
 AUG_MODES = ("auto", "none")
@@ -184,6 +185,11 @@ class EvalConfig(Config):
     """Evaluate every N steps (0: at the start and the end only)."""
     eval_samples: int | None = None
     """At most N val samples per evaluation."""
+    miou: str = "official"
+    """mIoU convention: official (mean over every class, absent = 0) | present (sak's earlier mean over seen classes)."""
+
+    def __post_init__(self) -> None:
+        check_miou(self.miou)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -128,7 +128,7 @@ class PeriodicEvaluator:
         self.run, self.val, self.device = run, setup.val, setup.device
         cfg = setup.cfg
         self.every, self.total = cfg.eval.eval_every, cfg.optim.iters
-        self.batch_size, self.max_samples = cfg.loader.batch_size, cfg.eval.eval_samples
+        self.batch_size, self.max_samples, self.miou = cfg.loader.batch_size, cfg.eval.eval_samples, cfg.eval.miou
         self.active = main and self.val is not None
 
     def evaluate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
@@ -136,7 +136,7 @@ class PeriodicEvaluator:
         if not self.active or self.val is None:  # active implies a val split
             return {}
         metrics = evaluate_model(model, self.val, batch_size=self.batch_size, device=self.device,
-                                 max_samples=self.max_samples)
+                                 max_samples=self.max_samples, miou=self.miou)
         return self.run.write_eval(step, metrics)
 
     def due(self, step: int) -> bool:
