@@ -31,9 +31,10 @@ def _cfg(cache: Path, **kw) -> ExtractConfig:
     return ExtractConfig(**base)
 
 
-def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
+@pytest.mark.parametrize("protocol, grid", [("student", (8, 10)), ("native", (8, 8))])
+def test_stored_features_match_the_teacher_for_two_teachers(demo_cache, protocol, grid) -> None:
     cache, _ = demo_cache
-    report = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3)))
+    report = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3), input_protocol=protocol))
     assert [(t.done, t.failed, t.skipped_cached) for t in report.teachers] == [(12, 0, 0), (12, 0, 0)]
     assert report.images == 12 and report.samples == 12
     assert all(t.bytes_written > 0 and t.write_seconds > 0 for t in report.teachers)
@@ -41,7 +42,8 @@ def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
     for rep in report.teachers:
         store = FeatureStore.open(rep.store)
         assert store.spec.layers == (1, 3) and store.verify().ok
-        teacher = create_teacher(store.spec.teacher, random_init=True)
+        assert (store.spec.input_protocol, store.spec.img_size) == (protocol, (64, 80) if protocol == "student" else None)
+        teacher = create_teacher(store.spec.teacher, random_init=True, img_size=store.spec.img_size)
         rows = store.commits().to_pylist()
         assert sorted(r["image_sha256"] for r in rows) == sorted(ds.table.column("sha256").to_pylist())
         for r in rows[:3]:
@@ -51,10 +53,10 @@ def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
             got = store.read_rows(r["segment_id"], [r["row"]])
             pre = store.read_prefix(r["segment_id"], [r["row"]])
             for j, layer in enumerate((1, 3)):
-                assert got[layer].dtype == np.float16 and got[layer].shape == (1, 8, 8, teacher.width)
+                assert got[layer].dtype == np.float16 and got[layer].shape == (1, *grid, teacher.width)
                 assert _cosine(got[layer][0], maps[j][0].numpy()) >= 0.999
                 assert _cosine(pre[layer][0], prefix[j][0].numpy()) >= 0.999
-    again = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3)))
+    again = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3), input_protocol=protocol))
     assert [(t.done, t.skipped_cached) for t in again.teachers] == [(0, 12), (0, 12)]
 
 
@@ -143,7 +145,8 @@ def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
     params = [ViewParams.from_json(r["view_params"]) for r in rows]
     assert len({p.to_json() for p in params}) == 6  # every view differs
     ds = open_dataset(cache, "nyud")
-    teacher = create_teacher("test:tiny", random_init=True, seed=7)
+    assert (store.spec.input_protocol, store.spec.img_size, store.spec.aug_crop) == ("student", (64, 80), (64, 80))
+    teacher = create_teacher("test:tiny", random_init=True, seed=7, img_size=store.spec.img_size)
     for r, p in zip(rows, params, strict=True):
         assert p.view == r["view"]
         rgb = decode_rgb(ds.image_path(r["sample_id"]))
