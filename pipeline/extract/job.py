@@ -307,12 +307,12 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
                                  img_size=cfg.img_size)
         teachers.append(teacher)
         specs.append(spec_for(teacher, cfg))
+    if datasets is None:
+        datasets = _open_datasets(cfg)
+    _check_fits(cfg, datasets)  # before any store is created
     for spec in specs:
         stores.append(FeatureStore.create(cfg.cache, spec))
     reports = [TeacherReport(teacher=s.teacher, store=st.path, weights=s.weights) for s, st in zip(specs, stores, strict=True)]
-    if datasets is None:
-        datasets = _open_datasets(cfg)
-    _check_fits(cfg, datasets)
     samples, n_images = plan_samples(cfg, datasets, stores, reports)
     ctx = RunContext(
         cfg=cfg, specs=tuple(specs), store_paths=tuple(str(s.path) for s in stores), device=device,

@@ -63,7 +63,8 @@ class Preprocess(Config):
             raise ConfigError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         student = self.resize in STUDENT_RESIZE
         if student != (self.frame is not None):
-            raise ConfigError(f"resize {self.resize!r} {'needs' if student else 'takes no'} a student frame (got {self.frame})")
+            need = "needs a student frame" if student else "takes no student frame"
+            raise ConfigError(f"resize {self.resize!r} {need} (got frame {self.frame})")
         if self.resize == "none" and tuple(self.resolution) != tuple(self.frame or ()):
             raise ConfigError(f"resize 'none' feeds the student's tensor as is: resolution {self.resolution} must equal frame {self.frame}")
 

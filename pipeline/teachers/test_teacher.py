@@ -17,7 +17,7 @@ from .base import Teacher
 from .info import TeacherInfo
 from .preprocess import Preprocess
 from .source import TeacherRequest, TeacherSource
-from .timm_teacher import UNUSED_PREFIXES, wrap_timm_model
+from .timm_teacher import UNUSED_PREFIXES, filter_state, wrap_timm_model
 from .weights import load_strict, random_init_id, read_state_dict, seeded
 
 NUM_HEADS = 2
@@ -55,6 +55,7 @@ def create_test_teacher(model_name: str, request: TeacherRequest) -> Teacher:
     weights_id = random_init_id(request.seed)
     if request.weights is not None:
         state, weights_id = read_state_dict(request.weights)
+        state = filter_state(model, state)  # timm's own conversion: the pos-embed resampled to this grid
         load_strict(model, state, source=str(request.weights), what=info.name, unused_prefixes=UNUSED_PREFIXES)
     pre = info.preprocess
     return wrap_timm_model(model, name=info.name, weights_id=weights_id, resolution=(size, size), mean=pre.mean, std=pre.std,

@@ -115,7 +115,7 @@ def _create_model(name: str, **kwargs: Any) -> torch.nn.Module:
     return timm.create_model(name, **kwargs)
 
 
-def _filter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def filter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply timm's own checkpoint conversion for this model family (key remaps, pos-embed resampling)."""
     fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if fn is None:
@@ -215,7 +215,7 @@ def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
         with seeded(request.seed):
             model = _create_model(full, pretrained=False, **kwargs)
         try:
-            state = _filter_state(model, state)
+            state = filter_state(model, state)
         except Exception as exc:
             raise TeacherUnavailable(
                 f"weights file {request.weights} cannot be converted for {name} ({type(exc).__name__}: {exc})."
