@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
         cache = scratch.fresh_cache(index, "nyud")
         t0 = time.perf_counter()
         rep = extract(ExtractConfig(cache=str(cache), teachers=tuple(cfg["teachers"]), datasets=("nyud",), random_init=True,
-                                    resolution=cfg["resolution"], batch_size=cfg["batch_size"], device=device))
+                                    resolution=cfg["resolution"], input_protocol="native", batch_size=cfg["batch_size"],
+                                    device=device))
         extract_s = time.perf_counter() - t0
         bench.detail("extraction", {"seconds": extract_s, "images": rep.images,
                                     "img_s": [t.images_per_s for t in rep.teachers]})

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         t0 = time.perf_counter()
         report = extract(ExtractConfig(cache=str(cache), teachers=(cfg["teacher"],), datasets=(DATASET,), random_init=True,
-                                       seed=0, resolution=cfg["resolution"], batch_size=bs, device=device,
+                                       seed=0, resolution=cfg["resolution"], input_protocol="native", batch_size=bs, device=device,
                                        io_threads=args.io_threads), progress=progress)
         t1 = time.perf_counter()
         rep = report.teachers[0]

@@ -66,6 +66,7 @@ def extraction(bench: Bench, args, cfg: dict) -> None:
     index = indexed(args.workdir, root, DATASET, fmt="folder")
     cores = len(os.sched_getaffinity(0))
     base = dict(teachers=(cfg["teacher"],), datasets=(DATASET,), random_init=True, seed=0, resolution=cfg["resolution"],
+                input_protocol="native",
                 batch_size=bs, device=args.device, segment_size=max(bs, n // 4))
 
     def run(scratch: Scratch, **kw) -> dict:

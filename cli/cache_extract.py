@@ -62,7 +62,9 @@ def extract(
     dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, a directory or an fsspec URL (s3://bucket/cache): stores go to <cache>/features/<teacher>-<spec_id>/. Samples whose image content (sha256) is already stored are reused, whoever extracted them."),
     layers: str | None = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
-    resolution: int | None = typer.Option(None, "--resolution", min=8, help="Square input size of the teachers. Default: each teacher's native size."),
+    img_size: str | None = typer.Option(None, "--img-size", help="The student's input size HxW (e.g. 448x576 NYUD, 512x512 PASCAL, 384 stage 1): with the student protocol every teacher is built at it and fed the student's tensor. Default: --aug-crop, else the largest image (smaller images are centre-padded)."),
+    input_protocol: str = typer.Option("student", "--input-protocol", help="student (official SAK, default): teachers take the student's own ImageNet-normalized tensor at --img-size, SAM resized to 1024; native: each image squashed to the teacher's native square with its own mean/std."),
+    resolution: int | None = typer.Option(None, "--resolution", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
     views: int = typer.Option(1, "--views", min=1, help="Augmented views per image (K > 1 needs --aug sak)."),
     aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: SAK's scale/crop/flip/photometric views, replayable exactly."),
@@ -86,17 +88,22 @@ def extract(
 
     [bold]Augmentation.[/] Online SAK shows teachers the same augmented crop the student sees. With --aug sak --views K each image is cached under K augmented views (scale 0.5-2, crop, flip, photometric); the parameters of each view are stored with it and the trainer replays exactly that augmentation on the image and its labels, so student input and teacher target match bit for bit. [bold]This exact replay is the faithful path.[/] Mirroring or cropping cached feature maps instead (a feature-space flip) is only an approximation the trainer offers as an explicit option: a ViT's features of a mirrored image are not mirrored features (positional embeddings); one public measurement (DINOv3-S, 640 px) found cosine 0.9999 between cached and live features of the same image, but only 0.867 for mirrored cache vs the live mirrored image.
 
+    [bold]Teacher inputs.[/] By default (--input-protocol student, as official SAK) each teacher is built at the student's input size (--img-size) and receives the student's own tensor, ImageNet mean/std: DINOv2-B/14 at 448x576 gives a 32x41 grid, CLIP-B/16 28x36; SAM alone is resized (longest side 1024, zero pad). --input-protocol native squashes each image to the teacher's native square with its own mean/std instead.
+
     Examples:
 
-      sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache
+      sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache --img-size 448x576
 
-      sak-cache extract -t dinov2 -t sam -t clip --data ./NYUD_MT --cache ./cache --aug sak --views 4
+      sak-cache extract -t dinov2 -t sam -t clip --data ./NYUD_MT --cache ./cache --img-size 448x576 --aug sak --views 4
+
+      sak-cache extract -t dinov2 --dataset nyud --cache ./cache --input-protocol native
 
       sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
     """
     cfg = ExtractConfig(
         cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
+        input_protocol=input_protocol, img_size=parse_hw_option(img_size, "--img-size"),
         resolution=resolution, dtype=dtype, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
         device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
         retry_failed=retry_failed, segment_size=segment_size,

@@ -22,8 +22,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import pyarrow.compute as pc
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
@@ -33,8 +35,8 @@ from ..data.datasets import index_dataset, list_datasets, open_dataset, write_da
 from ..devices import resolve_device
 from ..storage import Location
 from ..store.feature_store import FeatureStore
-from ..store.spec import AUG_POLICIES, DTYPES, FeatureSpec
-from ..teachers import create_teacher
+from ..store.spec import AUG_POLICIES, DTYPES, INPUT_PROTOCOLS, FeatureSpec
+from ..teachers import create_teacher, teacher_info
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
 from .segment import RunContext, Sample, SegmentResult, SegmentTask, run_segment, teacher_key
 
@@ -56,7 +58,9 @@ class ExtractConfig(Config):
     random_init: bool = False
     seed: int = 0
     layers: tuple[int, ...] | None = None  # default: each teacher's default layers
-    resolution: int | None = None  # square input size; default: each teacher's native size
+    input_protocol: str = "student"  # official: teachers take the student's tensor at img_size; "native": own square
+    img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W); default: aug_crop, else the images' max
+    resolution: int | None = None  # native protocol: square input size; default: each teacher's native size
     dtype: str = "float16"
     views: int = 1
     aug: str = "none"
@@ -95,6 +99,7 @@ class ExtractConfig(Config):
             if self.aug == "none":
                 raise ConfigError(f"--aug-crop {self.aug_crop} needs --aug sak and a positive HxW size")
             object.__setattr__(self, "aug_crop", parse_hw(self.aug_crop, "--aug-crop"))
+        self._check_protocol()
         for name in ("batch_size", "workers", "io_threads", "segment_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -104,6 +109,28 @@ class ExtractConfig(Config):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.scheduler is not None and "://" not in self.scheduler:
             raise ConfigError(f"scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
+
+    def _check_protocol(self) -> None:
+        if self.input_protocol not in INPUT_PROTOCOLS:
+            raise ConfigError(f"--input-protocol must be one of {', '.join(INPUT_PROTOCOLS)}, got {self.input_protocol!r}")
+        if self.img_size is not None:
+            object.__setattr__(self, "img_size", parse_hw(self.img_size, "--img-size"))
+        if self.input_protocol == "native":
+            if self.img_size is not None:
+                raise ConfigError("--img-size is the student protocol's input size; with --input-protocol native use --resolution")
+            return
+        if self.resolution is not None:
+            raise ConfigError(
+                "--resolution sets a teacher's native square (--input-protocol native); the student protocol builds "
+                "every teacher at --img-size HxW"
+            )
+        if self.aug != "none":  # an augmented view is the student's input: one size for both
+            if self.img_size is not None and self.aug_crop is not None and self.aug_crop != self.img_size:
+                raise ConfigError(f"--aug-crop {self.aug_crop} differs from --img-size {self.img_size}: under the student "
+                                  "protocol the view is the student's input; pass one of them")
+            size = self.img_size or self.aug_crop  # None: both inferred from the images (student_size)
+            object.__setattr__(self, "img_size", size)
+            object.__setattr__(self, "aug_crop", size)
 
 
 @dataclass
@@ -161,6 +188,7 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
         resize=pp.resize, mean=tuple(pp.mean), std=tuple(pp.std), patch_size=teacher.patch_size,
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
         keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=cfg.aug, aug_seed=cfg.seed,
+        input_protocol=pp.protocol, img_size=pp.frame,
     )
 
 
@@ -179,6 +207,41 @@ def _open_datasets(cfg: ExtractConfig) -> list:
             f"`sak-cache index <folder> --cache {cfg.cache}` first"
         )
     return [open_dataset(cfg.cache, n) for n in names]
+
+
+def student_size(datasets: list) -> tuple[int, int]:
+    """The default student input of the student protocol: the largest height and width of the ok images.
+
+    Every image then fits (smaller ones are centre-padded, as the official val transform pads to the
+    dataset's input size); pass --img-size to choose (NYUD 448x576, PASCAL 512x512 as official).
+    """
+    h = w = 0
+    for ds in datasets:
+        t = ds.table.filter(pc.equal(ds.table.column("status"), STATUS_OK))
+        if t.num_rows:
+            h = max(h, int(pc.max(t.column("height")).as_py()))
+            w = max(w, int(pc.max(t.column("width")).as_py()))
+    if not h or not w:
+        raise ConfigError("no readable image to size the student input from: pass --img-size HxW")
+    return h, w
+
+
+def _check_fits(cfg: ExtractConfig, datasets: list) -> None:
+    """Identity views of the student protocol are only padded: refuse images larger than the student input."""
+    if cfg.input_protocol != "student" or cfg.aug != "none" or cfg.img_size is None:
+        return
+    fh, fw = cfg.img_size
+    for ds in datasets:
+        t = ds.table
+        big = t.filter(pc.and_(pc.equal(t.column("status"), STATUS_OK),
+                               pc.or_(pc.greater(t.column("height"), fh), pc.greater(t.column("width"), fw))))
+        if big.num_rows:
+            row = big.slice(0, 1).to_pylist()[0]
+            raise ConfigError(
+                f"{big.num_rows} image(s) of dataset '{ds.name}' are larger than the student input {fh}x{fw} (e.g. "
+                f"{row['sample_id']}: {row['height']}x{row['width']}); the official protocol pads, it never shrinks. "
+                f"Pass --aug sak --aug-crop {fh}x{fw} (crops of the student size), or a larger --img-size"
+            )
 
 
 def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
@@ -227,16 +290,29 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
     """
     t0 = time.perf_counter()
     device = str(resolve_device(cfg.device))  # a plain name travels to dask workers
+    datasets = None
+    if cfg.input_protocol == "student" and cfg.img_size is None:  # the images decide the student size
+        for i, name in enumerate(cfg.teachers):  # an unknown teacher or weights file fails before any image is read
+            teacher_info(name)
+            if cfg.weights and not Path(cfg.weights[i]).is_file():
+                raise ConfigError(f"weights file {cfg.weights[i]} does not exist; pass the path of a .safetensors file")
+        datasets = _open_datasets(cfg)
+        size = student_size(datasets)
+        log.info("student input %dx%d (the largest image; pass --img-size to choose)", *size)
+        cfg = replace(cfg, img_size=size, aug_crop=size if cfg.aug != "none" else None)
     teachers, specs, stores = [], [], []
     for i, name in enumerate(cfg.teachers):  # fail on a bad teacher before touching any image
         weights = cfg.weights[i] if cfg.weights else None
-        teacher = create_teacher(name, weights=weights, random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution)
+        teacher = create_teacher(name, weights=weights, random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution,
+                                 img_size=cfg.img_size)
         teachers.append(teacher)
         specs.append(spec_for(teacher, cfg))
+    if datasets is None:
+        datasets = _open_datasets(cfg)
+    _check_fits(cfg, datasets)  # before any store is created
     for spec in specs:
         stores.append(FeatureStore.create(cfg.cache, spec))
     reports = [TeacherReport(teacher=s.teacher, store=st.path, weights=s.weights) for s, st in zip(specs, stores, strict=True)]
-    datasets = _open_datasets(cfg)
     samples, n_images = plan_samples(cfg, datasets, stores, reports)
     ctx = RunContext(
         cfg=cfg, specs=tuple(specs), store_paths=tuple(str(s.path) for s in stores), device=device,

@@ -117,7 +117,8 @@ def _worker_device(device: str) -> str:
 def teacher_key(ctx: RunContext, t: int) -> tuple:
     cfg = ctx.cfg
     weights = cfg.weights[t] if cfg.weights else None
-    return ("teacher", cfg.teachers[t], weights, cfg.random_init, cfg.seed, cfg.resolution, _worker_device(ctx.device))
+    return ("teacher", cfg.teachers[t], weights, cfg.random_init, cfg.seed, cfg.resolution, cfg.img_size,
+            _worker_device(ctx.device))
 
 
 def _teacher(ctx: RunContext, t: int):
@@ -125,7 +126,8 @@ def _teacher(ctx: RunContext, t: int):
     return worker_cached(
         key,
         lambda: create_teacher(
-            cfg.teachers[t], weights=key[2], random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution
+            cfg.teachers[t], weights=key[2], random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution,
+            img_size=cfg.img_size,
         ).to(key[-1]),
     )
 

@@ -3,21 +3,47 @@
 Two extractions with equal specs produce interchangeable features; anything that
 would change a single stored value belongs here. ``spec_id`` names the store
 directory, so a store is exactly one spec and two specs never share a store.
+
+Teacher-input protocol (``input_protocol``):
+
+- ``student`` (the official SAK recipe; the default of new extractions): the teacher is built at
+  the student's input size ``img_size`` (H, W) and receives the student's own tensor: the view at
+  ``img_size``, ImageNet mean/std, centre-padded with 0 (normalized space) when the image is
+  smaller; SAM alone is resized (longest side 1024, bicubic, no antialias, ``int(x*scale+0.5)``,
+  zeros at the bottom/right). ``resize`` is then ``none`` (ViTs) or ``longest-bicubic`` (SAM).
+- ``native`` (sak's first behaviour, an explicit option): each image squashed to the teacher's
+  native square with its own mean/std (``resize`` ``squash`` / ``longest-pad``); no ``img_size``.
+
+Hash rule and compatibility: ``spec_id`` hashes the canonical JSON of :meth:`FeatureSpec.identity`,
+which leaves out every field added after format version 1 while it holds its legacy value
+(:data:`LEGACY_VALUES`: ``input_protocol="native"``, ``img_size=None``). A ``spec.json`` written
+before these fields existed therefore opens as ``native`` with the same ``spec_id`` and store
+name as before; a new field changes the hash only when it takes a new value. Add any future
+field the same way (with its legacy value in :data:`LEGACY_VALUES`), or bump
+:data:`FORMAT_VERSION` when a stored value changes meaning.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ...manifests.config import Config
+from ...manifests.config import Config, config_hash
 from ...manifests.errors import ConfigError
 
 #: Bump when the on-disk layout or the meaning of a stored value changes.
 FORMAT_VERSION = 1
 
 DTYPES = ("float16", "bfloat16", "float32")
-RESIZE_POLICIES = ("squash", "longest-pad")
+NATIVE_RESIZE = ("squash", "longest-pad")
+STUDENT_RESIZE = ("none", "longest-bicubic")
+RESIZE_POLICIES = NATIVE_RESIZE + STUDENT_RESIZE
 AUG_POLICIES = ("none", "sak")
+INPUT_PROTOCOLS = ("student", "native")
+
+#: Fields added after format version 1, with the value every older store implicitly has.
+#: At that value a field is left out of the hashed identity, so older stores keep their spec_id.
+LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +59,7 @@ class FeatureSpec(Config):
     weights: str
     layers: tuple[int, ...]
     resolution: tuple[int, int]  # (H, W) of the teacher input
-    resize: str  # "squash": resize to resolution; "longest-pad": SAM's longest side + pad bottom/right
+    resize: str  # native: "squash" | "longest-pad" (SAM); student: "none" | "longest-bicubic" (SAM)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     patch_size: int
@@ -46,6 +72,8 @@ class FeatureSpec(Config):
     aug: str = "none"  # augmentation policy for the views
     aug_seed: int = 0  # seed of the view sampler (views are a function of image sha256, view index and seed)
     aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; None = each image's own size
+    input_protocol: str = "native"  # "student" (official; new extractions) or "native"; absent in older spec.json
+    img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W) input the teacher was fed
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -71,6 +99,38 @@ class FeatureSpec(Config):
             )
         if min(self.resolution) <= 0 or min(self.grid) <= 0 or self.width <= 0:
             raise ConfigError(f"resolution, grid and width must be positive: {self.resolution}, {self.grid}, {self.width}")
+        self._check_protocol()
+
+    def _check_protocol(self) -> None:
+        if self.input_protocol not in INPUT_PROTOCOLS:
+            raise ConfigError(f"input_protocol must be one of {INPUT_PROTOCOLS}, got {self.input_protocol!r}")
+        if self.input_protocol == "native":
+            if self.img_size is not None or self.resize not in NATIVE_RESIZE:
+                raise ConfigError(
+                    f"the native protocol has no img_size and resizes by {NATIVE_RESIZE}; got img_size {self.img_size}, "
+                    f"resize {self.resize!r}: pass --input-protocol student with --img-size"
+                )
+            return
+        if self.img_size is None or min(self.img_size) <= 0:
+            raise ConfigError(f"the student protocol needs the student's input size: pass --img-size HxW (got {self.img_size})")
+        if self.resize not in STUDENT_RESIZE:
+            raise ConfigError(f"the student protocol resizes by {STUDENT_RESIZE}, got {self.resize!r}")
+        if self.aug != "none" and self.aug_crop != self.img_size:
+            raise ConfigError(
+                f"augmented views of the student protocol are the student's input: aug_crop {self.aug_crop} must equal "
+                f"img_size {self.img_size} (pass --aug-crop {self.img_size[0]}x{self.img_size[1]} or leave it out)"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        """What ``spec_id`` hashes: every field, less those still at their legacy value (module docstring)."""
+        data = self.to_dict()
+        for name, legacy in LEGACY_VALUES.items():
+            if data[name] == legacy:
+                del data[name]
+        return data
+
+    def config_hash(self, length: int = 12) -> str:
+        return config_hash(self.identity(), length)
 
     @property
     def spec_id(self) -> str:

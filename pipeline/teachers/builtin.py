@@ -45,26 +45,28 @@ SAM_B = TeacherInfo(
 )
 SAM_L = replace(SAM_B, name="timm:samvit_large_patch16.sa1b", width=1024, depth=24, default_layers=(5, 11, 17, 23))
 
-# OpenAI CLIP was trained with QuickGELU: timm's *_clip_quickgelu_* variants load the same
-# weights with the right activation (the plain *_clip_* ones use GELU). There is no
-# vit_base_patch16_clip_384.openai tag in timm; pass --resolution for a larger input.
+# CLIP as official SAK (``models/backbones/model_set.py:17-18``: ``timmclip_base``/``timmclip_large``):
+# timm's vit_base_patch16_clip_384 / vit_large_patch14_clip_336 with timm's default tag
+# (timm 1.0.31: laion2b_ft_in12k_in1k, a LAION-2B CLIP trunk fine-tuned on ImageNet-12k then -1k).
+# The full tag is written here so every spec records it. The native mean/std are timm's for the tag
+# (OpenAI CLIP's for B, 0.5 for L); under the student protocol every teacher takes ImageNet mean/std.
 CLIP_B = TeacherInfo(
-    name="timm:vit_base_patch16_clip_quickgelu_224.openai",
+    name="timm:vit_base_patch16_clip_384.laion2b_ft_in12k_in1k",
     width=768,
     patch_size=16,
     depth=12,
     default_layers=(2, 5, 8, 11),
-    preprocess=Preprocess(resolution=(224, 224), resize="squash", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+    preprocess=Preprocess(resolution=(384, 384), resize="squash", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
     num_prefix_tokens=1,
 )
 CLIP_L = replace(
     CLIP_B,
-    name="timm:vit_large_patch14_clip_quickgelu_336.openai",
+    name="timm:vit_large_patch14_clip_336.laion2b_ft_in12k_in1k",
     width=1024,
     patch_size=14,
     depth=24,
     default_layers=(5, 11, 17, 23),
-    preprocess=replace(CLIP_B.preprocess, resolution=(336, 336)),
+    preprocess=Preprocess(resolution=(336, 336), resize="squash", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 )
 
 #: The SAK paper's teachers: alias -> (metadata, role). ViT-B teachers for B/S students, ViT-L for L.
@@ -73,8 +75,8 @@ PAPER_TEACHERS: dict[str, tuple[TeacherInfo, str]] = {
     "dinov2-l": (DINOV2_L, "DINOv2 ViT-L/14, self-supervised: semantic and geometric local features (ViT-L setting)"),
     "sam": (SAM_B, "SAM ViT-B/16 image encoder, promptable segmentation: boundaries and fine spatial detail"),
     "sam-l": (SAM_L, "SAM ViT-L/16 image encoder, promptable segmentation: boundaries and fine spatial detail (ViT-L setting)"),
-    "clip": (CLIP_B, "OpenAI CLIP ViT-B/16 image tower, image-text contrastive: global, language-aligned semantics"),
-    "clip-l": (CLIP_L, "OpenAI CLIP ViT-L/14 image tower, image-text contrastive: global, language-aligned semantics (ViT-L setting)"),
+    "clip": (CLIP_B, "CLIP ViT-B/16 (LAION-2B, ImageNet-12k/1k fine-tuned, timm) as official SAK: global, language-aligned semantics"),
+    "clip-l": (CLIP_L, "CLIP ViT-L/14 (LAION-2B, ImageNet-12k/1k fine-tuned, timm) as official SAK: global, language-aligned semantics (ViT-L setting)"),
 }
 
 for _alias, (_info, _role) in PAPER_TEACHERS.items():

@@ -23,7 +23,7 @@ from ...manifests.errors import TeacherUnavailable
 from . import weights
 from .base import Teacher
 from .info import TeacherInfo, default_layers
-from .preprocess import Preprocess, rgb_triple
+from .preprocess import Preprocess, rgb_triple, student_preprocess
 from .source import TeacherRequest, TeacherSource
 from .weights import hub_failure, hub_mode, load_strict, random_init_id, read_state_dict, seeded
 
@@ -144,9 +144,13 @@ def _resolve(model_name: str) -> tuple[str, str, str | None, dict[str, Any], dic
     return arch, name, tag, tag_cfg, kwargs
 
 
-def _wrap(model: torch.nn.Module, *, name: str, weights_id: str, tag_cfg: dict[str, Any]) -> OpenClipTeacher:
-    """Wrap the image tower; squash-resize to its image size with the tag's mean/std (the tower's when untagged)."""
+def _wrap(model: torch.nn.Module, *, name: str, weights_id: str, tag_cfg: dict[str, Any],
+          img_size: tuple[int, int] | None = None) -> OpenClipTeacher:
+    """Wrap the image tower; squash-resize to its image size with the tag's mean/std (the tower's when untagged),
+    or the student protocol (the student's tensor, ImageNet mean/std) when ``img_size`` is given."""
     visual = cast(torch.nn.Module, model.visual)
+    if img_size is not None:
+        return OpenClipTeacher(visual, name=name, weights_id=weights_id, preprocess=student_preprocess(img_size, sam=False))
     tower = _tower(visual)
     image_size = tower.image_size
     size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
@@ -176,8 +180,8 @@ def create_open_clip_teacher(model_name: str, request: TeacherRequest) -> Teache
     import open_clip
 
     arch, name, tag, tag_cfg, kwargs = _resolve(model_name)
-    if request.resolution is not None:
-        kwargs["force_image_size"] = request.resolution
+    if request.resolution is not None or request.img_size is not None:
+        kwargs["force_image_size"] = request.img_size or request.resolution
 
     if request.weights is not None or request.random_init:
         with seeded(request.seed):
@@ -200,7 +204,7 @@ def create_open_clip_teacher(model_name: str, request: TeacherRequest) -> Teache
         except Exception as exc:
             raise hub_failure(name, exc, online=online) from None
         weights_id = f"hub:{arch}@{tag}"
-    return _wrap(model, name=name, weights_id=weights_id, tag_cfg=tag_cfg)
+    return _wrap(model, name=name, weights_id=weights_id, tag_cfg=tag_cfg, img_size=request.img_size)
 
 
 def _load_visual(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, what: str) -> None:

@@ -106,12 +106,14 @@ def teacher_info(name: str) -> TeacherInfo:
     return source.describe(model)
 
 
-def _check_against(info: TeacherInfo, teacher: Teacher, resolution: int | None) -> None:
+def _check_against(info: TeacherInfo, teacher: Teacher, resolution: int | None, student: bool) -> None:
     """Warn when a built teacher contradicts its registered metadata (a wrong record misleads describe and lookups)."""
     want = replace(info, role="")
-    if resolution is not None:
-        want = replace(want, preprocess=replace(want.preprocess, resolution=(resolution, resolution)))
     got = teacher.info
+    if student:  # the student protocol replaces the native preprocessing by design
+        want = replace(want, preprocess=got.preprocess)
+    elif resolution is not None:
+        want = replace(want, preprocess=replace(want.preprocess, resolution=(resolution, resolution)))
     if got != want:
         diffs = [f"{k}: registered {v!r}, built {got.to_dict()[k]!r}" for k, v in want.to_dict().items() if got.to_dict()[k] != v]
         log.warning("teacher %s does not match its registered metadata (%s); fix its TeacherInfo", info.name, "; ".join(diffs))
@@ -124,20 +126,36 @@ def create_teacher(
     random_init: bool = False,
     seed: int = 0,
     resolution: int | None = None,
+    img_size: tuple[int, int] | None = None,
 ) -> Teacher:
-    """Build a frozen teacher in eval mode on CPU, or fail at once with what to do."""
+    """Build a frozen teacher in eval mode on CPU, or fail at once with what to do.
+
+    ``img_size`` (H, W) selects the official "student" protocol: the teacher is built at the student's
+    input size and takes the student's own tensor (:func:`~.preprocess.student_preprocess`); without
+    it the teacher keeps its native input (``resolution`` overrides that square's side).
+    """
     if weights is not None and random_init:
         raise ConfigError("pass either --weights FILE or --random-init, not both")
     if resolution is not None and resolution <= 0:
         raise ConfigError(f"resolution must be a positive number of pixels, got {resolution}")
+    if img_size is not None:
+        img_size = (int(img_size[0]), int(img_size[1]))
+        if min(img_size) <= 0:
+            raise ConfigError(f"--img-size must be positive HxW, got {img_size}")
     info = _registered(name)
     full = resolve_name(name)
     source, model = _source(full, name)
-    request = TeacherRequest(name=full, weights=weights, random_init=random_init, seed=seed, resolution=resolution)
+    request = TeacherRequest(name=full, weights=weights, random_init=random_init, seed=seed, resolution=resolution,
+                             img_size=img_size)
     teacher = source.build(model, request)
     teacher.eval().requires_grad_(False)
+    if img_size is not None and teacher.preprocess.frame != img_size:
+        raise TeacherUnavailable(
+            f"teacher source {source.prefix!r} built {full} with the {teacher.preprocess.protocol} protocol, not for the "
+            f"student input {img_size[0]}x{img_size[1]}: extract it with --input-protocol native"
+        )
     if info is not None:
-        _check_against(info, teacher, resolution)
+        _check_against(info, teacher, resolution, img_size is not None)
     if teacher.weights_id.startswith("random-init"):
         log.warning(
             "teacher %s uses RANDOM-INIT weights (%s): its features are not a foundation model's; "

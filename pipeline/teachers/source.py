@@ -25,7 +25,12 @@ class TeacherRequest(Config):
     weights: str | None = None  # path to a .safetensors (or torch weights_only) file
     random_init: bool = False
     seed: int = 0
-    resolution: int | None = None  # override of the teacher's native input size (square)
+    resolution: int | None = None  # native protocol: override of the teacher's native input size (square)
+    img_size: tuple[int, int] | None = None  # student protocol (official): the student's (H, W) input; None: native
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None and self.resolution is not None:
+            raise ConfigError("--resolution is the native protocol's teacher size; with --img-size (student protocol) leave it out")
 
 
 TeacherFactory = Callable[[str, TeacherRequest], Teacher]

@@ -9,6 +9,14 @@ Input size: ViTs are built with ``img_size=<resolution>`` (timm resamples the po
 embedding of pretrained or file weights to that grid when loading). SAM is built at its
 native 1024 so that every checkpoint loads unchanged; its forward resamples the absolute
 position embedding and the relative-position tables to the actual grid.
+
+Student protocol (official SAK, ``models/backbones/timm_encoders.py:126-152``): ViTs are built at
+the student's (H, W) with timm's own ``img_size`` (pos-embed resampled by timm's checkpoint filter:
+DINOv2-B/14 at 448x576 gives 32x41, the stride-14 conv leaving the last 2 columns unseen); SAM is
+built at 1024 and fed the student's tensor resized (:func:`.preprocess.sam_resize_pad`).
+
+``--weights FILE`` may be a full timm checkpoint: keys of parts the teacher never runs (classifier
+head, ``fc_norm``) are dropped with a warning naming them; any other mismatch is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from ...manifests.errors import ConfigError, TeacherUnavailable
 from . import weights
 from .base import Teacher
 from .info import TeacherInfo, default_layers
-from .preprocess import Preprocess, rgb_triple
+from .preprocess import Preprocess, rgb_triple, student_preprocess
 from .source import TeacherRequest, TeacherSource
 from .weights import hub_failure, hub_mode, load_strict, random_init_id, read_state_dict, seeded
 
@@ -75,7 +83,7 @@ class TimmTeacher(Teacher):
         params = inspect.signature(vit.forward_intermediates).parameters
         self._prefix_kw = "return_prefix_tokens" in params and self.num_prefix_tokens > 0
         h, w = preprocess.resolution
-        if h % self.patch_size or w % self.patch_size:
+        if preprocess.frame is None and (h % self.patch_size or w % self.patch_size):
             raise ConfigError(
                 f"{name}: resolution {h}x{w} is not a multiple of the patch size {self.patch_size}; "
                 f"pass --resolution {max(1, round(h / self.patch_size)) * self.patch_size}."
@@ -107,7 +115,7 @@ def _create_model(name: str, **kwargs: Any) -> torch.nn.Module:
     return timm.create_model(name, **kwargs)
 
 
-def _filter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def filter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply timm's own checkpoint conversion for this model family (key remaps, pos-embed resampling)."""
     fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if fn is None:
@@ -128,13 +136,24 @@ def _pretrained_cfg(full: str) -> Any:
         raise TeacherUnavailable(f"timm:{full}: {exc}. Known tags for {arch}: {tags or 'none'}.") from None
 
 
+#: Parts of a timm checkpoint the teacher never runs: dropped from a --weights file, with a warning.
+UNUSED_PREFIXES = ("head.", "fc_norm.", "head_drop.")
+
+
+def is_sam_model(model: torch.nn.Module) -> bool:
+    return type(model).__name__ == "VisionTransformerSAM"
+
+
 def wrap_timm_model(
-    model: torch.nn.Module, *, name: str, weights_id: str, resolution: tuple[int, int], mean, std
+    model: torch.nn.Module, *, name: str, weights_id: str, resolution: tuple[int, int], mean, std,
+    img_size: tuple[int, int] | None = None,
 ) -> TimmTeacher:
-    """Wrap a built timm model, choosing SAM's longest-side+pad resize or the ViT squash."""
-    is_sam = type(model).__name__ == "VisionTransformerSAM"
+    """Wrap a built timm model: the student protocol when ``img_size`` is given, else SAM's longest-side+pad or the ViT squash."""
+    is_sam = is_sam_model(model)
     if is_sam:
         model.neck = torch.nn.Identity()  # SAK distills block outputs; the neck is not part of the teacher
+    if img_size is not None:
+        return TimmTeacher(model, name=name, weights_id=weights_id, preprocess=student_preprocess(img_size, sam=is_sam))
     pre = Preprocess(
         resolution=resolution,
         resize="longest-pad" if is_sam else "squash",
@@ -157,10 +176,13 @@ def _resolve(model_name: str) -> tuple[str, str, Any]:
     return full, f"timm:{full}", cfg
 
 
-def _wrap_native(model: torch.nn.Module, *, name: str, weights_id: str, resolution: int | None) -> TimmTeacher:
+def _wrap_native(model: torch.nn.Module, *, name: str, weights_id: str, resolution: int | None,
+                 img_size: tuple[int, int] | None = None) -> TimmTeacher:
     """Wrap with timm's data config for this model: native input size (unless overridden), mean, std."""
     from timm.data import resolve_data_config
 
+    if img_size is not None:
+        return wrap_timm_model(model, name=name, weights_id=weights_id, resolution=img_size, mean=(), std=(), img_size=img_size)
     data_cfg = resolve_data_config(model=model)
     _, native_h, native_w = data_cfg["input_size"]  # (C, H, W)
     native = (int(native_h), int(native_w))
@@ -183,7 +205,9 @@ def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
     full, name, cfg = _resolve(model_name)
     is_sam = full.startswith("samvit")
     kwargs: dict[str, Any] = {"num_classes": 0}
-    if request.resolution is not None and not is_sam:
+    if request.img_size is not None and not is_sam:  # student protocol: built at the student's size; SAM at 1024
+        kwargs["img_size"] = request.img_size
+    elif request.resolution is not None and not is_sam:
         kwargs["img_size"] = request.resolution
 
     if request.weights is not None:
@@ -191,12 +215,13 @@ def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
         with seeded(request.seed):
             model = _create_model(full, pretrained=False, **kwargs)
         try:
-            state = _filter_state(model, state)
+            state = filter_state(model, state)
         except Exception as exc:
             raise TeacherUnavailable(
                 f"weights file {request.weights} cannot be converted for {name} ({type(exc).__name__}: {exc})."
             ) from None
-        load_strict(model, state, source=str(request.weights), what=name, optional_prefixes=("neck.",) if is_sam else ())
+        load_strict(model, state, source=str(request.weights), what=name, optional_prefixes=("neck.",) if is_sam else (),
+                    unused_prefixes=UNUSED_PREFIXES)
     elif request.random_init:
         with seeded(request.seed):
             model = _create_model(full, pretrained=False, **kwargs)
@@ -213,7 +238,7 @@ def create_timm_teacher(model_name: str, request: TeacherRequest) -> Teacher:
         except Exception as exc:
             raise hub_failure(name, exc, online=online) from None
         weights_id = f"hub:{full}"
-    return _wrap_native(model, name=name, weights_id=weights_id, resolution=request.resolution)
+    return _wrap_native(model, name=name, weights_id=weights_id, resolution=request.resolution, img_size=request.img_size)
 
 
 SOURCE = TeacherSource(prefix="timm", build=create_timm_teacher, describe=describe_timm_teacher)

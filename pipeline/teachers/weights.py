@@ -93,12 +93,21 @@ def load_strict(
     source: str,
     what: str,
     optional_prefixes: tuple[str, ...] = (),
+    unused_prefixes: tuple[str, ...] = (),
 ) -> None:
     """Copy ``state`` into ``module`` requiring the same keys and shapes, or explain what differs.
 
     Keys under ``optional_prefixes`` (parts the adapter discards, e.g. SAM's neck) may be absent.
+    Keys of the file under ``unused_prefixes`` that ``module`` does not have (parts the teacher never
+    runs: a classifier head, a projection) are dropped with a warning that names them.
     """
     expected = module.state_dict()
+    dropped = sorted(k for k in state if k not in expected and k.startswith(unused_prefixes)) if unused_prefixes else []
+    if dropped:
+        log.warning("weights file %s: dropped %d key(s) of parts %s does not use: %s",
+                    source, len(dropped), what, ", ".join(dropped))
+        gone = set(dropped)
+        state = {k: v for k, v in state.items() if k not in gone}
     missing = [k for k in expected if k not in state and not k.startswith(optional_prefixes)]
     unexpected = [k for k in state if k not in expected]
     shapes = [

@@ -1,8 +1,10 @@
 """Online-teacher mode: the official SAK way, teachers run on every training batch.
 
 :class:`OnlineTeachers` rebuilds each store's teacher from its spec (same name, weights,
-resolution, layers) and runs it on the same augmented images the student sees (the
-loader adds each teacher's preprocessed input, ``Batch.teacher_inputs``). With the same
+input protocol, size, layers) and runs it on the same augmented images the student sees (the
+loader adds each teacher's preprocessed input, ``Batch.teacher_inputs``). Under the student
+protocol (official) the teacher is built at the student's input size (any H x W) and its input
+is the student's own tensor (SAM: resized to 1024), as in ``models/mt_distiller.py:72-83``. With the same
 seed, online and cached training see the same samples in the same order, so their
 losses agree step by step up to the store's float16 rounding.
 """
@@ -33,8 +35,11 @@ def teacher_for_store(store: Any, key: str, weights: Mapping[str, str] | None = 
     """Build the teacher a store was extracted with, or say exactly what is missing."""
     spec = store.spec
     h, w = spec.resolution
-    if h != w:
-        raise ConfigError(f"store {store.name} was extracted at {h}x{w}; online teachers take a square resolution")
+    student = spec.input_protocol == "student"
+    if h != w and not student:
+        raise ConfigError(f"store {store.name} was extracted at {h}x{w}; online teachers of the native protocol take a "
+                          "square resolution (the student protocol takes any: extract with --input-protocol student)")
+    size = {"img_size": tuple(spec.img_size)} if student else {"resolution": h}
     path = _weights_for(store, key, weights or {})
     if spec.weights.startswith("file:") and path is None:
         raise TeacherUnavailable(
@@ -42,15 +47,17 @@ def teacher_for_store(store: Any, key: str, weights: Mapping[str, str] | None = 
             f"online mode needs that file: pass --teacher-weights {key}=/path/to/weights.safetensors"
         )
     if spec.random_init:
-        teacher = create_teacher(spec.teacher, random_init=True, seed=int(spec.weights.split(":", 1)[1]), resolution=h)
+        teacher = create_teacher(spec.teacher, random_init=True, seed=int(spec.weights.split(":", 1)[1]), **size)
     else:
-        teacher = create_teacher(spec.teacher, weights=path, resolution=h)
+        teacher = create_teacher(spec.teacher, weights=path, **size)
+    pre = teacher.preprocess
     got = {
-        "weights": teacher.weights_id, "width": teacher.width, "grid": tuple(teacher.grid),
-        "mean": tuple(teacher.preprocess.mean), "std": tuple(teacher.preprocess.std), "resize": teacher.preprocess.resize,
+        "weights": teacher.weights_id, "width": teacher.width, "grid": tuple(teacher.grid), "mean": tuple(pre.mean),
+        "std": tuple(pre.std), "resize": pre.resize, "resolution": tuple(pre.resolution), "protocol": pre.protocol,
     }
     want = {"weights": spec.weights, "width": spec.width, "grid": tuple(spec.grid), "mean": tuple(spec.mean),
-            "std": tuple(spec.std), "resize": spec.resize}
+            "std": tuple(spec.std), "resize": spec.resize, "resolution": tuple(spec.resolution),
+            "protocol": spec.input_protocol}
     diffs = [f"{k}: store {want[k]!r}, teacher {got[k]!r}" for k in want if got[k] != want[k]]
     if diffs:
         raise SpecMismatch(

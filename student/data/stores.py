@@ -75,16 +75,26 @@ def teacher_key(store: Any, stores: Sequence[Any]) -> str:
     return key
 
 
-def extract_hint(spec: Any, dataset: str, cache: str) -> str:
-    """The command that extracts (more of) a store of this spec."""
+def protocol_options(spec: Any, img_size: tuple[int, int] | None = None) -> str:
+    """The extract flags of a spec's teacher-input protocol (``img_size``: for that student input instead)."""
+    if spec.input_protocol == "student" or img_size is not None:
+        h, w = img_size or spec.img_size
+        return f"--img-size {h}x{w} --input-protocol student"
+    return f"--input-protocol native --resolution {spec.resolution[0]}"
+
+
+def extract_hint(spec: Any, dataset: str, cache: str, img_size: tuple[int, int] | None = None) -> str:
+    """The command that extracts (more of) a store of this spec, or of this spec at student input ``img_size``."""
     opts = [f"--teacher {spec.teacher}", f"--dataset {dataset}", f"--cache {cache}",
-            f"--layers {','.join(map(str, spec.layers))}", f"--resolution {spec.resolution[0]}"]
+            f"--layers {','.join(map(str, spec.layers))}", protocol_options(spec, img_size)]
     if spec.random_init:
         opts.append(f"--random-init --seed {spec.weights.split(':', 1)[1]}")
     elif spec.aug_seed:
         opts.append(f"--seed {spec.aug_seed}")
     if spec.views > 1 or spec.aug != "none":
         opts.append(f"--views {spec.views} --aug {spec.aug}")
+        if spec.input_protocol == "native" and spec.aug_crop is not None:
+            opts.append(f"--aug-crop {spec.aug_crop[0]}x{spec.aug_crop[1]}")
     if spec.dtype != "float16":
         opts.append(f"--dtype {spec.dtype}")
     if spec.keep_prefix:
@@ -94,8 +104,28 @@ def extract_hint(spec: Any, dataset: str, cache: str) -> str:
 
 def describe(store: Any) -> str:
     s = store.spec
-    return (f"{store.name} (teacher {s.teacher}, resolution {s.resolution[0]}x{s.resolution[1]}, grid "
+    fed = (f"student input {s.img_size[0]}x{s.img_size[1]}" if s.input_protocol == "student"
+           else "native input")
+    return (f"{store.name} (teacher {s.teacher}, {fed}, resolution {s.resolution[0]}x{s.resolution[1]}, grid "
             f"{s.grid[0]}x{s.grid[1]}, layers {list(s.layers)}, views {s.views} aug {s.aug})")
+
+
+def check_input_size(stores: Sequence[Any], img_size: tuple[int, int], dataset: str, cache: str) -> None:
+    """Refuse a store whose teachers saw another student input than this run's ``img_size``.
+
+    Under the student protocol a store's targets are the teachers' features of the student's own
+    tensor at ``spec.img_size``; training at another size pairs images with targets of other pixels.
+    Native stores do not depend on the student's size (each image went to the teacher's own square).
+    """
+    h, w = int(img_size[0]), int(img_size[1])
+    for store in stores:
+        spec = store.spec
+        if spec.input_protocol == "student" and tuple(spec.img_size) != (h, w):
+            raise SpecMismatch(
+                f"store {describe(store)} was extracted for a student input of {spec.img_size[0]}x{spec.img_size[1]}, "
+                f"but this run trains at {h}x{w}. Train with --img-size {spec.img_size[0]}x{spec.img_size[1]}, or "
+                f"extract for this size: {extract_hint(spec, dataset, cache, (h, w))}"
+            )
 
 
 def _split_table(dataset: Any, split: str) -> pa.Table:
@@ -154,7 +184,7 @@ def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str
         if res:
             want = tuple(int(p) for p in res.lower().split("x"))
             want = want * 2 if len(want) == 1 else want
-            matched = [s for s in hits if tuple(s.spec.resolution) == want]
+            matched = [s for s in hits if want in (tuple(s.spec.resolution), tuple(s.spec.img_size or ()))]
             if not matched:
                 raise SpecMismatch(
                     f"you asked for teacher {name!r} at resolution {res}, but its store(s) were written at: "

@@ -22,7 +22,7 @@ from ...pipeline.data.datasets import list_datasets, open_dataset
 from ..data import views
 from ..data.cached import CachedTargets
 from ..data.online import OnlineTeachers
-from ..data.stores import describe, select_stores, teacher_key
+from ..data.stores import check_input_size, describe, select_stores, teacher_key
 from ..model.config import StudentConfig, TaskSpec, TeacherTarget
 from ..model.student import SAKStudent
 from ..runs.checkpoint import CheckpointError
@@ -39,7 +39,11 @@ def patch_size(backbone: str) -> int:
 
 
 def infer_img_size(dataset: Any, stores: list, split: str, backbone: str) -> tuple[int, int]:
-    """The stored views' size (augmented stores), else the split's most common image size; a patch multiple."""
+    """The student input the stores were extracted for (student protocol), else the stored views' size
+    (augmented stores), else the split's most common image size; a patch multiple."""
+    fed = [tuple(s.spec.img_size) for s in stores if s.spec.input_protocol == "student"]
+    if fed:
+        return fed[0][0], fed[0][1]
     if stores and stores[0].spec.aug != "none":
         view = views.parse(stores[0].commits().column("view_params")[0].as_py())
         if view is None:
@@ -153,6 +157,7 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     out = cfg.checkpoint.out or broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}", world)
     given = cfg.model.img_size
     img = (given[0], given[1]) if given else infer_img_size(dataset, stores, data.train_split, cfg.model.backbone)
+    check_input_size(stores, img, name, data.cache)
     cfg = cfg.with_fields(dataset=name, stage=stage, out=str(out), img_size=img,
                           teachers=tuple(data.teachers) or tuple(s.name for s in stores)).resolved()
     data = cfg.data

@@ -34,7 +34,7 @@ def test_readme_python_example(demo_cache, tmp_path: Path) -> None:
     store = cache.store("test:tiny")
     assert store.path == report.teachers[0].store and cache.datasets() == ["nyud"]
     sha = store.commits().column("image_sha256")[0].as_py()
-    assert {k: v.shape for k, v in store.read_sample(sha).items()} == {i: (8, 8, 32) for i in store.spec.layers}
+    assert {k: v.shape for k, v in store.read_sample(sha).items()} == {i: (8, 10, 32) for i in store.spec.layers}  # student protocol at 64x80
 
     run = tmp_path / "run"
     result = sak.student.fit(sak.student.TrainConfig(cache=str(cache_path), backbone="test_vit", iters=2, batch_size=4,

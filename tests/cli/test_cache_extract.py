@@ -84,3 +84,16 @@ def test_help_explains_views_against_feature_space_flip(app) -> None:
     text = _flat(res.output)
     for phrase in ("exact replay is the faithful path", "feature-space flip", "--views", "--aug", "--retry-failed", "--scheduler"):
         assert phrase in text, phrase
+
+
+def test_img_size_and_input_protocol_options(app, demo_cache) -> None:
+    cache, _ = demo_cache
+    base = ("extract", "-t", "test:tiny", "--random-init", "--dataset", "nyud", "--cache", cache, "--limit", 2)
+    assert _run(app, *base, "--img-size", "72x96").exit_code == 0
+    assert _run(app, *base, "--input-protocol", "native").exit_code == 0
+    specs = sorted((s.spec.input_protocol, s.spec.img_size, s.spec.grid) for s in list_stores(cache))
+    assert specs == [("native", None, (8, 8)), ("student", (72, 96), (9, 12))]
+    bad = _run(app, *base, "--img-size", "72x")
+    assert bad.exit_code != 0 and "--img-size" in _flat(bad.output) and "448x576" in _flat(bad.output)
+    big = _run(app, *base, "--img-size", "32x32")
+    assert big.exit_code != 0 and "--aug sak --aug-crop 32x32" in _flat(big.output)

@@ -47,7 +47,7 @@ def test_ls_lists_stores_and_flags_random_init(app, store) -> None:
     res = _run(app, "ls", "--cache", store.path.parent.parent)
     assert res.exit_code == 0, res.output
     text = _flat(res.output)
-    assert re.search(rf"{store.name} test:tiny random-init:0 \(RANDOM-INIT\) 1,3 8x8 x 32 float16 1 \(none\) 9 1 ", text), text
+    assert re.search(rf"{store.name} test:tiny random-init:0 \(RANDOM-INIT\) 1,3 8x10 x 32 float16 1 \(none\) 9 1 ", text), text
     assert "RANDOM-INIT teacher features" in text
 
 
@@ -56,7 +56,7 @@ def test_info_shows_spec_stats_and_failures(app, store) -> None:
     assert res.exit_code == 0, res.output
     text = _flat(res.output)
     assert f"spec_id {store.spec.spec_id}" in text and "layers [1, 3]" in text
-    assert re.search(r" 1 576 ", text) and re.search(r" 3 576 ", text)  # 9 rows x 64 positions
+    assert re.search(r" 1 720 ", text) and re.search(r" 3 720 ", text)  # 9 rows x 80 positions (8x10: student protocol, 64x80)
     assert "rows: 9 ok, 1 failed" in text and "broken_one nyud 0 BadImage: broken_one.png: cannot decode" in text
 
 

@@ -31,9 +31,10 @@ def _cfg(cache: Path, **kw) -> ExtractConfig:
     return ExtractConfig(**base)
 
 
-def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
+@pytest.mark.parametrize("protocol, grid", [("student", (8, 10)), ("native", (8, 8))])
+def test_stored_features_match_the_teacher_for_two_teachers(demo_cache, protocol, grid) -> None:
     cache, _ = demo_cache
-    report = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3)))
+    report = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3), input_protocol=protocol))
     assert [(t.done, t.failed, t.skipped_cached) for t in report.teachers] == [(12, 0, 0), (12, 0, 0)]
     assert report.images == 12 and report.samples == 12
     assert all(t.bytes_written > 0 and t.write_seconds > 0 for t in report.teachers)
@@ -41,7 +42,8 @@ def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
     for rep in report.teachers:
         store = FeatureStore.open(rep.store)
         assert store.spec.layers == (1, 3) and store.verify().ok
-        teacher = create_teacher(store.spec.teacher, random_init=True)
+        assert (store.spec.input_protocol, store.spec.img_size) == (protocol, (64, 80) if protocol == "student" else None)
+        teacher = create_teacher(store.spec.teacher, random_init=True, img_size=store.spec.img_size)
         rows = store.commits().to_pylist()
         assert sorted(r["image_sha256"] for r in rows) == sorted(ds.table.column("sha256").to_pylist())
         for r in rows[:3]:
@@ -51,10 +53,10 @@ def test_stored_features_match_the_teacher_for_two_teachers(demo_cache) -> None:
             got = store.read_rows(r["segment_id"], [r["row"]])
             pre = store.read_prefix(r["segment_id"], [r["row"]])
             for j, layer in enumerate((1, 3)):
-                assert got[layer].dtype == np.float16 and got[layer].shape == (1, 8, 8, teacher.width)
+                assert got[layer].dtype == np.float16 and got[layer].shape == (1, *grid, teacher.width)
                 assert _cosine(got[layer][0], maps[j][0].numpy()) >= 0.999
                 assert _cosine(pre[layer][0], prefix[j][0].numpy()) >= 0.999
-    again = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3)))
+    again = extract(_cfg(cache, teachers=("test:tiny", "test:tiny2"), keep_prefix=True, layers=(1, 3), input_protocol=protocol))
     assert [(t.done, t.skipped_cached) for t in again.teachers] == [(0, 12), (0, 12)]
 
 
@@ -143,7 +145,8 @@ def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
     params = [ViewParams.from_json(r["view_params"]) for r in rows]
     assert len({p.to_json() for p in params}) == 6  # every view differs
     ds = open_dataset(cache, "nyud")
-    teacher = create_teacher("test:tiny", random_init=True, seed=7)
+    assert (store.spec.input_protocol, store.spec.img_size, store.spec.aug_crop) == ("student", (64, 80), (64, 80))
+    teacher = create_teacher("test:tiny", random_init=True, seed=7, img_size=store.spec.img_size)
     for r, p in zip(rows, params, strict=True):
         assert p.view == r["view"]
         rgb = decode_rgb(ds.image_path(r["sample_id"]))
@@ -154,3 +157,52 @@ def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
         stored = store.read_rows(r["segment_id"], [r["row"]])[3][0]
         np.testing.assert_allclose(stored, maps[0][0].numpy(), rtol=1e-5, atol=1e-5)
     assert pc.max(store.commits().column("view")).as_py() == 2
+
+
+# ---------------------------------------------------------------- the official teacher-input protocol
+
+
+def test_student_protocol_refuses_images_larger_than_the_student_input(demo_cache) -> None:
+    from sak.manifests.errors import ConfigError
+
+    cache, _ = demo_cache
+    with pytest.raises(ConfigError, match=r"12 image\(s\) .* larger than the student input 64x64.*--aug sak --aug-crop 64x64"):
+        extract(_cfg(cache, img_size=(64, 64)))
+    assert not list((cache / "features").glob("*/spec.json"))  # refused before any store is created
+
+
+def test_student_protocol_centre_pads_smaller_images(demo_cache) -> None:
+    cache, _ = demo_cache
+    report = extract(_cfg(cache, img_size=(72, 96), limit=2, dtype="float32", layers=(3,)))
+    store = FeatureStore.open(report.stores[0])
+    assert (store.spec.img_size, store.spec.resolution, store.spec.grid, store.spec.resize) == ((72, 96), (72, 96), (9, 12), "none")
+    ds = open_dataset(cache, "nyud")
+    teacher = create_teacher("test:tiny", random_init=True, img_size=(72, 96))
+    r = store.commits().to_pylist()[0]
+    x01 = torch.from_numpy(decode_rgb(ds.image_path(r["sample_id"])).copy()).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    x = torch.zeros(1, 3, 72, 96)
+    x[0, :, 4:68, 8:88] = (x01 - mean) / std  # official PadImage: centred, 0 in normalized space
+    with torch.inference_mode():
+        maps, _ = teacher.forward_layers(x, (3,))
+    np.testing.assert_allclose(store.read_rows(r["segment_id"], [r["row"]])[3][0], maps[0][0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_extract_config_protocol_options() -> None:
+    from sak.manifests.errors import ConfigError
+
+    base = dict(cache="c", teachers=("test:tiny",))
+    cfg = ExtractConfig(**base)
+    assert (cfg.input_protocol, cfg.img_size) == ("student", None)  # official default; size from the images
+    assert ExtractConfig(**base, img_size="448x576").img_size == (448, 576)
+    views = ExtractConfig(**base, aug="sak", views=2, aug_crop="448x576")
+    assert views.img_size == views.aug_crop == (448, 576)
+    assert ExtractConfig(**base, aug="sak", views=2, img_size=(64, 80)).aug_crop == (64, 80)
+    with pytest.raises(ConfigError, match="differs from --img-size"):
+        ExtractConfig(**base, aug="sak", aug_crop=(64, 64), img_size=(64, 80))
+    with pytest.raises(ConfigError, match="with --input-protocol native use --resolution"):
+        ExtractConfig(**base, input_protocol="native", img_size=(64, 80))
+    with pytest.raises(ConfigError, match="--resolution sets a teacher's native square"):
+        ExtractConfig(**base, resolution=224)
+    with pytest.raises(ConfigError, match="--input-protocol must be one of student, native"):
+        ExtractConfig(**base, input_protocol="official")

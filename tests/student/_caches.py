@@ -9,9 +9,14 @@ from sak.pipeline.store.feature_store import FeatureStore
 
 
 def extract_store(cache: Path, teacher: str = "test:tiny", **kw) -> FeatureStore:
-    """Extract a random-init test teacher over every indexed dataset of ``cache`` (segments of 8)."""
+    """Extract a random-init test teacher over every indexed dataset of ``cache`` (segments of 8).
+
+    The trainer tests' shapes and golden numbers were written for the native protocol (8x8 grids); it
+    stays their default here. Pass ``input_protocol="student"`` (the extract default) for the official one.
+    """
     from sak.pipeline.extract.job import ExtractConfig, extract
 
+    kw.setdefault("input_protocol", "native")
     rep = extract(ExtractConfig(cache=str(cache), teachers=(teacher,), random_init=True, device="cpu", batch_size=16,
                                 segment_size=8, io_threads=1, **kw))
     return FeatureStore.open(rep.teachers[0].store)

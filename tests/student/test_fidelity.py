@@ -1,4 +1,9 @@
-"""Cached targets vs online teachers: same seed, same batches, same losses step by step (fp16 tolerance)."""
+"""Cached targets vs online teachers: same seed, same batches, same losses step by step (fp16 tolerance).
+
+Cases: the native protocol without and with augmented views, and the official protocol ("student":
+teachers built at the student's 64x80 input and fed its own tensor, ``models/mt_distiller.py:72-83``)
+with augmented views replayed exactly.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,16 @@ from sak.student.train.trainer import fit
 STEPS = 3
 
 
-@pytest.fixture(scope="module", params=["none", "views2"])
+@pytest.fixture(scope="module", params=["none", "views2", "student-views2"])
 def cache(request, tmp_path_factory, demo_nyud) -> Path:
     cache = indexed_cache(tmp_path_factory.mktemp(request.param), demo_nyud)
     if request.param == "none":
         extract_store(cache)
-    else:
+    elif request.param == "views2":
         extract_store(cache, views=2, aug="sak")
+    else:
+        store = extract_store(cache, views=2, aug="sak", input_protocol="student", img_size=(64, 80))
+        assert (store.spec.input_protocol, store.spec.img_size, store.spec.grid) == ("student", (64, 80), (8, 10))
     return cache
 
 
@@ -59,7 +67,11 @@ def test_online_targets_are_the_cached_ones_before_fp16_rounding(cache) -> None:
     with cached.batches(4, sampler, workers=0) as a_it, live.batches(4, sampler, workers=0) as b_it:
         a, b = next(a_it), next(b_it)
     assert a.sample_ids == b.sample_ids and torch.equal(a.image, b.image) and b.targets == {}
-    assert tuple(b.teacher_inputs["tiny"].shape) == (4, 3, 64, 64)
+    student = stores[0].spec.input_protocol == "student"
+    # native: the teacher's own 64x64 square; student: the student's own tensor at 64x80
+    assert tuple(b.teacher_inputs["tiny"].shape) == ((4, 3, 64, 80) if student else (4, 3, 64, 64))
+    if student:
+        assert torch.equal(b.teacher_inputs["tiny"], a.image)
     online = teachers(b)["tiny"]
     assert len(online) == len(a.targets["tiny"]) == 4
     for stored, live_map in zip(a.targets["tiny"], online, strict=True):
@@ -83,3 +95,16 @@ def test_online_rebuilds_a_file_weights_teacher_only_from_that_file(tmp_path, de
         fit(TrainConfig(**cfg, out=str(tmp_path / "a")))
     res = fit(TrainConfig(**cfg, teacher_weights=(f"tiny={weights}",), out=str(tmp_path / "b")))
     assert res.steps == 1 and res.losses["distill/tiny"] > 0
+
+
+def test_training_refuses_a_store_of_another_student_size_naming_the_extract_that_fits(tmp_path, demo_nyud) -> None:
+    from sak.manifests.errors import SpecMismatch
+
+    cache = indexed_cache(tmp_path, demo_nyud)
+    extract_store(cache, input_protocol="student", img_size=(64, 80))
+    cfg = dict(cache=str(cache), backbone="test_vit", iters=1, batch_size=4, workers=0, val_split=None)
+    with pytest.raises(SpecMismatch, match=r"extracted for a student input of 64x80, but this run trains at 64x64.*"
+                       r"sak-cache extract --teacher test:tiny --dataset nyud .*--img-size 64x64 --input-protocol student"):
+        fit(TrainConfig(**cfg, img_size=(64, 64), out=str(tmp_path / "a")))
+    res = fit(TrainConfig(**cfg, out=str(tmp_path / "b")))  # the run's size defaults to the store's
+    assert res.steps == 1

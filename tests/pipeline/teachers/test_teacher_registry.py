@@ -29,16 +29,21 @@ TEACHERS_DIR = Path(__file__).resolve().parents[3] / "pipeline" / "teachers"
 
 def test_aliases_resolve_to_timm_pretrained_tags():
     import timm
+    from timm.models import get_pretrained_cfg
 
     assert resolve_name("dinov2") == "timm:vit_base_patch14_dinov2.lvd142m"
     assert resolve_name("sam") == "timm:samvit_base_patch16.sa1b"
-    assert resolve_name("clip") == "timm:vit_base_patch16_clip_quickgelu_224.openai"
+    # official SAK: timmclip_base/large = these timm archs with timm's default tag (models/backbones/model_set.py:17-18)
+    assert resolve_name("clip") == "timm:vit_base_patch16_clip_384.laion2b_ft_in12k_in1k"
+    assert resolve_name("clip-l") == "timm:vit_large_patch14_clip_336.laion2b_ft_in12k_in1k"
     assert resolve_name("test:tiny") == "test:tiny"
     assert list(aliases()) == ["dinov2", "dinov2-l", "sam", "sam-l", "clip", "clip-l"]
     for alias, full in aliases().items():
         source, model = full.split(":", 1)
         assert source == "timm", alias
         assert timm.list_pretrained(model) == [model], f"{alias} -> {model} is not a timm pretrained tag"
+        arch, tag = model.split(".", 1)
+        assert get_pretrained_cfg(arch).tag == tag, f"{alias}: {tag} is not timm's default tag of {arch}"
 
 
 def test_listing_names_every_registered_teacher_and_source():
