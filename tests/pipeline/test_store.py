@@ -250,3 +250,15 @@ def test_shard_reader_equals_zarr_and_rejects_a_damaged_index(st, tmp_path: Path
     shard.write_bytes(bytes(data))
     with pytest.raises(StoreCorrupt, match="index checksum"):
         FeatureStore.open(store.path).read_rows(report.segment_id, [5])
+
+
+def test_spec_mismatch_names_the_protocol_flags(st, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    native, student = st.make_spec(), st.make_spec(input_protocol="student", img_size=(64, 80), resize="none")
+    FeatureStore.create(cache, native)
+    FeatureStore.path_for(cache, native).rename(FeatureStore.path_for(cache, student))
+    with pytest.raises(SpecMismatch) as err:
+        FeatureStore.create(cache, student)
+    assert "input_protocol 'native' (you asked for 'student'; pass --input-protocol to match)" in str(err.value)
+    assert "img_size None (you asked for [64, 80]; pass --img-size to match)" in str(err.value)
+    assert "pass resize" not in str(err.value)  # every field names a real flag
