@@ -40,7 +40,12 @@ def test_a_flat_record_of_an_old_run_loads_into_the_sections() -> None:
     assert (cfg.optim.stage, cfg.optim.lr, cfg.optim.iters, cfg.optim.grad_clip) == ("multitask", 1e-3, 3, 10.0)
     assert (cfg.loader.batch_size, cfg.loader.workers, cfg.eval.val_split, cfg.checkpoint.ckpt_every) == (4, 0, "val", 0)
     assert (cfg.runtime.log_every, cfg.runtime.seed) == (1, 0)
-    assert cfg.to_flat() == FLAT_RECORD  # nothing lost or renamed: 37 fields in, 37 out
+    flat = cfg.to_flat()
+    assert {k: flat[k] for k in FLAT_RECORD} == FLAT_RECORD  # nothing lost or renamed: 37 fields in, 37 out
+    # fields added since keep what the old run did (LEGACY_DEFAULTS): random init, decay on matrices, ...
+    assert {k: flat[k] for k in set(flat) - set(FLAT_RECORD)} == {
+        "backbone_weights": "none", "decay_scope": "matrices", "schedule_style": "plain",
+        "warmup_lr": 0.0, "sync_bn": False, "recipe": None}
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg == TrainConfig.from_json(cfg.to_json())
     assert set(cfg.to_dict()) == set(SECTIONS) == {"data", "model", "optim", "loader", "eval", "checkpoint", "runtime"}
 
@@ -67,7 +72,7 @@ def test_with_fields_is_dataclasses_replace() -> None:
 
 
 def test_every_field_has_one_section_and_a_docstring() -> None:
-    assert len(OWNER) == 37
+    assert len(OWNER) == 43  # 37 + standardize-era additions: backbone_weights, decay_scope, schedule_style, warmup_lr, sync_bn, recipe
     for section in SECTIONS.values():
         body = ast.parse(textwrap.dedent(inspect.getsource(section))).body[0].body
         documented = {stmt.target.id for stmt, after in pairwise(body) if isinstance(stmt, ast.AnnAssign)
@@ -108,6 +113,17 @@ def test_records_without_a_cache_or_with_unknown_fields_are_refused() -> None:
 def test_resolved_fills_the_stage_defaults() -> None:
     cfg = TrainConfig(cache="c", stage="distill", iters=200).resolved()
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule, cfg.optim.warmup, cfg.optim.grad_clip) == (
-        1e-3, 0.01, "cosine", 10, 0.0)
+        1e-3, 0.01, "cosine", 13, 0.0)  # warmup: official 2 of 30 epochs = round(200 * 2 / 30)
     with pytest.raises(ConfigError, match="choose the stage"):
         TrainConfig(cache="c").resolved()
+
+
+def test_targets_are_raw_by_default_and_standardize_is_recorded() -> None:
+    """issue 12 (3): official distills raw block outputs (losses.py:201-248, no normalization anywhere)."""
+    cfg = TrainConfig(cache="c")
+    assert cfg.data.standardize is False and cfg.to_dict()["data"]["standardize"] is False
+    on = TrainConfig(cache="c", standardize=True)
+    assert TrainConfig.from_dict(on.to_dict()).data.standardize is True
+    assert TrainConfig.from_dict(cfg.to_dict()).data.standardize is False  # a new record says False: stays False
+    old = {k: v for k, v in cfg.to_dict()["data"].items() if k != "standardize"}
+    assert TrainConfig.from_dict({**cfg.to_dict(), "data": old}).data.standardize is True  # old run: standardized
