@@ -28,8 +28,10 @@ from .adapters import init_linear_trunc_normal
 class MoRRouter(nn.Module):
     """Gate network for one (level, task): tokens (B, N, d) -> gates (B, E), or (B, E, N) with noise; sum 1 over E."""
 
-    def __init__(self, dim: int, num_experts: int, *, noisy_gating: bool = True, noise_eps: float = 0.01) -> None:
+    def __init__(self, dim: int, num_experts: int, *, noisy_gating: bool = True, noise_eps: float = 0.01,
+                 per_pixel: bool = True) -> None:
         super().__init__()
+        self.per_pixel = per_pixel  # False: one noise draw per image (sak before issue 12)
         self.num_experts = num_experts
         self.noisy_gating = noisy_gating
         self.noise_eps = noise_eps
@@ -46,6 +48,8 @@ class MoRRouter(nn.Module):
         clean, raw_noise = pooled.chunk(2, dim=1)
         if not self.training:
             return clean
+        if not self.per_pixel:
+            return clean + torch.randn_like(clean) * (F.softplus(raw_noise) + self.noise_eps)
         n = tokens_bnc.shape[1]
         clean_ben = clean[:, :, None].expand(-1, -1, n)  # official: pooled logits expanded to (B, E, H, W)
         std_ben = (F.softplus(raw_noise) + self.noise_eps)[:, :, None].expand(-1, -1, n)

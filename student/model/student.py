@@ -125,7 +125,8 @@ class SAKStudent(nn.Module):
         self.routers = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
-                    MoRRouter(dim, cfg.num_experts, noisy_gating=cfg.noisy_gating, noise_eps=cfg.noise_eps)
+                    MoRRouter(dim, cfg.num_experts, noisy_gating=cfg.noisy_gating, noise_eps=cfg.noise_eps,
+                              per_pixel=cfg.gate_noise == "pixel")
                     for _ in cfg.levels
                 )
                 for t in cfg.tasks

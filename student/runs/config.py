@@ -329,6 +329,9 @@ class TrainConfig(Config):
         for key, value in data.items():
             if key in OWNER:
                 grouped[OWNER[key]][key] = value
+        model = grouped["model"]
+        if "backbone_weights" not in model:  # written before issue 12: gate noise was drawn per image
+            model["student"] = {"gate_noise": "image", **(model.get("student") or {})}
         for key, value in LEGACY_DEFAULTS.items():  # a record without the field predates it
             grouped[OWNER[key]].setdefault(key, value)
         return cls(**{name: SECTIONS[name].from_dict(values) for name, values in grouped.items()})

@@ -231,3 +231,12 @@ def test_adapter_parameters_match_the_paper(backbone, paper_adapters, exact):
                               img_size="448x576")
     assert counts.adapters == exact
     assert abs(counts.adapters - paper_adapters) / paper_adapters < 0.02
+
+
+def test_gate_noise_per_image_stays_an_option_for_old_configs(tiny_student_cfg):
+    """Configs written before issue 12 (no gate_noise field) keep one noise draw per image."""
+    old = {k: v for k, v in tiny_student_cfg.to_dict().items() if k != "gate_noise"}
+    assert StudentConfig.from_dict(old).gate_noise == "image" and tiny_student_cfg.gate_noise == "pixel"
+    assert StudentConfig.from_dict(tiny_student_cfg.to_dict()) == tiny_student_cfg
+    router = MoRRouter(8, 3, per_pixel=False).train()
+    assert router.logits(torch.randn(2, 5, 8)).shape == (2, 3)
