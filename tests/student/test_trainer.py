@@ -186,3 +186,17 @@ def test_a_checkpoint_without_optimizer_state_cannot_be_resumed(tmp_path) -> Non
     checkpointer = Checkpointer(run, TrainConfig(cache="c"), {}, main=True)
     with pytest.raises(CheckpointError, match=r"holds no optimizer state, so the run cannot resume from it; .*--init"):
         checkpointer.restore(run.load_checkpoint(), model, opt)
+
+
+def test_heads_get_syncbatchnorm_under_ddp_on_cuda_and_eval_runs_in_float32(caplog) -> None:
+    """Official train_s2.py:243 converts the BatchNorm to SyncBatchNorm; official test.py evaluates in fp32."""
+    from contextlib import nullcontext
+
+    from sak.student.runs.runtime import autocast
+    from sak.student.train.trainer import sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert sync_batchnorm(model, torch.device("cpu")) is model and "SyncBatchNorm needs cuda" in caplog.text
+    synced = sync_batchnorm(model, torch.device("cuda"))  # conversion only; nothing runs on a GPU here
+    assert isinstance(synced[1], torch.nn.SyncBatchNorm) and synced[1].weight is model[1].weight
+    assert isinstance(autocast(torch.device("cuda")), nullcontext)  # evaluation: float32 unless bf16 is asked for
