@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from ..manifests.errors import ConfigError, SakError
 from ..manifests.sizes import parse_hw
@@ -34,6 +35,16 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("sak").setLevel(level)
 
 
+def print_error(exc: BaseException) -> None:
+    """``error: <message>`` on stderr; the message is escaped, so ``[head.bias, head.weight]`` stays visible."""
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A loud yellow ``WARNING:`` line on stderr (the message is escaped, never read as markup)."""
+    console.print(f"[bold yellow]WARNING:[/] [yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+
 def friendly_errors(fn: F) -> F:
     """Turn a :class:`SakError` into a one-paragraph message and exit code 2 (no traceback)."""
 
@@ -42,7 +53,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SakError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: committed work is kept; run the same command again to resume.")
@@ -85,5 +96,5 @@ def _main(app: typer.Typer) -> None:
     try:
         app()
     except SakError as exc:  # raised outside a wrapped command (e.g. in a callback)
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         sys.exit(EXIT_ERROR)

@@ -1,4 +1,5 @@
-"""`sak-train describe`: the parameter table of a SAK student (nothing downloaded or allocated)."""
+"""`sak-train describe`: the parameter table of a SAK student (nothing downloaded or allocated);
+`sak-train recipes`: the official training recipes with every value."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import typer
 from rich.table import Table
 
 from ..student.model.params import describe_student
+from ..student.runs.config import field_default
+from ..student.runs.recipes import RECIPES, Recipe
 from .common import friendly_errors, out, parse_hw_option, parse_str_list
 
 
@@ -28,7 +31,43 @@ def _m(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
 
+def _value(value: object) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_value(v)}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def recipe_table(recipe: Recipe) -> Table:
+    """Every value of one recipe (a value it leaves to the config shows the config's default)."""
+    table = Table(title=f"{recipe.name}: {recipe.description}", title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("official config", recipe.official)
+    table.add_row("GPUs", f"{recipe.gpus} (global batch {recipe.fields['batch_size'] * recipe.gpus}: "
+                          f"torchrun --nproc-per-node {recipe.gpus})")
+    for key in sorted(set(recipe.fields) | set(SHOWN_DEFAULTS)):
+        table.add_row(key, _value(recipe.fields[key] if key in recipe.fields else field_default(key)))
+    table.add_row("task loss weights", _value(recipe.loss_weights) or "- (distillation only)")
+    return table
+
+
+#: config fields every recipe leaves at their defaults, shown anyway
+SHOWN_DEFAULTS = ("eval_every", "seed", "sync_bn", "aug")
+
+
 def register(app: typer.Typer) -> None:
+    @app.command("recipes")
+    def recipes(as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of a table.")) -> None:
+        """List the official recipes (stage 1 on ImageNet at 384, stage 2 NYUD-v2 / PASCAL-Context) with every value."""
+        if as_json:
+            data = {name: r.to_dict() for name, r in RECIPES.items()}
+            out.print(json.dumps(data, sort_keys=True), soft_wrap=True, highlight=False, markup=False)
+            return
+        for recipe in RECIPES.values():
+            out.print(recipe_table(recipe))
+
     @app.command("describe")
     @friendly_errors
     def describe(

@@ -23,6 +23,7 @@ from ..pipeline.tasks import metric_direction
 from ..student.evaluate.evaluator import evaluate, export_run
 from ..student.runs.config import TrainConfig  # option defaults are the config's
 from ..student.runs.config import field_default as D
+from ..student.runs.recipes import get_recipe
 from ..student.train.trainer import fit
 from .common import (
     console,
@@ -32,6 +33,7 @@ from .common import (
     parse_int_list,
     parse_str_list,
     setup_logging,
+    warn,
 )
 
 
@@ -89,6 +91,9 @@ def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, 
 
 def _run_fit(cfg: TrainConfig, resume: bool) -> None:
     main = int(os.environ.get("RANK", "0")) == 0
+    if main and not resume and not cfg.model.init and cfg.model.backbone_weights == "none":
+        warn(f"the student backbone {cfg.model.backbone} starts from RANDOM weights (--backbone-weights none): fine "
+             "for tests and demos, not the paper's student (--backbone-weights hub, or --recipe NAME)")
     if not main:
         fit(cfg, resume=resume)
         return
@@ -102,6 +107,22 @@ def _run_fit(cfg: TrainConfig, resume: bool) -> None:
         f"data wait {result.data_wait:.0%}; run dir {result.run_dir} (plots in {result.run_dir}/plots)",
         highlight=False,
     )
+
+
+#: TrainConfig fields whose fit option has another name
+OPTION_OF = {"out": "out_dir", "student": "levels"}
+
+
+def _with_recipe(ctx: typer.Context, name: str, given: dict[str, Any]) -> TrainConfig:
+    """The recipe's values, with every option given on the command line on top (and --cache, always)."""
+    recipe = get_recipe(name)
+    # compared by name: typer may carry its own click, whose ParameterSource is another enum
+    typed = {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    fields = dict(recipe.fields)
+    for key, value in given.items():
+        if key == "cache" or OPTION_OF.get(key, key) in typed:
+            fields[key] = {**(fields.get(key) or {}), **value} if key == "student" else value
+    return recipe.config(**fields)
 
 
 def register(app: typer.Typer) -> None:
@@ -128,10 +149,13 @@ def register(app: typer.Typer) -> None:
     @app.command("fit")
     @friendly_errors
     def fit_cmd(
+        ctx: typer.Context,
+        recipe: str | None = typer.Option(D("recipe"), "--recipe", "-r", help="Start from an official recipe (sak-train recipes lists them); flags given here override its values."),
         cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root with datasets/ and features/: a directory or an fsspec URL (s3://bucket/cache); opened read-only."),
         dataset: str | None = typer.Option(D("dataset"), "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
         teachers: str | None = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
         backbone: str = typer.Option(D("backbone"), "--backbone", help="timm ViT of the student."),
+        backbone_weights: str = typer.Option(D("backbone_weights"), "--backbone-weights", help="Student backbone start: hub (timm's pretrained weights of --backbone, as official: vit_base_patch16_384.augreg_in21k_ft_in1k), none (random init, flagged) or FILE.safetensors."),
         img_size: str | None = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
         levels: str | None = typer.Option(None, "--levels", help="Student feature levels (block indices), e.g. 2,5,8,11."),
         stage: str = typer.Option(D("stage"), "--stage", help="distill (paper stage 1: distillation only) | multitask (stage 2: tasks + alpha * distill) | auto."),
@@ -139,8 +163,12 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(D("batch_size"), "--batch-size", "-b", min=1, help="Samples per step (per rank)."),
         lr: float | None = typer.Option(D("lr"), "--lr", help="Peak learning rate (default: distill 1e-3, multitask 2e-5)."),
         weight_decay: float | None = typer.Option(D("weight_decay"), "--weight-decay", help="AdamW weight decay (default: distill 0.01, multitask 1e-6)."),
-        warmup: int | None = typer.Option(D("warmup"), "--warmup", help="Warmup steps (default: distill 5%, multitask 0)."),
+        decay_scope: str = typer.Option(D("decay_scope"), "--decay-scope", help="Weight decay on all parameters (official) | matrices (none on norms and biases)."),
+        warmup: int | None = typer.Option(D("warmup"), "--warmup", help="Warmup steps (default: distill 2/30 of --iters as official, multitask 0)."),
+        warmup_lr: float | None = typer.Option(D("warmup_lr"), "--warmup-lr", help="Learning rate the warmup starts from (default: distill 1.25e-7, multitask 0)."),
+        min_lr: float | None = typer.Option(D("min_lr"), "--min-lr", help="Learning rate at the end of the decay (default: distill 1e-5, multitask 0)."),
         schedule: str | None = typer.Option(D("schedule"), "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
+        schedule_style: str = typer.Option(D("schedule_style"), "--schedule-style", help="timm (official: warmup from --warmup-lr, timm cosine stepped per iteration) | plain (sak before issue 12)."),
         grad_clip: float | None = typer.Option(D("grad_clip"), "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
         alpha: float = typer.Option(D("alpha"), "--alpha", help="Weight of the distillation loss in the multitask stage."),
         seed: int = typer.Option(D("seed"), "--seed", help="Seed of the init, the sampler and the gate noise."),
@@ -150,6 +178,7 @@ def register(app: typer.Typer) -> None:
         online: bool = typer.Option(D("online"), "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
         teacher_weights: str | None = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
         aug: str = typer.Option(D("aug"), "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
+        standardize: bool = typer.Option(D("standardize"), "--standardize/--no-standardize", help="Z-score the teacher targets with the stores' stats (default off: official distills raw block outputs)."),
         feature_flip: bool = typer.Option(D("feature_flip"), "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
         allow_missing: bool = typer.Option(D("allow_missing"), "--allow-missing", help="Train on the covered samples when a store lacks some."),
         eval_every: int = typer.Option(D("eval_every"), "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
@@ -159,7 +188,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
         workers: int = typer.Option(D("workers"), "--workers", "-w", min=0, help="Reader/decoder threads (0: read in the training thread)."),
         block_size: int = typer.Option(D("block_size"), "--block-size", min=1, help="Rows per contiguous store read."),
-        amp: str = typer.Option(D("amp"), "--amp", help="auto (bf16 autocast on cuda) | bf16 | off."),
+        amp: str = typer.Option(D("amp"), "--amp", help="Training: auto (bf16 autocast on cuda) | bf16 | off. Evaluation runs in float32 unless bf16."),
+        sync_bn: bool = typer.Option(D("sync_bn"), "--sync-bn/--no-sync-bn", help="SyncBatchNorm in the heads under torchrun on cuda (official)."),
     ) -> None:
         """Train the SAK student from cached teacher targets.
 
@@ -168,22 +198,25 @@ def register(app: typer.Typer) -> None:
 
         Examples:
 
-          sak-train fit --cache ./cache --teachers dinov2,sam,clip --stage distill --iters 40000 --out runs/s1
+          sak-train fit --recipe s1-vitb --cache ./cache --dataset imagenet --out runs/s1
 
-          sak-train fit --cache ./cache --stage multitask --init runs/s1 --out runs/s2
+          sak-train fit --recipe nyud-vitb --cache ./cache --dataset nyud --init runs/s1 --out runs/s2
 
           sak-train fit --cache ./cache --backbone test_vit --iters 300 --batch-size 8 --lr 1e-3 --out runs/demo
         """
         student = {"levels": parse_int_list(levels, "--levels")} if levels else None
-        cfg = TrainConfig(
+        given: dict[str, Any] = dict(
             cache=str(cache), dataset=dataset, teachers=parse_str_list(teachers) or (), backbone=backbone,
-            img_size=parse_hw_option(img_size, "--img-size"), student=student, stage=stage, iters=iters, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, warmup=warmup, schedule=schedule, grad_clip=grad_clip, alpha=alpha, seed=seed,
-            out=str(out_dir) if out_dir else None, init=str(init) if init else None, online=online,
-            teacher_weights=parse_str_list(teacher_weights) or (), aug=aug, feature_flip=feature_flip,
-            allow_missing=allow_missing, eval_every=eval_every, eval_samples=eval_samples, log_every=log_every,
-            ckpt_every=ckpt_every, device=device, workers=workers, block_size=block_size, amp=amp,
+            backbone_weights=backbone_weights, img_size=parse_hw_option(img_size, "--img-size"), student=student,
+            stage=stage, iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay, decay_scope=decay_scope,
+            warmup=warmup, warmup_lr=warmup_lr, min_lr=min_lr, schedule=schedule, schedule_style=schedule_style,
+            grad_clip=grad_clip, alpha=alpha, seed=seed, out=str(out_dir) if out_dir else None,
+            init=str(init) if init else None, online=online, teacher_weights=parse_str_list(teacher_weights) or (),
+            aug=aug, standardize=standardize, feature_flip=feature_flip, allow_missing=allow_missing,
+            eval_every=eval_every, eval_samples=eval_samples, log_every=log_every, ckpt_every=ckpt_every, device=device,
+            workers=workers, block_size=block_size, amp=amp, sync_bn=sync_bn,
         )
+        cfg = _with_recipe(ctx, recipe, given) if recipe else TrainConfig(**given)
         _run_fit(cfg, resume)
 
     @app.command("eval")

@@ -31,6 +31,7 @@ _DEPTH_BY_SIZE = {"tiny": 12, "small": 12, "base": 12, "medium": 12, "large": 24
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 ALIGNER_MODES = ("auto", "linear", "none")
+GATE_NOISE = ("pixel", "image")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +85,8 @@ class StudentConfig(Config):
       ``"none"`` (no distillation outputs at all; exported sub-models).
     - ``noisy_gating``: the routers emit 2E logits (clean + noise scale) and add
       Gaussian noise in training mode (official default True).
+    - ``gate_noise``: ``"pixel"`` (official: one draw per pixel, ``sak.py:90-96``) or
+      ``"image"`` (one draw per image: sak before issue 12; configs without the field).
     - ``stem_norm``: a LayerNorm on the stem features per level before routing.
       The official code feeds the raw block output (the backbone's final norm is
       removed), so the default is False; True is an option we offer.
@@ -99,6 +102,7 @@ class StudentConfig(Config):
     aligner: str = "auto"
     noisy_gating: bool = True
     noise_eps: float = 0.01  # floor of the noise std: softplus(raw) + noise_eps (official 1e-2)
+    gate_noise: str = "pixel"
     stem_norm: bool = False
     head_kernel: int = 3
     drop_path_rate: float = 0.0
@@ -120,12 +124,21 @@ class StudentConfig(Config):
             raise ConfigError(f"adapter_ratio must be in (0, 1], got {self.adapter_ratio} (official: 0.25)")
         if self.aligner not in ALIGNER_MODES:
             raise ConfigError(f"aligner must be one of {ALIGNER_MODES}, got {self.aligner!r}")
+        if self.gate_noise not in GATE_NOISE:
+            raise ConfigError(f"gate_noise must be one of {GATE_NOISE}, got {self.gate_noise!r}")
         if self.noise_eps < 0:
             raise ConfigError(f"noise_eps must be >= 0, got {self.noise_eps}")
         if self.head_kernel <= 0 or self.head_kernel % 2 == 0:
             raise ConfigError(f"head_kernel must be a positive odd size, got {self.head_kernel}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StudentConfig:
+        """As :meth:`Config.from_dict`; a config written before ``gate_noise`` existed drew it per image."""
+        if isinstance(data, dict) and "gate_noise" not in data:
+            data = {**data, "gate_noise": "image"}
+        return super().from_dict(data)
 
     # -- derived views -------------------------------------------------------------------
     @property

@@ -5,7 +5,8 @@
 - ``tasks[name]``: (B, C_task, H, W) raw head outputs (logits / regressions) at the input size;
 - ``distill[teacher]``: one (B, C_teacher, gh, gw) map per level at the student's patch
   grid, after the aligner and before any resize to the teacher's grid (the loss resizes);
-- ``gates[task]``: (B, levels, E) router weights, experts ``("stem", *teachers)``.
+- ``gates[task]``: (B, levels, E) router weights, experts ``("stem", *teachers)``; in noisy
+  training the gates differ per pixel (as official) and this is their mean over the pixels.
 
 The backbone's prefix tokens (CLS / registers) run through the blocks and the adapter
 paths (as in the official code) but are dropped from every map: distillation targets,
@@ -35,7 +36,7 @@ from ...manifests.errors import ConfigError, SakError
 from .adapters import TSAPBranch, init_linear_trunc_normal
 from .config import StudentConfig
 from .heads import TaskHead
-from .router import MoRRouter, mix
+from .router import MoRRouter, image_gates, mix
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ class SAKStudent(nn.Module):
         self.routers = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
-                    MoRRouter(dim, cfg.num_experts, noisy_gating=cfg.noisy_gating, noise_eps=cfg.noise_eps)
+                    MoRRouter(dim, cfg.num_experts, noisy_gating=cfg.noisy_gating, noise_eps=cfg.noise_eps,
+                              per_pixel=cfg.gate_noise == "pixel")
                     for _ in cfg.levels
                 )
                 for t in cfg.tasks
@@ -191,8 +193,8 @@ class SAKStudent(nn.Module):
                     stem = self.stem_norms[li](stem)
                 experts = [stem, *reps]
                 for task in cfg.task_names:
-                    g = cast(nn.ModuleList, self.routers[task])[li](stem)  # (B, E)
-                    gates[task].append(g)
+                    g = cast(nn.ModuleList, self.routers[task])[li](stem)  # (B, E), or (B, E, N) when noisy
+                    gates[task].append(image_gates(g))
                     routed[task].append(mix(g, experts))
 
         tasks = {t: self.heads[t](routed[t], out_size) for t in cfg.task_names}

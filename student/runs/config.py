@@ -10,14 +10,21 @@ Every field name is unique across sections, so a run can also be written flat:
 :meth:`TrainConfig.from_dict` reads both the sectioned record and the flat one that run dirs
 written before the sections hold (config.json ``"train"``, checkpoint ``"config"``).
 
-Stage defaults follow the SAK paper:
+Stage defaults follow the official SAK code (``configs/s1/*.yml``, ``configs/s2/*.yml``,
+``train_s1.py:153-167``, ``train_utils.py:6-51``):
 
-===========  =====  ======  ========  ======  =========
-stage        lr     wd      schedule  warmup  grad clip
-===========  =====  ======  ========  ======  =========
-distill      1e-3   0.01    cosine    5%      off
-multitask    2e-5   1e-6    poly 0.9  0       10
-===========  =====  ======  ========  ======  =========
+===========  =====  ======  ===============  =======================  =======  =========
+stage        lr     wd      schedule         warmup                   min lr   grad clip
+===========  =====  ======  ===============  =======================  =======  =========
+distill      1e-3   0.01    cosine (timm)    2/30 of iters from 1.25e-7  1e-5  off
+multitask    2e-5   1e-6    poly 0.9         0                        0        10
+===========  =====  ======  ===============  =======================  =======  =========
+
+Weight decay applies to every parameter (official: ``AdamW(model.parameters())``);
+``decay_scope="matrices"`` is the earlier sak choice (none on norms and biases).
+
+Run dirs written before a field existed keep what they meant: :meth:`TrainConfig.from_dict`
+fills a field the record lacks with :data:`LEGACY_DEFAULTS` (e.g. ``standardize=True``).
 
 Fields left ``None`` are filled by :meth:`TrainConfig.resolved` so the saved
 config always states every number the run used.
@@ -39,10 +46,27 @@ STAGES = ("auto", "distill", "multitask")  # auto: multitask when the dataset ha
 AUG_MODES = ("auto", "none")
 AMP_MODES = ("auto", "bf16", "off")
 SCHEDULES = ("cosine", "poly", "constant")
+SCHEDULE_STYLES = ("timm", "plain")
+DECAY_SCOPES = ("all", "matrices")
+BACKBONE_WEIGHTS = ("hub", "none")  # or the path of a .safetensors file
 
 STAGE_DEFAULTS: dict[str, dict[str, float | str]] = {
-    "distill": {"lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "warmup_frac": 0.05, "grad_clip": 0.0},
-    "multitask": {"lr": 2e-5, "weight_decay": 1e-6, "schedule": "poly", "warmup_frac": 0.0, "grad_clip": 10.0},
+    "distill": {"lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine", "warmup_frac": 2 / 30, "grad_clip": 0.0,
+                "min_lr": 1e-5, "warmup_lr": 1.25e-7},
+    "multitask": {"lr": 2e-5, "weight_decay": 1e-6, "schedule": "poly", "warmup_frac": 0.0, "grad_clip": 10.0,
+                  "min_lr": 0.0, "warmup_lr": 0.0},
+}
+
+#: What a field meant before it existed: a record (config.json "train", checkpoint "config") that lacks
+#: the field was written by an earlier sak, which behaved like this value.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "standardize": True,  # targets were z-scored with the stores' stats
+    "backbone_weights": "none",  # the student always started from random init
+    "decay_scope": "matrices",  # no weight decay on norms and biases
+    "schedule_style": "plain",  # warmup from 0 as lr*(k+1)/warmup, no one-step lag
+    "warmup_lr": 0.0,
+    "sync_bn": False,
+    "miou": "present",  # mIoU over the classes present in label or prediction
 }
 
 
@@ -72,8 +96,10 @@ class DataConfig(Config):
     """Run the teachers every step instead of reading the cache (the official SAK way)."""
     teacher_weights: tuple[str, ...] = ()
     """Online mode with "file:" stores: "<store or teacher>=<weights.safetensors>" items."""
-    standardize: bool = True
-    """Standardize teacher targets with the stores' per-channel stats when they have them."""
+    standardize: bool = False
+    """Standardize teacher targets with the stores' per-channel stats (an option; official distills raw outputs).
+
+    The stats cover every row of a store (val images included); runs recorded before this field keep True."""
     allow_missing: bool = False
     """Train on the covered samples when a store lacks some (else refuse)."""
 
@@ -95,10 +121,16 @@ class ModelConfig(Config):
     """(H, W) student input; None: the stores' view size or the images' size (a patch multiple)."""
     student: dict[str, object] | None = None
     """Extra StudentConfig fields (levels, adapter_ratio, depth, ...)."""
+    backbone_weights: str = "none"
+    """Student backbone start: hub (timm's pretrained weights of ``backbone``, e.g.
+    vit_base_patch16_384.augreg_in21k_ft_in1k as official), none (random init, loudly flagged) or a .safetensors file."""
     init: str | None = None
-    """Start from the weights of another run (e.g. the distill stage): a run dir or a .safetensors file."""
+    """Start from the weights of another run (e.g. the distill stage): a run dir or a .safetensors file.
+    Loaded as the official hand-off: parameters matched by name, pos-embed resampled, the rest kept at init."""
 
     def __post_init__(self) -> None:
+        if self.backbone_weights not in BACKBONE_WEIGHTS and not self.backbone_weights.endswith(".safetensors"):
+            raise ConfigError(f"backbone_weights must be 'hub', 'none' or a .safetensors file, got {self.backbone_weights!r}")
         if isinstance(self.img_size, str):  # "448x576"
             object.__setattr__(self, "img_size", parse_hw(self.img_size, "img_size"))
         if self.img_size is not None and (len(self.img_size) != 2 or min(self.img_size) < 1):
@@ -118,13 +150,20 @@ class OptimConfig(Config):
     lr: float | None = None
     """Peak learning rate (default: distill 1e-3, multitask 2e-5)."""
     weight_decay: float | None = None
-    """AdamW weight decay of the matrices (default: distill 0.01, multitask 1e-6); norms and biases get none."""
+    """AdamW weight decay (default: distill 0.01, multitask 1e-6)."""
+    decay_scope: str = "all"
+    """Parameters that get weight decay: all (official) | matrices (none on norms and biases)."""
     schedule: str | None = None
     """cosine | poly | constant (default: distill cosine, multitask poly 0.9)."""
+    schedule_style: str = "timm"
+    """timm: official semantics (warmup from warmup_lr; cosine = timm CosineLRScheduler stepped per iteration, so
+    step k uses the value of k-1) | plain: warmup from 0 as lr*(k+1)/warmup, value of step k (runs before issue 12)."""
     warmup: int | None = None
-    """Linear warmup steps (default: distill 5% of iters, multitask 0)."""
-    min_lr: float = 0.0
-    """Learning rate at the end of the cosine / poly decay."""
+    """Linear warmup steps (default: distill 2/30 of iters as official 2 of 30 epochs, multitask 0)."""
+    warmup_lr: float | None = None
+    """Learning rate the warmup starts from (default: distill 1.25e-7 as official, multitask 0)."""
+    min_lr: float | None = None
+    """Learning rate at the end of the cosine / poly decay (default: distill 1e-5 as official, multitask 0)."""
     grad_clip: float | None = None
     """Max gradient norm, 0 = off (default: distill off, multitask 10)."""
 
@@ -138,6 +177,10 @@ class OptimConfig(Config):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.decay_scope not in DECAY_SCOPES:
+            raise ConfigError(f"decay_scope must be one of {DECAY_SCOPES}, got {self.decay_scope!r}")
+        if self.schedule_style not in SCHEDULE_STYLES:
+            raise ConfigError(f"schedule_style must be one of {SCHEDULE_STYLES}, got {self.schedule_style!r}")
 
     def resolved(self) -> OptimConfig:
         """Fill the stage defaults (lr, weight decay, schedule, warmup, grad clip); the stage must be chosen."""
@@ -151,6 +194,8 @@ class OptimConfig(Config):
             schedule=self.schedule or str(d["schedule"]),
             warmup=self.warmup if self.warmup is not None else int(round(self.iters * float(d["warmup_frac"]))),
             grad_clip=self.grad_clip if self.grad_clip is not None else float(d["grad_clip"]),
+            min_lr=self.min_lr if self.min_lr is not None else float(d["min_lr"]),
+            warmup_lr=self.warmup_lr if self.warmup_lr is not None else float(d["warmup_lr"]),
         )
 
 
@@ -211,9 +256,14 @@ class RuntimeConfig(Config):
     device: str = "auto"
     """auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."""
     amp: str = "auto"
-    """auto (bf16 autocast on cuda) | bf16 | off; never on cpu."""
+    """Training: auto (bf16 autocast on cuda) | bf16 | off; never on cpu. Evaluation runs in float32 (as official
+    test.py) unless bf16 is asked for explicitly."""
+    sync_bn: bool = True
+    """Under DDP (world > 1), convert the heads' BatchNorm to SyncBatchNorm (official train_s2.py:243)."""
     log_every: int = 10
     """A metrics.jsonl record every N steps (and at the first and last step)."""
+    recipe: str | None = None
+    """Name of the recipe (sak-train recipes) the run's values started from; a label, it changes nothing."""
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
@@ -286,6 +336,11 @@ class TrainConfig(Config):
         for key, value in data.items():
             if key in OWNER:
                 grouped[OWNER[key]][key] = value
+        model = grouped["model"]
+        if "backbone_weights" not in model:  # written before issue 12: gate noise was drawn per image
+            model["student"] = {"gate_noise": "image", **(model.get("student") or {})}
+        for key, value in LEGACY_DEFAULTS.items():  # a record without the field predates it
+            grouped[OWNER[key]].setdefault(key, value)
         return cls(**{name: SECTIONS[name].from_dict(values) for name, values in grouped.items()})
 
     def with_fields(self, **fields: Any) -> TrainConfig:

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import safe_open
 
 from ...manifests.errors import SakError
 from ...pipeline.data.datasets import open_dataset
 from ..data.cached import CachedTargets
 from ..model.config import StudentConfig
+from ..model.io import CONFIG_KEY
 from ..model.student import SAKStudent
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import META_KEY, Checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from .checkpoint import load_weights as _load_file_weights
 from .config import TrainConfig
 from .runtime import seed_everything
@@ -155,6 +157,35 @@ class LoadedRun:
         model = self.build_model()
         model.load_state_dict(ckpt.weights)
         return model, int(ckpt.record["step"])
+
+
+def init_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """(weights, teacher names of its adapter paths) of an --init source: a run dir, its checkpoint or a student file."""
+    path = Path(source)
+    if path.is_dir():
+        return load_weights(path), RunDir(path).student_config().teacher_names
+    weights = load_weights(path)
+    teachers = _file_teachers(path)
+    if teachers is None:
+        raise SakError(f"--init {path} does not say which teachers its adapter paths belong to (no sak record in "
+                       "the file): pass the run dir, its ckpt/last.safetensors or a file written by save_student")
+    return weights, teachers
+
+
+def _file_teachers(path: Path) -> tuple[str, ...] | None:
+    """Teacher names recorded in a sak safetensors file (training checkpoint or student file), None if none."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if META_KEY in meta:
+            student = json.loads(meta[META_KEY]).get("student")
+        elif CONFIG_KEY in meta:
+            student = json.loads(meta[CONFIG_KEY])
+        else:
+            return None
+        return tuple(t["name"] for t in student["teachers"])
+    except Exception:  # a file without a readable record says nothing
+        return None
 
 
 def load_weights(source: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

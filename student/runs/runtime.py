@@ -2,8 +2,8 @@
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup_distributed` joins the process group
 (nccl on cuda, gloo on cpu) and gives each rank its GPU; :func:`teardown_distributed`
-leaves only a group this module created. Evaluation uses :func:`autocast` too, so a run
-and its later ``sak-train eval`` compute in the same precision.
+leaves only a group this module created. :func:`autocast` is off unless asked for: evaluation
+runs in float32 as the official ``test.py`` (a run evaluates in bf16 only with ``amp="bf16"``).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def teardown_distributed() -> None:
         _INITIALIZED_HERE = False
 
 
-def autocast(device: torch.device, amp: str = "auto") -> AbstractContextManager:
-    """bf16 autocast on cuda (unless ``amp="off"``); nothing on cpu."""
+def autocast(device: torch.device, amp: str = "off") -> AbstractContextManager:
+    """bf16 autocast on cuda for ``amp="auto"`` or ``"bf16"``; nothing for ``"off"`` (the default) or on cpu."""
     if device.type == "cuda" and amp != "off":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()

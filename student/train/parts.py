@@ -1,6 +1,6 @@
 """The parts a :func:`~sak.student.train.trainer.fit` loop is assembled from (torchtitan-style).
 
-* :func:`build_optimizer`: AdamW, weight decay on matrices only;
+* :func:`build_optimizer`: AdamW, weight decay on every parameter (official) or on matrices only;
 * :func:`build_loader`: this rank's sampler and batch iterator, from a sampler position;
 * :class:`Checkpointer`: restores a resumed run, saves every ``ckpt_every`` steps and at the end;
 * :class:`MetricsLogger`: throughput accounting and ``metrics.jsonl`` records;
@@ -33,9 +33,12 @@ Position = tuple[int, int]  # (sampler epoch, offset)
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW with ``weight_decay`` on matrices and none on norms and biases."""
+    """AdamW (betas 0.9/0.999, eps 1e-8) with ``weight_decay`` on every parameter (``decay_scope="all"``, official
+    ``AdamW(model.parameters())``, train_s1.py:153-157, train_utils.py:20-38) or on matrices only (``"matrices"``)."""
     if optim.lr is None or optim.weight_decay is None:
         raise ConfigError("build_optimizer needs the resolved optimizer settings: pass cfg.resolved().optim")
+    if optim.decay_scope == "all":
+        return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
@@ -129,6 +132,7 @@ class PeriodicEvaluator:
         cfg = setup.cfg
         self.every, self.total = cfg.eval.eval_every, cfg.optim.iters
         self.batch_size, self.max_samples, self.miou = cfg.loader.batch_size, cfg.eval.eval_samples, cfg.eval.miou
+        self.amp = cfg.runtime.amp
         self.active = main and self.val is not None
 
     def evaluate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
@@ -136,7 +140,8 @@ class PeriodicEvaluator:
         if not self.active or self.val is None:  # active implies a val split
             return {}
         metrics = evaluate_model(model, self.val, batch_size=self.batch_size, device=self.device,
-                                 max_samples=self.max_samples, miou=self.miou)
+                                 max_samples=self.max_samples, miou=self.miou,
+                                 amp="bf16" if self.amp == "bf16" else "off")  # float32 unless bf16 is asked for
         return self.run.write_eval(step, metrics)
 
     def due(self, step: int) -> bool:

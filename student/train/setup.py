@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,9 +25,10 @@ from ..data.online import OnlineTeachers
 from ..data.stores import check_input_size, describe, select_stores, teacher_key
 from ..model.config import StudentConfig, TaskSpec, TeacherTarget
 from ..model.student import SAKStudent
+from ..model.weights import RANDOM_INIT, handoff, load_backbone_weights
 from ..runs.checkpoint import CheckpointError
 from ..runs.config import TrainConfig
-from ..runs.rundir import RunDir, load_weights
+from ..runs.rundir import RunDir, init_source
 from ..runs.runtime import broadcast, seed_everything
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class RunSetup:
     stats: dict | None
     online: OnlineTeachers | None
     device: torch.device
+    start: dict[str, Any] = field(default_factory=dict)  # the starting weights (see start_weights)
 
     @property
     def run(self) -> RunDir:
@@ -92,6 +94,7 @@ class RunSetup:
             "stores": [{"key": k, "name": s.name, "path": str(s.path), "spec_id": s.spec.spec_id,
                         "spec": s.spec.to_dict()} for k, s in zip(self.keys, self.stores, strict=True)],
             "coverage": self.train.coverage.__dict__,
+            "start": self.start,
         }
 
 
@@ -133,14 +136,27 @@ def _target_stats(keys: tuple[str, ...], stores: list, device: torch.device) -> 
     return stats or None
 
 
-def _init_weights(model: torch.nn.Module, source: str) -> None:
-    try:
-        model.load_state_dict(load_weights(source))
-    except CheckpointError as exc:
-        raise CheckpointError(f"--init {source}: {exc}") from None
-    except RuntimeError as exc:
-        raise SakError(f"--init {source}: its student does not match this one ({exc}); "
-                       "use the same backbone, teachers and tasks") from None
+def start_weights(model: SAKStudent, cfg: TrainConfig, *, main: bool) -> dict[str, Any]:
+    """Put the run's starting weights into ``model``: the --init hand-off, else the backbone weights; returns
+    what was loaded, for the run record (``backbone_weights``: ``hub:...``, ``file:<sha256>`` or ``random-init``)."""
+    init, weights = cfg.model.init, cfg.model.backbone_weights
+    if init:
+        try:
+            state, source_teachers = init_source(init)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--init {init}: {exc}") from None
+        report = handoff(model, state, source_teachers, teachers=model.cfg.teacher_names, source=init)
+        if main:
+            log.info("--init %s: %s", init, report.summary())
+            if weights != "none":
+                log.info("--init gives the backbone its weights; --backbone-weights %s is not loaded", weights)
+        return {"init": init, "init_loaded": report.loaded, "init_kept": report.kept, "init_pos_embed": report.resampled}
+    weights_id = load_backbone_weights(model.vit, weights, model.cfg.backbone)
+    if weights_id == RANDOM_INIT and main:
+        log.warning("the student backbone %s starts from RANDOM weights (--backbone-weights none): fine for tests and "
+                    "demos, not the paper's student, which starts from ImageNet-21k->1k weights "
+                    "(--backbone-weights hub or FILE.safetensors)", model.cfg.backbone)
+    return {"backbone_weights": weights_id}
 
 
 def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int = 1) -> RunSetup:
@@ -184,10 +200,9 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     stats = _target_stats(keys, stores, device) if data.standardize else None
     seed_everything(seed)
     model = SAKStudent(student_cfg)
-    if cfg.model.init:
-        _init_weights(model, cfg.model.init)
+    start = start_weights(model, cfg, main=rank == 0)
     model.to(device)
     if rank == 0:
         log.info("%s; teachers %s; student %s at %dx%d; stage %s", train.coverage.summary(), ", ".join(keys),
                  cfg.model.backbone, img[0], img[1], stage)
-    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device)
+    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device, start)

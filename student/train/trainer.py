@@ -104,6 +104,17 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch,
     return dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist(), strict=True))  # one device sync
 
 
+def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The heads' BatchNorm as SyncBatchNorm, as official under DDP (train_s2.py:243); cuda only (torch has no cpu
+    SyncBatchNorm), so gloo/cpu runs keep per-rank statistics and say so."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if device.type != "cuda":
+        log.warning("sync_bn: SyncBatchNorm needs cuda; on %s each rank keeps its own BatchNorm statistics", device)
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def param_checksum(model: torch.nn.Module) -> str:
     """sha256 over every parameter's bytes: equal strings mean bit-identical weights."""
     digest = hashlib.sha256()
@@ -143,12 +154,15 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
     cfg, ckpt = resume_point(cfg, resume)
     setup = prepare(cfg, device=device, rank=rank, world=world)
     cfg, run, model = setup.cfg, setup.run, setup.model
+    if world > 1 and cfg.runtime.sync_bn:
+        model = sync_batchnorm(model, device)
     opt = build_optimizer(model, cfg.optim)
     optim = cfg.optim
-    if optim.lr is None or optim.schedule is None or optim.warmup is None:  # prepare() resolves them
+    if optim.lr is None or optim.schedule is None or optim.warmup is None or optim.min_lr is None \
+            or optim.warmup_lr is None:  # prepare() resolves them
         raise ConfigError("the learning rate schedule is not resolved: train with cfg.resolved()")
     sched = partial(lr_at, lr=optim.lr, total=optim.iters, schedule=optim.schedule, warmup=optim.warmup,
-                    min_lr=optim.min_lr)
+                    min_lr=optim.min_lr, warmup_lr=optim.warmup_lr, style=optim.schedule_style)
     checkpointer = Checkpointer(run, cfg, setup.student_cfg.to_dict(), main=main)
     step, position = checkpointer.restore(ckpt, model, opt) if ckpt else (0, (0, 0))
     if ckpt is None and main:

@@ -106,3 +106,41 @@ def test_fit_without_options_builds_the_default_config(monkeypatch) -> None:
         (448, 576), {"levels": (1, 3)}, ("a", "b"), "r")
     res = runner.invoke(train_app, ["fit", "--img-size", "448y576"])
     assert res.exit_code == 2 and "is not HxW or a single side" in res.output
+
+
+def test_recipe_values_with_explicit_flags_on_top(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(train_fit, "_run_fit", lambda cfg, resume: seen.append(cfg))
+    _ok(runner.invoke(train_app, ["fit", "--recipe", "nyud-vitb", "--cache", "c", "--iters", "10", "--levels", "1,3,5,7",
+                                  "--no-standardize", "--out", "r"]))
+    cfg = seen[-1]
+    from sak.student.runs.recipes import get_recipe
+
+    want = get_recipe("nyud-vitb").config(cache="c", iters=10, out="r",
+                                          student={**get_recipe("nyud-vitb").fields["student"], "levels": (1, 3, 5, 7)})
+    assert cfg == want and cfg.runtime.recipe == "nyud-vitb" and cfg.optim.lr == 2e-5 and cfg.model.img_size == (448, 576)
+    _ok(runner.invoke(train_app, ["fit", "--cache", "c", "--standardize", "--backbone-weights", "w.safetensors"]))
+    assert (seen[-1].data.standardize, seen[-1].model.backbone_weights, seen[-1].runtime.recipe) == (
+        True, "w.safetensors", None)
+    res = runner.invoke(train_app, ["fit", "--recipe", "nope"])
+    assert res.exit_code == 2 and "no recipe 'nope'" in res.output
+
+
+def test_recipes_lists_every_value() -> None:
+    out = _ok(runner.invoke(train_app, ["recipes", "--json"]))
+    data = json.loads(out)
+    assert sorted(data) == ["nyud-vitb", "nyud-vitl", "pascal-vitb", "pascal-vitl", "s1-vitb", "s1-vitb-lt",
+                            "s1-vitl", "s1-vits"]
+    assert data["nyud-vitl"]["fields"]["teachers"] == ["dinov2-l", "clip-l", "sam-l"] and data["s1-vitb"]["gpus"] == 8
+    table = _ok(runner.invoke(train_app, ["recipes"], terminal_width=400))
+    assert "nyud-vitl: stage 2: NYUD-v2" in table and "warmup_lr" in table and "1.25e-07" in table
+
+
+def test_random_init_backbone_is_flagged_on_the_cli(demo_cache, tmp_path) -> None:
+    cache, _ = demo_cache
+    _ok(runner.invoke(cache_app, ["extract", "-t", "test:tiny", "--random-init", "--cache", str(cache), "--device", "cpu"]))
+    run = tmp_path / "r"
+    out = _ok(runner.invoke(train_app, ["fit", "--cache", str(cache), "--backbone", "test_vit", "--iters", "1",
+                                        "--out", str(run), "--workers", "0", "--device", "cpu"]))
+    assert "WARNING:" in out and "RANDOM weights" in out
+    assert json.loads((run / "config.json").read_text())["start"] == {"backbone_weights": "random-init"}

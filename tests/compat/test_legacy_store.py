@@ -61,7 +61,9 @@ def test_legacy_store_equals_a_fresh_extraction_byte_for_byte(legacy_cache, demo
 def test_training_from_a_legacy_store_reproduces_the_recorded_losses(legacy_cache, tmp_path) -> None:
     # miou="present": the mIoU convention the golden val metrics were recorded with (official is the default now)
     cfg = TrainConfig(cache=str(legacy_cache), backbone="test_vit", batch_size=4, lr=1e-3, block_size=4, window=2,
-                      workers=2, log_every=1, out=str(tmp_path / "run"), iters=6, ckpt_every=0, miou="present")
+                      workers=2, log_every=1, out=str(tmp_path / "run"), iters=6, ckpt_every=0, miou="present",
+                      # the options of sak before issue 12, which recorded these losses
+                      standardize=True, decay_scope="matrices", schedule_style="plain", student={"gate_noise": "image"})
     result = fit(cfg)
     losses = [json.loads(line)["losses"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result.coverage == GOLDEN["coverage"]

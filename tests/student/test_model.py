@@ -14,7 +14,7 @@ from torch import nn
 from sak.manifests.errors import ConfigError
 from sak.student.model.config import StudentConfig, TaskSpec, TeacherTarget, default_levels, parse_img_size
 from sak.student.model.params import count_config, count_parameters, describe_student
-from sak.student.model.router import MoRRouter
+from sak.student.model.router import MoRRouter, mix
 from sak.student.model.student import SAKStudent
 
 
@@ -127,21 +127,34 @@ def test_tsap_recurrence_and_routing_match_a_hand_computation(tiny_student, tiny
     assert resized.shape == (2, 48, 8, 12)
 
 
-def test_router_noise_formula_and_modes():
+def test_router_noise_is_per_pixel_as_official():
+    """G10 (official models/backbones/sak.py:77-82,90-96): the pooled logits are expanded to (B, 2E, H, W), split
+    into clean and raw, and ``eps = randn_like(clean)`` has shape (B, E, H, W): one draw per pixel, while the clean
+    logits and the std (softplus(raw) + 0.01) are constant over the pixels. B=2, T=3 teachers (E=4), grid 3x4."""
     torch.manual_seed(0)
-    router = MoRRouter(8, 3)
-    tokens = torch.randn(2, 5, 8)
+    router = MoRRouter(8, 4)
+    tokens = torch.randn(2, 12, 8)  # (B, H*W, d) on a 3x4 grid
     pooled = router.mlp(tokens).mean(1)
-    clean, raw = pooled[:, :3], pooled[:, 3:]
+    logits_bchw = pooled[:, :, None, None].expand(2, 8, 3, 4)  # the official (B, 2(T+1), H, W) logits
+    clean, raw = logits_bchw.chunk(2, dim=1)
+    assert clean.shape == (2, 4, 3, 4)
     router.train()
     torch.manual_seed(123)
     noisy = router.logits(tokens)
     torch.manual_seed(123)
-    eps = torch.randn_like(clean)
-    torch.testing.assert_close(noisy, clean + eps * (F.softplus(raw) + 0.01))
+    eps = torch.randn_like(clean)  # (2, 4, 3, 4), as official
+    expected = (clean + eps * (F.softplus(raw) + 0.01)).reshape(2, 4, 12)
+    assert noisy.shape == (2, 4, 12)
+    torch.testing.assert_close(noisy, expected, rtol=0, atol=0)
+    assert not torch.equal(noisy[:, :, 0], noisy[:, :, 1])  # the noise differs per pixel
+    gates = router(tokens)
+    torch.testing.assert_close(gates.sum(1), torch.ones(2, 12))
+    reps = [torch.randn(2, 12, 8) for _ in range(4)]
+    per_pixel = sum(gates[:, e, :, None] * reps[e] for e in range(4))
+    torch.testing.assert_close(mix(gates, reps), per_pixel)
     router.eval()
-    torch.testing.assert_close(router.logits(tokens), clean)
-    assert torch.equal(router(tokens), torch.softmax(clean, 1))
+    torch.testing.assert_close(router.logits(tokens), clean[:, :, 0, 0])  # eval: clean, one vector per image
+    assert torch.equal(router(tokens), torch.softmax(clean[:, :, 0, 0], 1))
 
 
 def test_gates_sum_to_one_and_noise_only_in_training(tiny_student, tiny_images):
@@ -218,3 +231,12 @@ def test_adapter_parameters_match_the_paper(backbone, paper_adapters, exact):
                               img_size="448x576")
     assert counts.adapters == exact
     assert abs(counts.adapters - paper_adapters) / paper_adapters < 0.02
+
+
+def test_gate_noise_per_image_stays_an_option_for_old_configs(tiny_student_cfg):
+    """Configs written before issue 12 (no gate_noise field) keep one noise draw per image."""
+    old = {k: v for k, v in tiny_student_cfg.to_dict().items() if k != "gate_noise"}
+    assert StudentConfig.from_dict(old).gate_noise == "image" and tiny_student_cfg.gate_noise == "pixel"
+    assert StudentConfig.from_dict(tiny_student_cfg.to_dict()) == tiny_student_cfg
+    router = MoRRouter(8, 3, per_pixel=False).train()
+    assert router.logits(torch.randn(2, 5, 8)).shape == (2, 3)

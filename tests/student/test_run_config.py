@@ -40,8 +40,13 @@ def test_a_flat_record_of_an_old_run_loads_into_the_sections() -> None:
     assert (cfg.optim.stage, cfg.optim.lr, cfg.optim.iters, cfg.optim.grad_clip) == ("multitask", 1e-3, 3, 10.0)
     assert (cfg.loader.batch_size, cfg.loader.workers, cfg.eval.val_split, cfg.checkpoint.ckpt_every) == (4, 0, "val", 0)
     assert (cfg.runtime.log_every, cfg.runtime.seed) == (1, 0)
-    # nothing lost or renamed: 37 fields in, the same 37 out, plus the fields added since with their defaults
-    assert cfg.to_flat() == {**FLAT_RECORD, "miou": "official"}
+    flat = cfg.to_flat()
+    assert {k: flat[k] for k in FLAT_RECORD if k != "student"} == {k: v for k, v in FLAT_RECORD.items() if k != "student"}
+    assert flat["student"] == {"gate_noise": "image"}  # its routers drew one noise vector per image
+    # fields added since keep what the old run did (LEGACY_DEFAULTS): random init, decay on matrices, ...
+    assert {k: flat[k] for k in set(flat) - set(FLAT_RECORD)} == {
+        "backbone_weights": "none", "decay_scope": "matrices", "schedule_style": "plain",
+        "warmup_lr": 0.0, "sync_bn": False, "recipe": None, "miou": "present"}
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg == TrainConfig.from_json(cfg.to_json())
     assert set(cfg.to_dict()) == set(SECTIONS) == {"data", "model", "optim", "loader", "eval", "checkpoint", "runtime"}
 
@@ -68,7 +73,7 @@ def test_with_fields_is_dataclasses_replace() -> None:
 
 
 def test_every_field_has_one_section_and_a_docstring() -> None:
-    assert len(OWNER) == 38
+    assert len(OWNER) == 44  # 37 + issue 12: backbone_weights, decay_scope, schedule_style, warmup_lr, sync_bn, recipe, miou
     for section in SECTIONS.values():
         body = ast.parse(textwrap.dedent(inspect.getsource(section))).body[0].body
         documented = {stmt.target.id for stmt, after in pairwise(body) if isinstance(stmt, ast.AnnAssign)
@@ -109,6 +114,17 @@ def test_records_without_a_cache_or_with_unknown_fields_are_refused() -> None:
 def test_resolved_fills_the_stage_defaults() -> None:
     cfg = TrainConfig(cache="c", stage="distill", iters=200).resolved()
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule, cfg.optim.warmup, cfg.optim.grad_clip) == (
-        1e-3, 0.01, "cosine", 10, 0.0)
+        1e-3, 0.01, "cosine", 13, 0.0)  # warmup: official 2 of 30 epochs = round(200 * 2 / 30)
     with pytest.raises(ConfigError, match="choose the stage"):
         TrainConfig(cache="c").resolved()
+
+
+def test_targets_are_raw_by_default_and_standardize_is_recorded() -> None:
+    """issue 12 (3): official distills raw block outputs (losses.py:201-248, no normalization anywhere)."""
+    cfg = TrainConfig(cache="c")
+    assert cfg.data.standardize is False and cfg.to_dict()["data"]["standardize"] is False
+    on = TrainConfig(cache="c", standardize=True)
+    assert TrainConfig.from_dict(on.to_dict()).data.standardize is True
+    assert TrainConfig.from_dict(cfg.to_dict()).data.standardize is False  # a new record says False: stays False
+    old = {k: v for k, v in cfg.to_dict()["data"].items() if k != "standardize"}
+    assert TrainConfig.from_dict({**cfg.to_dict(), "data": old}).data.standardize is True  # old run: standardized

@@ -150,11 +150,28 @@ def test_resume_without_out_is_refused(cache) -> None:
         fit(TrainConfig(cache=str(cache), iters=1), resume=True)
 
 
+def test_optimizer_decays_every_parameter_as_official() -> None:
+    """Official: AdamW(model.parameters(), lr, weight_decay) (train_s1.py:153-157, train_utils.py:20-38)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    (group,) = build_optimizer(model, OptimConfig(stage="distill").resolved()).param_groups
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (1e-3, 0.01, (0.9, 0.999), 1e-8)
+    assert len(group["params"]) == 4  # the bias and the norm's weight and bias decay too
+    # one AdamW step from zero grads: only the decay moves a parameter, p -> p * (1 - lr * wd)
+    bias = model[1].bias.detach().clone() + 1.0
+    with torch.no_grad():
+        model[1].bias.copy_(bias)
+    opt = build_optimizer(model, OptimConfig(stage="distill").resolved())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(model[1].bias.detach(), bias * (1 - 1e-3 * 0.01))
+
+
 def test_optimizer_decays_matrices_only_and_needs_the_resolved_settings() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
     with pytest.raises(ConfigError, match="resolved optimizer settings"):
         build_optimizer(model, OptimConfig(stage="distill"))
-    opt = build_optimizer(model, OptimConfig(stage="distill").resolved())
+    opt = build_optimizer(model, OptimConfig(stage="distill", decay_scope="matrices").resolved())
     decay, no_decay = opt.param_groups
     assert (decay["lr"], decay["weight_decay"], no_decay["weight_decay"]) == (1e-3, 0.01, 0.0)
     assert [p is model[0].weight for p in decay["params"]] == [True]
@@ -165,7 +182,21 @@ def test_a_checkpoint_without_optimizer_state_cannot_be_resumed(tmp_path) -> Non
     run = RunDir(tmp_path / "run")
     model = torch.nn.Linear(3, 2)
     run.save_checkpoint(model=model.state_dict(), optimizer=None, record={"step": 3, "sampler": [0, 2]})
-    opt = build_optimizer(model, OptimConfig(stage="distill").resolved())
+    opt = build_optimizer(model, OptimConfig(stage="distill", decay_scope="matrices").resolved())
     checkpointer = Checkpointer(run, TrainConfig(cache="c"), {}, main=True)
     with pytest.raises(CheckpointError, match=r"holds no optimizer state, so the run cannot resume from it; .*--init"):
         checkpointer.restore(run.load_checkpoint(), model, opt)
+
+
+def test_heads_get_syncbatchnorm_under_ddp_on_cuda_and_eval_runs_in_float32(caplog) -> None:
+    """Official train_s2.py:243 converts the BatchNorm to SyncBatchNorm; official test.py evaluates in fp32."""
+    from contextlib import nullcontext
+
+    from sak.student.runs.runtime import autocast
+    from sak.student.train.trainer import sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert sync_batchnorm(model, torch.device("cpu")) is model and "SyncBatchNorm needs cuda" in caplog.text
+    synced = sync_batchnorm(model, torch.device("cuda"))  # conversion only; nothing runs on a GPU here
+    assert isinstance(synced[1], torch.nn.SyncBatchNorm) and synced[1].weight is model[1].weight
+    assert isinstance(autocast(torch.device("cuda")), nullcontext)  # evaluation: float32 unless bf16 is asked for
