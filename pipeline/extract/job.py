@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
-from ...manifests.schemas import STATUS_OK
+from ...manifests.schemas import STATUS_OK, label_column
 from ...manifests.sizes import parse_hw
 from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
 from ..devices import resolve_device
@@ -189,22 +189,25 @@ def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
 def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
     """The (image, view) samples still to run, in manifest order; counts skips into ``reports``."""
     seen: set[str] = set()
-    images: list[tuple[str, str, str, str, str, str | None]] = []  # key, sample_id, source, root, path, error
+    images: list[tuple[str, str, str, str, str, str | None, str | None, str]] = []
+    semseg_col = label_column("semseg")  # the official crop retry reads it (augment.NEEDS_SEMSEG)
     for ds in datasets:
         root = str(ds.root)
-        for row in ds.table.select(["sample_id", "path", "sha256", "source", "status", "error"]).to_pylist():
+        cols = ["sample_id", "path", "sha256", "source", "status", "error"]
+        cols += [semseg_col] if semseg_col in ds.table.column_names else []
+        for row in ds.table.select(cols).to_pylist():
             key = row["sha256"] or f"unreadable:{row['source']}:{row['sample_id']}"
             if key in seen:
                 continue
             seen.add(key)
             error = None if row["status"] == STATUS_OK else (row["error"] or "dataset indexing failed")
-            images.append((key, row["sample_id"], row["source"], root, row["path"], error))
+            images.append((key, row["sample_id"], row["source"], root, row["path"], error, row.get(semseg_col), ds.format))
     if cfg.limit is not None:
         images = images[: cfg.limit]
     done = [_store_keys(s, "ok") for s in stores]
     failed = [_store_keys(s, "failed") for s in stores]
     samples = []
-    for key, sample_id, source, root, path, error in images:
+    for key, sample_id, source, root, path, error, semseg, fmt in images:
         for view in range(cfg.views):
             need = []
             for t, rep in enumerate(reports):
@@ -215,7 +218,7 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
                 else:
                     need.append(t)
             if need:
-                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error))
+                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error, semseg, fmt))
     return samples, len(images)
 
 

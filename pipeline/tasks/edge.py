@@ -1,6 +1,7 @@
 """Boundaries: (H, W) float32 in {0, 1} (png values > 127 are edges), 255 = ignore in losses and metrics.
 
-Views pad with 0 (no edge). Loss: class-balanced BCE on logits (weight 50); metric: odsF/oisF
+Views and evaluation images pad with 255 (ignored; official ``PadImage``,
+``custom_transforms.py:212-220``); ``sak-v1`` views (older stores) padded with 0 (no edge), and still do. Loss: class-balanced BCE on logits (weight 50); metric: odsF/oisF
 with a distance tolerance of 0.011 (NYUD) or 0.0075 (PASCAL) of the image diagonal.
 """
 
@@ -35,8 +36,9 @@ TASK = TaskDef(
     label_kind="map",
     decode=decode,
     layout_dirs={"nyud": ("edge", (".png",))},
-    pad_value=0.0,
+    pad_value=IGNORE_INDEX,
     ignore_value=IGNORE_INDEX,
+    v1_pad_value=0.0,
     loss=edge_loss,
     loss_weight=50.0,
     metric=metric,

@@ -1,7 +1,8 @@
 """Human parts (PASCAL-Context): (H, W) int64 part indices as stored, 255 = ignore; 7 classes.
 
 ``.mat`` part files are refused with the conversion to do (see ``pipeline.data.labels``).
-Views pad with 255; loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
+Views pad with 255; a view (or evaluation image) whose map holds only background 0 and 255
+is all ignored (official ``AddIgnoreRegions``, ``custom_transforms.py:297-301``); loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TASK = TaskDef(
     layout_dirs={"pascal": ("human_parts", (".png", ".mat"))},
     pad_value=IGNORE_INDEX,
     ignore_value=IGNORE_INDEX,
+    all_ignored_if_only=(0, IGNORE_INDEX),
     loss=semseg_loss,
     loss_weight=2.0,
     metric=metric,

@@ -184,6 +184,9 @@ class EvalConfig(Config):
     """Evaluate every N steps (0: at the start and the end only)."""
     eval_samples: int | None = None
     """At most N val samples per evaluation."""
+    eval_resize: bool = False
+    """Resize val images (bilinear) and labels (nearest) to img_size, as sak did before issue 12;
+    off: the official val transform, labels scored at their stored resolution, centre-padded."""
 
 
 @dataclass(frozen=True, kw_only=True)
