@@ -263,11 +263,11 @@ def _eval_tl(hw: tuple[int, int], out_hw: tuple[int, int], what: str) -> tuple[i
 
 def pad_eval_image(img01_chw: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     """Official val transform of an image in [0, 1]: centre-padded to ``out_hw`` with the mean colour."""
-    tl = _eval_tl(tuple(img01_chw.shape[-2:]), out_hw, "image")
+    tl = _eval_tl((int(img01_chw.shape[-2]), int(img01_chw.shape[-1])), out_hw, "image")
     return _pad(img01_chw, out_hw, tl, _mean01(img01_chw.dtype))
 
 
 def pad_eval_label(label: np.ndarray, out_hw: tuple[int, int], task: str) -> torch.Tensor:
     """Official val transform of an (H, W[, C]) label: centre-padded with the task's pad value, then the all-ignored rule."""
     y = np.asarray(label)
-    return _finish_label(y, task, out_hw, _eval_tl(tuple(y.shape[:2]), out_hw, f"{task} label"))
+    return _finish_label(y, task, out_hw, _eval_tl((int(y.shape[0]), int(y.shape[1])), out_hw, f"{task} label"))

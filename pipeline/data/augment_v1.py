@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +147,8 @@ def _tensor(a: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.as_tensor(a)
 
 
-def _check_hw(hw: tuple[int, ...], params: ViewParams, what: str) -> None:
+def _check_hw(hw: tuple[int, ...], params: Any, what: str) -> None:
+    """``params`` is any view with an ``image_hw`` (this policy's or the official one)."""
     if tuple(hw) != tuple(params.image_hw):
         raise ConfigError(
             f"{what} is {tuple(hw)} but the view was sampled for an image of {params.image_hw}; "

@@ -44,7 +44,7 @@ def _linear_taps(src: int, dst: int, *, clamp: bool) -> tuple[np.ndarray, np.nda
     return np.clip(i0, 0, src - 1), np.clip(i0 + 1, 0, src - 1), frac
 
 
-def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray | np.floating) -> np.ndarray:
     """float32(a * b + c) rounded once, like a fused multiply-add on float32 inputs.
 
     a * b is exact in float64 (24 + 24 bits); the float64 sum is rounded to odd (an inexact sum

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from ...manifests.errors import SakError
 from ...manifests.paths import resolve_inside
-from ..data.augment import NEEDS_SEMSEG, apply_view_image, identity_view, sample_view
+from ..data.augment import NEEDS_SEMSEG, View, apply_view_image, identity_view, sample_view
 from ..data.images import decode_rgb
 from ..data.labels import load_label
 from ..store.feature_store import FeatureStore
@@ -160,6 +160,7 @@ def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
     out, x01 = [], None
     for s in group:
         try:
+            params: View
             if cfg.aug == "none":
                 params = identity_view(hw)
                 inputs = {t: teachers[t].preprocess(rgb) for t in s.teachers}
