@@ -2,7 +2,8 @@
 
 ``.mat`` part files are refused with the conversion to do (see ``pipeline.data.labels``).
 Views pad with 255; a view (or evaluation image) whose map holds only background 0 and 255
-is all ignored (official ``AddIgnoreRegions``, ``custom_transforms.py:297-301``); loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
+is all ignored (official ``AddIgnoreRegions``, ``custom_transforms.py:297-301``).
+Loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from sak.pipeline.data.augment import (
     sample_view,
 )
 from sak.pipeline.data.augment_sak import photometric
+from sak.pipeline.data.cvops import resize_linear
 from sak.student.data.cached import normalize_image
 
 SHA = "ab" * 32
@@ -59,8 +60,6 @@ def test_scaled_labels_and_depth_equal_official_random_scaling():
     # the image: the same scaling, then PhotoMetricDistortion's uint8 truncation and HSV round trip
     img = np.arange(72, dtype=np.float32).reshape(4, 6, 3) * 3.0
     out = apply_view_image(torch.from_numpy(img / 255).permute(2, 0, 1), v)
-    from sak.pipeline.data.cvops import resize_linear
-
     expect = photometric(resize_linear(img, (6, 9)), v)
     assert torch.equal(out, torch.from_numpy(expect).permute(2, 0, 1).float().div(255))
 
