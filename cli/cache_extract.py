@@ -67,7 +67,7 @@ def extract(
     resolution: int | None = typer.Option(None, "--resolution", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
     views: int = typer.Option(1, "--views", min=1, help="Augmented views per image (K > 1 needs --aug sak)."),
-    aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: SAK's scale/crop/flip/photometric views, replayable exactly."),
+    aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: the official SAK pipeline (scale, crop with class-ratio retry, flip, photometric, centred pad), replayable exactly; sak-v1: sak's first policy (older stores)."),
     aug_crop: str | None = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576); default: each image's own size."),
     keep_prefix: bool = typer.Option(False, "--keep-prefix", help="Also store the CLS/register tokens as prefix_<i>."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per teacher forward."),

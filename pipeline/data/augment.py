@@ -1,99 +1,48 @@
 """Augmented views that can be replayed bit for bit: SAK's training augmentation as data.
 
-A view is a :class:`ViewParams` record (stored as canonical JSON in the commit row's
-``view_params``). It is sampled deterministically from (image sha256, view index, seed)
-with a hash-seeded numpy Generator (never a global RNG), so extraction and training agree
-on every view without talking to each other, and the trainer replays exactly the
-augmentation whose teacher features were cached.
+A view records every random choice of one augmented image (stored as canonical JSON in the
+commit row's ``view_params``). It is sampled deterministically from (image sha256, view index,
+seed) with a hash-seeded numpy Generator (never a global RNG), plus, for the official policy,
+the image's semseg label (the crop retry reads it), so extraction and training agree on every
+view without talking to each other, and the trainer replays exactly the augmentation whose
+teacher features were cached.
 
-SAK policy ("sak"), in this order, as in the mmseg-style pipelines SAK trains with:
-1. scale the image by s ~ U(0.5, 2.0) (bilinear, antialiased; labels: nearest);
-2. crop ``crop_hw`` at a uniform random position; where the scaled image is smaller, it is
-   kept at the top-left and padded bottom/right;
-3. horizontal flip with p = 0.5 (the mirrored normals' x component is negated);
-4. photometric distortion (image only): brightness delta U(-32/255, 32/255), contrast factor
-   U(0.5, 1.5) either right after brightness or last, saturation factor U(0.5, 1.5),
-   hue shift U(-0.1, 0.1) turns (18 of OpenCV's 180 hue units); each applied with p = 0.5,
-   values clamped to [0, 1] after every step;
-5. pad to ``crop_hw``: image 0, labels with their task's ``pad_value`` (class maps 255 =
-   ignore, the other built-in tasks 0).
+Policies (:data:`POLICIES`; ``--aug``):
 
-What a flip or a scale does to a label (channels negated, values divided by the scale) and the
-pad value are the task's rules (:mod:`sak.pipeline.tasks`); labels are always resampled nearest.
+- ``"sak"``: the official SAK pipeline (``datasets/custom_transforms.py``), a
+  :class:`~.augment_sak.SakView` (JSON with ``"policy": "sak"``, version 2). The default.
+- ``"sak-v1"``: sak's augmentation before issue 12 (bilinear antialiased scale, top-left
+  crop and pad, torchvision photometric, depth kept), a :class:`~.augment_v1.ViewParams`
+  (JSON without a policy key). Stores written before issue 12 hold these, and replay them as
+  they always did.
+- ``"none"``: the identity view.
+
+Evaluation images are not augmented: :func:`pad_eval_image` / :func:`pad_eval_label` are the
+official val transform (centre pad to the student input, labels at their stored resolution).
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...manifests.config import Config
 from ...manifests.errors import ConfigError
-from ..tasks import get_task
+from .augment_sak import SakView, apply_sak_image, apply_sak_label, pad_eval_image, pad_eval_label, sample_sak_view
+from .augment_v1 import ViewParams, apply_image_v1, apply_label_v1, identity_view, sample_view_v1
 
-POLICIES = ("none", "sak")
-SCALE_RANGE = (0.5, 2.0)
-FLIP_P = 0.5
-PHOTO_P = 0.5
-BRIGHTNESS_DELTA = 32 / 255
-CONTRAST_RANGE = (0.5, 1.5)
-SATURATION_RANGE = (0.5, 1.5)
-HUE_DELTA = 0.1  # turns
+#: Augmentation policies, the names ``--aug`` takes: official SAK, sak's pre-issue-12 one, none.
+POLICIES = ("none", "sak", "sak-v1")
+#: Policies whose crop retry reads the image's semseg label (extraction loads it for them).
+NEEDS_SEMSEG = ("sak",)
 
+View = ViewParams | SakView
 
-@dataclass(frozen=True, kw_only=True)
-class ViewParams(Config):
-    """One augmented view of one image; everything needed to replay it exactly."""
-
-    view: int = 0
-    image_hw: tuple[int, int]  # (H, W) of the source image the view was sampled for
-    scale: float = 1.0  # informative; the geometry uses scaled_hw
-    scaled_hw: tuple[int, int]  # (H, W) after scaling
-    crop_box: tuple[int, int, int, int]  # (top, left, height, width) in the scaled image; height/width = out size
-    flip: bool = False
-    brightness: float = 0.0  # additive delta in [0, 1] units; 0 = off
-    contrast: float = 1.0  # multiplicative factor; 1 = off
-    saturation: float = 1.0  # blend factor with the grayscale image; 1 = off
-    hue: float = 0.0  # hue shift in turns; 0 = off
-    contrast_last: bool = False  # contrast after hue (True) or right after brightness (False)
-
-    def __post_init__(self) -> None:
-        if min(self.image_hw) <= 0 or min(self.scaled_hw) <= 0:
-            raise ConfigError(f"view sizes must be positive: image_hw={self.image_hw}, scaled_hw={self.scaled_hw}")
-        top, left, h, w = self.crop_box
-        sh, sw = self.scaled_hw
-        if h <= 0 or w <= 0 or not 0 <= top <= max(0, sh - h) or not 0 <= left <= max(0, sw - w):
-            raise ConfigError(f"crop_box {self.crop_box} does not fit a scaled image of {self.scaled_hw}")
-        if self.contrast <= 0 or self.saturation < 0 or abs(self.hue) > 0.5 or abs(self.brightness) > 1:
-            raise ConfigError(
-                f"photometric parameters out of range: brightness={self.brightness}, contrast={self.contrast}, "
-                f"saturation={self.saturation}, hue={self.hue}"
-            )
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        return self.crop_box[2], self.crop_box[3]
-
-    @property
-    def valid_hw(self) -> tuple[int, int]:
-        """Size of the part of the view that comes from the image (the rest is padding)."""
-        top, left, h, w = self.crop_box
-        return min(h, self.scaled_hw[0] - top), min(w, self.scaled_hw[1] - left)
-
-
-def identity_view(image_hw: tuple[int, int], *, view: int = 0) -> ViewParams:
-    """The whole image, unscaled, unflipped, no photometric change."""
-    h, w = int(image_hw[0]), int(image_hw[1])
-    return ViewParams(view=view, image_hw=(h, w), scale=1.0, scaled_hw=(h, w), crop_box=(0, 0, h, w))
-
-
-def _rng(image_sha256: str, view: int, seed: int) -> np.random.Generator:
-    digest = hashlib.sha256(f"sak-view:{image_sha256}:{int(view)}:{int(seed)}".encode("ascii")).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+__all__ = [
+    "NEEDS_SEMSEG", "POLICIES", "SakView", "View", "ViewParams", "apply_view_image", "apply_view_label",
+    "identity_view", "pad_eval_image", "pad_eval_label", "parse_view", "sample_view",
+]
 
 
 def sample_view(
@@ -104,137 +53,45 @@ def sample_view(
     policy: str = "sak",
     seed: int = 0,
     crop_hw: tuple[int, int] | None = None,
-) -> ViewParams:
-    """The ``view``-th view of an image; a pure function of its arguments.
+    semseg: np.ndarray | None = None,
+) -> View:
+    """The ``view``-th view of an image under ``policy``; a pure function of its arguments.
 
-    ``crop_hw`` is the view size (H, W); None keeps the image's own size. Policy "none"
-    returns the identity view.
+    ``crop_hw`` is the view size (H, W); None keeps the image's own size. ``semseg`` (policy
+    "sak"): the image's decoded semseg label, for the max-class-ratio crop retry; None skips the
+    retry (images without a semseg label, as official). Policy "none" returns the identity view.
     """
     if policy not in POLICIES:
         raise ConfigError(f"augmentation policy must be one of {POLICIES}, got {policy!r}")
     if view < 0:
         raise ConfigError(f"view index must be >= 0, got {view}")
-    h, w = int(image_hw[0]), int(image_hw[1])
     if policy == "none":
-        return identity_view((h, w), view=view)
-    ch, cw = (int(crop_hw[0]), int(crop_hw[1])) if crop_hw is not None else (h, w)
-    if min(h, w, ch, cw) <= 0:
-        raise ConfigError(f"image and crop sizes must be positive: image {image_hw}, crop {crop_hw}")
-    rng = _rng(image_sha256, view, seed)
-    scale = float(rng.uniform(*SCALE_RANGE))
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-    top = int(rng.integers(0, sh - ch + 1)) if sh > ch else 0
-    left = int(rng.integers(0, sw - cw + 1)) if sw > cw else 0
-    flip = bool(rng.random() < FLIP_P)
-    # Every coin and value is drawn whether used or not, so the stream layout never shifts.
-    coins = rng.random(4) < PHOTO_P
-    values = (
-        rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA),
-        rng.uniform(*CONTRAST_RANGE),
-        rng.uniform(*SATURATION_RANGE),
-        rng.uniform(-HUE_DELTA, HUE_DELTA),
-    )
-    contrast_last = bool(rng.random() < 0.5)
-    b, c, s, hue = (round(float(v), 6) if on else ident for v, on, ident in zip(values, coins, (0.0, 1.0, 1.0, 0.0), strict=True))
-    return ViewParams(
-        view=view, image_hw=(h, w), scale=round(scale, 6), scaled_hw=(sh, sw), crop_box=(top, left, ch, cw),
-        flip=flip, brightness=b, contrast=c, saturation=s, hue=hue, contrast_last=contrast_last,
-    )
+        return identity_view((int(image_hw[0]), int(image_hw[1])), view=view)
+    if policy == "sak-v1":
+        return sample_view_v1(image_sha256, view, image_hw, seed=seed, crop_hw=crop_hw)
+    return sample_sak_view(image_sha256, view, image_hw, seed=seed, crop_hw=crop_hw, semseg=semseg)
 
 
-def _tensor(a: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Tensor view of an array; read-only numpy arrays (decoded files) are copied instead of warned about."""
-    if isinstance(a, np.ndarray):
-        a = np.ascontiguousarray(a)
-        return torch.from_numpy(a) if a.flags.writeable else torch.tensor(a)
-    return torch.as_tensor(a)
+def parse_view(text: str) -> View:
+    """A stored view: a :class:`SakView` when its JSON names a policy, else a (v1) :class:`ViewParams`."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"stored view is not valid JSON ({exc}): the store is damaged; extract again") from exc
+    if isinstance(data, dict) and "policy" in data:
+        return SakView.from_dict(data)
+    return ViewParams.from_dict(data)
 
 
-def _check_hw(hw: tuple[int, ...], params: ViewParams, what: str) -> None:
-    if tuple(hw) != tuple(params.image_hw):
-        raise ConfigError(
-            f"{what} is {tuple(hw)} but the view was sampled for an image of {params.image_hw}; "
-            "the dataset manifest and the cached view disagree: re-index or extract again."
-        )
+def apply_view_image(img_chw: torch.Tensor | np.ndarray, params: View) -> torch.Tensor:
+    """(3, H, W) float image in [0, 1] -> (3, h, w) view, (h, w) = ``params.out_hw``."""
+    if isinstance(params, SakView):
+        return apply_sak_image(img_chw, params)
+    return apply_image_v1(img_chw, params)
 
 
-def _photometric(x: torch.Tensor, p: ViewParams) -> torch.Tensor:
-    def contrast(t: torch.Tensor) -> torch.Tensor:
-        return (t * p.contrast).clamp_(0.0, 1.0) if p.contrast != 1.0 else t
-
-    if p.brightness != 0.0:
-        x = (x + p.brightness).clamp_(0.0, 1.0)
-    if not p.contrast_last:
-        x = contrast(x)
-    if p.saturation != 1.0 or p.hue != 0.0:
-        from torchvision.transforms.v2 import functional as TF
-
-        if p.saturation != 1.0:
-            x = TF.adjust_saturation(x, p.saturation).clamp_(0.0, 1.0)
-        if p.hue != 0.0:
-            x = TF.adjust_hue(x, p.hue).clamp_(0.0, 1.0)
-    if p.contrast_last:
-        x = contrast(x)
-    return x
-
-
-def apply_view_image(img_chw: torch.Tensor | np.ndarray, params: ViewParams) -> torch.Tensor:
-    """(3, H, W) float image in [0, 1] -> (3, h, w) view, h, w = ``params.out_hw``."""
-    x = src = _tensor(img_chw)
-    if not x.is_floating_point():
-        raise ConfigError(f"apply_view_image expects a float image in [0, 1], got dtype {x.dtype}")
-    _check_hw(tuple(x.shape[-2:]), params, "image")
-    if tuple(params.scaled_hw) != tuple(params.image_hw):
-        x = F.interpolate(x[None], size=params.scaled_hw, mode="bilinear", align_corners=False, antialias=True)[0]
-        x = x.clamp_(0.0, 1.0)
-    top, left, h, w = params.crop_box
-    vh, vw = params.valid_hw
-    x = x[:, top : top + vh, left : left + vw]
-    if params.flip:
-        x = x.flip(-1)
-    x = _photometric(x, params)
-    if (vh, vw) == (h, w):
-        shares_input = x.untyped_storage().data_ptr() == src.untyped_storage().data_ptr()
-        return x.clone(memory_format=torch.contiguous_format) if shares_input else x.contiguous()
-    out = x.new_zeros((x.shape[0], h, w))
-    out[:, :vh, :vw] = x
-    return out
-
-
-def _nearest_index(src: int, dst: int, device: torch.device) -> torch.Tensor:
-    """Source index of each destination pixel for a nearest resize with pixel-centre alignment."""
-    i = torch.arange(dst, device=device)
-    return ((2 * i + 1) * src) // (2 * dst)
-
-
-def apply_view_label(label: torch.Tensor | np.ndarray, params: ViewParams, task: str) -> torch.Tensor:
-    """(H, W) or (H, W, C) label -> the same layout at ``params.out_hw``; nearest, by the task's rules.
-
-    Padding takes the task's ``pad_value`` (class maps 255 = ignore, built-in maps 0); on a flip
-    the task's ``flip_negate`` channels change sign (the normals' x component); a task with
-    ``scale_values`` has its values divided by the view's scale.
-    """
-    spec = get_task(task)
-    y = _tensor(label)
-    if y.ndim not in (2, 3):
-        raise ConfigError(f"{task} label must be (H, W) or (H, W, C), got shape {tuple(y.shape)}")
-    _check_hw(tuple(y.shape[:2]), params, f"{task} label")
-    top, left, h, w = params.crop_box
-    vh, vw = params.valid_hw
-    rows = _nearest_index(params.image_hw[0], params.scaled_hw[0], y.device)[top : top + vh]
-    cols = _nearest_index(params.image_hw[1], params.scaled_hw[1], y.device)[left : left + vw]
-    y = y.index_select(0, rows).index_select(1, cols)
-    if spec.scale_values and params.scale != 1.0:
-        y = y / params.scale
-    if params.flip:
-        y = y.flip(1)
-        for c in spec.flip_negate:
-            if y.ndim == 2:  # a one-channel map
-                y = -y
-            else:
-                y[..., c] = -y[..., c]
-    if (vh, vw) == (h, w):
-        return y.contiguous()
-    out = torch.full((h, w, *y.shape[2:]), spec.pad_value, dtype=y.dtype, device=y.device)
-    out[:vh, :vw] = y
-    return out
+def apply_view_label(label: torch.Tensor | np.ndarray, params: View, task: str) -> torch.Tensor:
+    """(H, W) or (H, W, C) label -> the same layout at ``params.out_hw``, by the task's rules for the view's policy."""
+    if isinstance(params, SakView):
+        return apply_sak_label(label, params, task)
+    return apply_label_v1(label, params, task)

@@ -29,13 +29,14 @@ import pyarrow.compute as pc
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
-from ...manifests.schemas import STATUS_OK
+from ...manifests.schemas import STATUS_OK, label_column
 from ...manifests.sizes import parse_hw
+from ..data.augment import POLICIES as VIEW_POLICIES
 from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
 from ..devices import resolve_device
 from ..storage import Location
 from ..store.feature_store import FeatureStore
-from ..store.spec import AUG_POLICIES, DTYPES, INPUT_PROTOCOLS, FeatureSpec
+from ..store.spec import DTYPES, INPUT_PROTOCOLS, FeatureSpec
 from ..teachers import create_teacher, teacher_info
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
 from .segment import RunContext, Sample, SegmentResult, SegmentTask, run_segment, teacher_key
@@ -91,8 +92,8 @@ class ExtractConfig(Config):
             raise ConfigError(f"pass one --weights file per --teacher ({len(self.teachers)}), got {len(self.weights)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.aug not in AUG_POLICIES:
-            raise ConfigError(f"aug must be one of {AUG_POLICIES}, got {self.aug!r}")
+        if self.aug not in VIEW_POLICIES:
+            raise ConfigError(f"aug must be one of {VIEW_POLICIES} (sak: the official pipeline; sak-v1: sak's first), got {self.aug!r}")
         if self.views < 1 or (self.aug == "none" and self.views != 1):
             raise ConfigError(f"--views {self.views}: K > 1 views need --aug sak (and K >= 1)")
         if self.aug_crop is not None:
@@ -178,6 +179,11 @@ class ExtractReport:
         return [t.store for t in self.teachers]
 
 
+def spec_aug(policy: str) -> tuple[str, int]:
+    """(spec ``aug``, ``aug_version``) of an extraction policy: ``sak`` -> ("sak", 2), ``sak-v1`` -> ("sak", 1)."""
+    return {"none": ("none", 1), "sak": ("sak", 2), "sak-v1": ("sak", 1)}[policy]
+
+
 def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
     """The FeatureSpec of ``teacher`` under ``cfg`` (layers, dtype, views, ...)."""
     layers = tuple(cfg.layers) if cfg.layers else tuple(teacher.default_layers)
@@ -187,8 +193,8 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
         aug_crop=cfg.aug_crop, teacher=teacher.name, weights=teacher.weights_id, layers=layers, resolution=tuple(pp.resolution),
         resize=pp.resize, mean=tuple(pp.mean), std=tuple(pp.std), patch_size=teacher.patch_size,
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
-        keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=cfg.aug, aug_seed=cfg.seed,
-        input_protocol=pp.protocol, img_size=pp.frame,
+        keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=spec_aug(cfg.aug)[0], aug_seed=cfg.seed,
+        input_protocol=pp.protocol, img_size=pp.frame, aug_version=spec_aug(cfg.aug)[1],
     )
 
 
@@ -252,22 +258,25 @@ def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
 def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
     """The (image, view) samples still to run, in manifest order; counts skips into ``reports``."""
     seen: set[str] = set()
-    images: list[tuple[str, str, str, str, str, str | None]] = []  # key, sample_id, source, root, path, error
+    images: list[tuple[str, str, str, str, str, str | None, str | None, str]] = []
+    semseg_col = label_column("semseg")  # the official crop retry reads it (augment.NEEDS_SEMSEG)
     for ds in datasets:
         root = str(ds.root)
-        for row in ds.table.select(["sample_id", "path", "sha256", "source", "status", "error"]).to_pylist():
+        cols = ["sample_id", "path", "sha256", "source", "status", "error"]
+        cols += [semseg_col] if semseg_col in ds.table.column_names else []
+        for row in ds.table.select(cols).to_pylist():
             key = row["sha256"] or f"unreadable:{row['source']}:{row['sample_id']}"
             if key in seen:
                 continue
             seen.add(key)
             error = None if row["status"] == STATUS_OK else (row["error"] or "dataset indexing failed")
-            images.append((key, row["sample_id"], row["source"], root, row["path"], error))
+            images.append((key, row["sample_id"], row["source"], root, row["path"], error, row.get(semseg_col), ds.format))
     if cfg.limit is not None:
         images = images[: cfg.limit]
     done = [_store_keys(s, "ok") for s in stores]
     failed = [_store_keys(s, "failed") for s in stores]
     samples = []
-    for key, sample_id, source, root, path, error in images:
+    for key, sample_id, source, root, path, error, semseg, fmt in images:
         for view in range(cfg.views):
             need = []
             for t, rep in enumerate(reports):
@@ -278,7 +287,7 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
                 else:
                     need.append(t)
             if need:
-                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error))
+                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error, semseg, fmt))
     return samples, len(images)
 
 

@@ -32,8 +32,9 @@ import pyarrow as pa
 
 from ...manifests.errors import SakError
 from ...manifests.paths import resolve_inside
-from ..data.augment import apply_view_image, identity_view, sample_view
+from ..data.augment import NEEDS_SEMSEG, View, apply_view_image, identity_view, sample_view
 from ..data.images import decode_rgb
+from ..data.labels import load_label
 from ..store.feature_store import FeatureStore
 from ..store.spec import FeatureSpec
 from ..store.writer import SampleKey
@@ -57,6 +58,8 @@ class Sample:
     view: int
     teachers: tuple[int, ...]
     error: str | None = None  # dataset-level failure: recorded as failed without decoding
+    semseg: str | None = None  # semseg label path relative to the root (the official crop retry reads it)
+    fmt: str = "nyud"  # dataset format (how the label decodes)
 
 
 @dataclass(frozen=True)
@@ -150,17 +153,22 @@ def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
         return [_Prepared(s, "{}", {}, first.error) for s in group]
     try:
         rgb = decode_rgb(resolve_inside(first.root, first.path))
-    except SakError as exc:  # BadImage, PathEscape
+        semseg = None
+        if cfg.aug in NEEDS_SEMSEG and first.semseg is not None:
+            semseg = load_label("semseg", resolve_inside(first.root, first.semseg), dataset=first.fmt)
+    except SakError as exc:  # BadImage, PathEscape, DatasetError
         return [_Prepared(s, "{}", {}, str(exc)) for s in group]
     hw = (int(rgb.shape[0]), int(rgb.shape[1]))
     out, x01 = [], None
     for s in group:
         try:
+            params: View
             if cfg.aug == "none":
                 params = identity_view(hw)
                 inputs = {t: teachers[t].preprocess(rgb) for t in s.teachers}
             else:
-                params = sample_view(s.image_sha256, s.view, hw, policy=cfg.aug, seed=cfg.seed, crop_hw=cfg.aug_crop)
+                params = sample_view(s.image_sha256, s.view, hw, policy=cfg.aug, seed=cfg.seed, crop_hw=cfg.aug_crop,
+                                     semseg=semseg)
                 if x01 is None:
                     x01 = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
                 view = apply_view_image(x01, params)

@@ -64,7 +64,7 @@ PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 _FLAG = {
     "layers": "--layers", "resolution": "--resolution", "dtype": "--dtype", "views": "--views", "aug": "--aug",
     "keep_prefix": "--keep-prefix", "weights": "--weights / --random-init", "aug_seed": "--seed", "teacher": "--teacher",
-    "input_protocol": "--input-protocol", "img_size": "--img-size", "resize": "--input-protocol",
+    "input_protocol": "--input-protocol", "img_size": "--img-size", "resize": "--input-protocol", "aug_version": "--aug sak|sak-v1",
 }
 
 

@@ -14,9 +14,15 @@ Teacher-input protocol (``input_protocol``):
 - ``native`` (sak's first behaviour, an explicit option): each image squashed to the teacher's
   native square with its own mean/std (``resize`` ``squash`` / ``longest-pad``); no ``img_size``.
 
+Augmentation policy version (``aug_version``): stores written before issue 12 record ``aug="sak"``
+for sak's first augmentation policy; the official pipeline (``custom_transforms.py``) is
+``aug="sak", aug_version=2``. ``sak-cache extract --aug sak`` writes version 2, ``--aug sak-v1``
+version 1, so an old store is never extended with views of the other policy (each view also
+records its policy in its JSON, which is what replay reads).
+
 Hash rule and compatibility: ``spec_id`` hashes the canonical JSON of :meth:`FeatureSpec.identity`,
 which leaves out every field added after format version 1 while it holds its legacy value
-(:data:`LEGACY_VALUES`: ``input_protocol="native"``, ``img_size=None``). A ``spec.json`` written
+(:data:`LEGACY_VALUES`: ``input_protocol="native"``, ``img_size=None``, ``aug_version=1``). A ``spec.json`` written
 before these fields existed therefore opens as ``native`` with the same ``spec_id`` and store
 name as before; a new field changes the hash only when it takes a new value. Add any future
 field the same way (with its legacy value in :data:`LEGACY_VALUES`), or bump
@@ -43,7 +49,9 @@ INPUT_PROTOCOLS = ("student", "native")
 
 #: Fields added after format version 1, with the value every older store implicitly has.
 #: At that value a field is left out of the hashed identity, so older stores keep their spec_id.
-LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None}
+LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None, "aug_version": 1}
+#: Augmentation policy versions: 1 = sak's first policy (``--aug sak-v1``), 2 = the official one (``--aug sak``).
+AUG_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +82,7 @@ class FeatureSpec(Config):
     aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; None = each image's own size
     input_protocol: str = "native"  # "student" (official; new extractions) or "native"; absent in older spec.json
     img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W) input the teacher was fed
+    aug_version: int = 1  # with aug "sak": 1 = sak's first policy (older stores), 2 = the official pipeline
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -89,6 +98,8 @@ class FeatureSpec(Config):
             raise ConfigError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.aug not in AUG_POLICIES:
             raise ConfigError(f"aug must be one of {AUG_POLICIES}, got {self.aug!r}")
+        if self.aug_version not in AUG_VERSIONS or (self.aug == "none" and self.aug_version != 1):
+            raise ConfigError(f"aug_version must be one of {AUG_VERSIONS} (1 without augmentation), got {self.aug_version}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.aug == "none" and self.views != 1:

@@ -83,12 +83,19 @@ class TaskDef:
     - ``decode``: raw file array -> label convention (files are read by ``pipeline.data.labels``).
     - ``layout_dirs``: per dataset format (``nyud``, ``pascal``), the label folder relative to the
       root and the file extensions tried in order.
-    - ``pad_value``: written where an augmented view extends past the image, and the fill of a
-      sample that lacks the label. ``ignore_value``: the label value losses and metrics skip
+    - ``pad_value``: written where a view or an evaluation image is padded (official
+      ``PadImage`` fills: 255 for class maps, edge and saliency; 0 for depth and normals, which
+      mark invalid pixels), and the fill of a sample that lacks the label. ``ignore_value``: the label value losses and metrics skip
       (for map tasks: the value that marks an invalid pixel).
     - ``flip_negate``: label channels whose sign changes under a horizontal flip.
-      ``scale_values``: divide label values by the view's scale factor (off: values kept; labels
-      are always resampled nearest).
+      ``scale_values``: divide label values by the view's scale factor (official: depth; off:
+      values kept; labels are always resampled nearest).
+    - ``all_ignored_if_only``: when every pixel of a view's label (after padding) is one of these
+      values, the whole label becomes ``ignore_value`` (official ``AddIgnoreRegions``: a human
+      parts map of only background 0 and 255 teaches nothing).
+    - ``v1_pad_value`` / ``v1_scale_values``: the pad value and scale rule that ``sak-v1`` views
+      (sak's augmentation before issue 12, in older stores) replay with, where they differ from
+      the official ``pad_value`` / ``scale_values``; None: the same.
     - ``loss`` and ``loss_weight``: the training loss and its default weight in the total.
     - ``metric``: factory of the evaluation accumulator; ``higher_is_better``: direction of
       each key the metric reports (keys left out, e.g. thresholds, have no direction).
@@ -106,6 +113,9 @@ class TaskDef:
     ignore_value: float | None = None
     flip_negate: tuple[int, ...] = ()
     scale_values: bool = False
+    all_ignored_if_only: tuple[float, ...] = ()
+    v1_pad_value: float | None = None
+    v1_scale_values: bool | None = None
     loss: LossFn
     loss_weight: float
     metric: MetricFactory
@@ -126,7 +136,7 @@ class TaskDef:
         if any(not 0 <= c < self.label_channels for c in self.flip_negate):
             raise ConfigError(f"task {self.name!r}: flip_negate {self.flip_negate} names channels outside "
                               f"0..{self.label_channels - 1}")
-        if self.label_kind == "class" and (self.scale_values or self.flip_negate):
+        if self.label_kind == "class" and (self.scale_values or self.v1_scale_values or self.flip_negate):
             raise ConfigError(f"task {self.name!r}: class labels hold indices; scale_values and flip_negate "
                               "apply to map labels only")
         if not self.higher_is_better:
@@ -139,6 +149,7 @@ class TaskDef:
         object.__setattr__(self, "layout_dirs", MappingProxyType(layout))
         object.__setattr__(self, "higher_is_better", MappingProxyType(dict(self.higher_is_better)))
         object.__setattr__(self, "flip_negate", tuple(self.flip_negate))
+        object.__setattr__(self, "all_ignored_if_only", tuple(self.all_ignored_if_only))
 
     @property
     def is_class_map(self) -> bool:

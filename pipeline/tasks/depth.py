@@ -1,8 +1,9 @@
 """Depth: (H, W) float32 meters, 0 = invalid (NaN/inf/negative become 0).
 
-``.npy`` as stored; 16-bit png in millimeters. Views pad with 0 and keep the values when they
-scale the image (``scale_values`` off, as the augmentation always did; DESIGN.md describes
-depth divided by the scale: turning it on changes every cached view's labels).
+``.npy`` as stored; 16-bit png in millimeters. Views pad with 0 (invalid, so ignored: official
+``PadImage`` 0 then ``AddIgnoreRegions`` 0 -> 255) and divide the values by the view's scale
+(official ``RandomScaling``, ``custom_transforms.py:101-102``: an object shown twice as large looks
+twice as near). ``sak-v1`` views (older stores) kept the values, and still do.
 Loss: L1 over valid pixels (weight 1); metric: RMSE (lower is better); plots: viridis on
 [0, the label's maximum].
 """
@@ -37,6 +38,8 @@ TASK = TaskDef(
     layout_dirs={"nyud": ("depth", (".npy", ".png"))},
     pad_value=0.0,
     ignore_value=0.0,
+    scale_values=True,
+    v1_scale_values=False,
     loss=depth_loss,
     loss_weight=1.0,
     metric=metric,

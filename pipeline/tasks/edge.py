@@ -3,9 +3,11 @@
 PASCAL-Context has no boundary pngs: as in the official loader, the label is derived from the
 459-class ``pascal-context/trainval/<id>.mat`` ``LabelMap`` (:func:`~sak.pipeline.tasks.pascal.context_boundaries`).
 
-Views pad with 0 (no edge). Loss: class-balanced BCE on logits (weight 50); metric: odsF/oisF
-with a distance tolerance of 0.011 (NYUD) or 0.0075 (PASCAL) of the image diagonal (the official
-SEISM maxDist; the matching itself is not SEISM's, see :class:`~sak.pipeline.tasks.metrics.BoundaryF`).
+Views and evaluation images pad with 255 (ignored; official ``PadImage``,
+``custom_transforms.py:212-220``); ``sak-v1`` views (older stores) padded with 0 (no edge), and still do.
+Loss: class-balanced BCE on logits (weight 50); metric: odsF/oisF with a distance tolerance of 0.011 (NYUD)
+or 0.0075 (PASCAL) of the image diagonal (the official SEISM maxDist; the matching itself is not SEISM's,
+see :class:`~sak.pipeline.tasks.metrics.BoundaryF`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ TASK = TaskDef(
     label_kind="map",
     decode=decode,
     layout_dirs={"nyud": ("edge", (".png",)), "pascal": ("pascal-context/trainval", (".mat",))},
-    pad_value=0.0,
+    pad_value=IGNORE_INDEX,
     ignore_value=IGNORE_INDEX,
+    v1_pad_value=0.0,
     loss=edge_loss,
     loss_weight=50.0,
     metric=metric,

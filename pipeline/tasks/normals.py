@@ -1,7 +1,8 @@
 """Surface normals: (H, W, 3) float32 unit vectors in [-1, 1], the zero vector = invalid.
 
 png: v / 255 * 2 - 1 with a (0, 0, 0) pixel invalid; ``.npy`` as stored (non-finite -> 0).
-A horizontal flip negates the x component (channel 0). Views pad with 0. Loss: L1 between
+A horizontal flip negates the x component (channel 0). Views pad with 0 (the zero vector:
+invalid, so ignored, as official ``PadImage`` 0 then ``AddIgnoreRegions`` norm 0 -> 255). Loss: L1 between
 unit-normalized predictions and labels (weight 10); metric: mean angle (lower is better) and
 the share within 11.25/22.5/30 degrees (higher is better).
 """

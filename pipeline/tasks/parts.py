@@ -2,7 +2,9 @@
 
 PASCAL-Part ``human_parts/<id>.mat`` files are read as the official loader does (person class 15,
 parts grouped into 6, union over persons, background 0; :func:`~sak.pipeline.tasks.pascal.human_parts`).
-Views pad with 255; loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
+Views pad with 255; a view (or evaluation image) whose map holds only background 0 and 255
+is all ignored (official ``AddIgnoreRegions``, ``custom_transforms.py:297-301``).
+Loss: pixel-pooled cross-entropy (weight 2); metric: mIoU and pixel accuracy.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TASK = TaskDef(
     layout_dirs={"pascal": ("human_parts", (".png", ".mat"))},
     pad_value=IGNORE_INDEX,
     ignore_value=IGNORE_INDEX,
+    all_ignored_if_only=(0, IGNORE_INDEX),
     loss=semseg_loss,
     loss_weight=2.0,
     metric=metric,

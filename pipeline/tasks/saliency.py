@@ -1,6 +1,7 @@
 """Saliency: (H, W) float32 in {0, 1} (png values > 127 are salient), 255 = ignore in losses and metrics.
 
-Views pad with 0. Loss: balanced cross-entropy (weight 5; a 1-channel head is the salient
+Views and evaluation images pad with 255 (ignored; official ``PadImage``); ``sak-v1``
+views (older stores) padded with 0, and still do. Loss: balanced cross-entropy (weight 5; a 1-channel head is the salient
 logit); metric: maxF (beta^2 = 0.3).
 """
 
@@ -32,8 +33,9 @@ TASK = TaskDef(
     label_kind="map",
     decode=decode,
     layout_dirs={"pascal": ("sal_distill", (".png",))},
-    pad_value=0.0,
+    pad_value=IGNORE_INDEX,
     ignore_value=IGNORE_INDEX,
+    v1_pad_value=0.0,
     loss=saliency_loss,
     loss_weight=5.0,
     metric=metric,

@@ -10,6 +10,13 @@ Label maps: class tasks ``(H, W) int64`` (ignore 255), map tasks ``(C, H, W)`` f
 task's ``label_channels``: 3 for normals, else 1); a sample without a task's label gets a map
 filled with the task's ``pad_value`` and ``masks[task] = False``.
 
+An image without a stored view (evaluation, ``--aug none`` stores) meets ``img_size`` by
+``fit``: ``"pad"`` is the official val transform (``custom_transforms.py:30-38``): no resize,
+the image centre-padded with the mean colour (0 once normalized), labels kept at their stored
+resolution and padded with the task's pad value (ignored), so metrics score the stored labels;
+an image larger than ``img_size`` is refused. ``"resize"`` squashes the image (bilinear) and the
+labels (nearest) to ``img_size``, as sak did before issue 12 (run config ``eval_resize``).
+
 ``feature_flip=True`` also mirrors image, labels and the stored target maps for a
 seeded half of the samples. That is APPROXIMATE: a ViT's features of a mirrored image
 are not the mirrored features (positional embeddings); one public measurement found
@@ -31,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
+from ...pipeline.data.augment import pad_eval_image, pad_eval_label
 from ...pipeline.data.images import decode_rgb
 from ...pipeline.tasks import get_task
 from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -40,6 +48,9 @@ from .sampler import Block, BlockShuffleSampler, Window, make_blocks
 from .stores import Item, StoreJoin, teacher_key
 
 log = logging.getLogger(__name__)
+
+#: How an image without a stored view meets ``img_size`` (see the module docstring).
+FITS = ("pad", "resize")
 
 
 @dataclass
@@ -113,6 +124,7 @@ class CachedTargets:
 
     ``stores=()`` serves images and labels only (evaluation). ``teacher_preprocess``
     (online mode) adds each teacher's preprocessed input instead of reading targets.
+    ``fit``: ``"pad"`` (official val transform) or ``"resize"`` for images without a stored view.
     """
 
     def __init__(
@@ -130,7 +142,11 @@ class CachedTargets:
         teacher_preprocess: Mapping[str, Any] | None = None,
         cache_hint: str = "./cache",
         seed: int = 0,
+        fit: str = "pad",
     ) -> None:
+        if fit not in FITS:
+            raise ConfigError(f"fit must be one of {FITS}, got {fit!r}")
+        self.fit = fit
         self.dataset = dataset
         self.split = split
         self.img_size = (int(img_size[0]), int(img_size[1]))
@@ -164,16 +180,23 @@ class CachedTargets:
         sample: dict[str, Any] = {"sample_id": item.row["sample_id"]}
         if self.teacher_preprocess:
             sample["teacher_inputs"] = {k: pre.from_tensor(img01.clone()) for k, pre in self.teacher_preprocess.items()}
-        image = _resize(img01, self.img_size, "bilinear").clamp_(0.0, 1.0)
+        padded = params is None and self.fit == "pad"
+        if padded:
+            image = pad_eval_image(img01, self.img_size)
+        else:
+            image = _resize(img01, self.img_size, "bilinear").clamp_(0.0, 1.0)
         labels, masks = {}, {}
         for task in self.tasks:
             path = self.dataset.label_path(item.row, task)
             if path is None:
                 labels[task], masks[task] = empty_label(task, self.img_size), False
                 continue
-            lab = views.apply_label(self.dataset.load_label(item.row, task), params, task)
-            # nearest for every task: bilinear would blend valid depth/normals with the invalid 0
-            labels[task] = _resize(lab, self.img_size, "nearest")
+            raw = self.dataset.load_label(item.row, task)
+            if padded:
+                labels[task] = views.label_tensor(task, pad_eval_label(raw, self.img_size, task).numpy())
+            else:
+                # nearest for every task: bilinear would blend valid depth/normals with the invalid 0
+                labels[task] = _resize(views.apply_label(raw, params, task), self.img_size, "nearest")
             masks[task] = True
         tmaps: dict[str, list[torch.Tensor]] = {}
         for key, layers in (targets or {}).items():

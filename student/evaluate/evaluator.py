@@ -176,7 +176,7 @@ def export_run(
     gates = routing_weights(model, images, task, device=dev)
     sub, kept = export_submodel(model, task, threshold, weights=gates)
     path = save_student(out, sub)
-    one_task = CachedTargets(loaded.data.dataset, (), split, loaded.data.img_size, tasks=(task,))
+    one_task = CachedTargets(loaded.data.dataset, (), split, loaded.data.img_size, tasks=(task,), fit=loaded.data.fit)
     full_metrics = evaluate_model(model, one_task, batch_size=bs, device=dev, max_samples=max_images)
     sub_metrics = evaluate_model(sub, one_task, batch_size=bs, device=dev, max_samples=max_images)
     names = loaded.student_cfg.teacher_names

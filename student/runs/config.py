@@ -67,6 +67,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "warmup_lr": 0.0,
     "sync_bn": False,
     "miou": "present",  # mIoU over the classes present in label or prediction
+    "eval_resize": True,  # val images and labels were resized to the student input
 }
 
 
@@ -232,6 +233,9 @@ class EvalConfig(Config):
     """At most N val samples per evaluation."""
     miou: str = "official"
     """mIoU convention: official (mean over every class, absent = 0) | present (sak's earlier mean over seen classes)."""
+    eval_resize: bool = False
+    """Resize val images (bilinear) and labels (nearest) to img_size, as sak did before issue 12;
+    off: the official val transform, labels scored at their stored resolution, centre-padded."""
 
     def __post_init__(self) -> None:
         check_miou(self.miou)

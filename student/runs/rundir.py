@@ -135,7 +135,7 @@ class RunDir:
                            "it was not written by sak-train fit; train the run again")
         dataset = open_dataset(cfg.data.cache, name)
         data = CachedTargets(dataset, (), split, (img_size[0], img_size[1]), tasks=scfg.task_names,
-                             seed=cfg.runtime.seed)
+                             seed=cfg.runtime.seed, fit="resize" if cfg.eval.eval_resize else "pad")
         return LoadedRun(self, cfg, scfg, data)
 
 

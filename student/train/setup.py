@@ -187,13 +187,14 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     train = CachedTargets(dataset, stores, data.train_split, img, feature_flip=data.feature_flip,
                           allow_missing=data.allow_missing, read_targets=not data.online,
                           teacher_preprocess=online.preprocess if online else None, cache_hint=data.cache,
-                          tasks=train_tasks, aug=data.aug, seed=seed)
+                          tasks=train_tasks, aug=data.aug, seed=seed, fit="resize")
     val = None
     val_split = cfg.eval.val_split
     if val_split is None:
         pass
     elif val_split in dataset.splits():
-        val = CachedTargets(dataset, (), val_split, img, tasks=train_tasks, seed=seed)
+        val = CachedTargets(dataset, (), val_split, img, tasks=train_tasks, seed=seed,
+                            fit="resize" if cfg.eval.eval_resize else "pad")
     elif rank == 0:
         log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", name, val_split, dataset.splits())
 

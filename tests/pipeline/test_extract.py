@@ -132,7 +132,7 @@ def test_bad_images_become_failed_rows_and_retry_failed_redoes_them(tmp_path: Pa
 
 
 def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
-    from sak.pipeline.data.augment import ViewParams, apply_view_image
+    from sak.pipeline.data.augment import SakView, apply_view_image, parse_view, sample_view
 
     cache, _ = demo_cache
     report = extract(_cfg(cache, aug="sak", views=3, limit=2, dtype="float32", layers=(3,), seed=7))
@@ -142,14 +142,17 @@ def test_views_store_params_and_replay_reproduces_features(demo_cache) -> None:
     rows = store.commits().to_pylist()
     ids = sorted({r["sample_id"] for r in rows})
     assert len(ids) == 2 and sorted((r["sample_id"], r["view"]) for r in rows) == [(i, v) for i in ids for v in range(3)]
-    params = [ViewParams.from_json(r["view_params"]) for r in rows]
+    params = [parse_view(r["view_params"]) for r in rows]
     assert len({p.to_json() for p in params}) == 6  # every view differs
     ds = open_dataset(cache, "nyud")
     assert (store.spec.input_protocol, store.spec.img_size, store.spec.aug_crop) == ("student", (64, 80), (64, 80))
     teacher = create_teacher("test:tiny", random_init=True, seed=7, img_size=store.spec.img_size)
     for r, p in zip(rows, params, strict=True):
-        assert p.view == r["view"]
+        assert p.view == r["view"] and isinstance(p, SakView)  # --aug sak = the official policy
         rgb = decode_rgb(ds.image_path(r["sample_id"]))
+        # the view is the official one for this image's semseg label: extraction read it for the crop retry
+        semseg = ds.load_label(r["sample_id"], "semseg")
+        assert p == sample_view(r["image_sha256"], r["view"], rgb.shape[:2], seed=7, semseg=semseg)
         x01 = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
         x = teacher.preprocess.from_tensor(apply_view_image(x01, p))[None]
         with torch.inference_mode():

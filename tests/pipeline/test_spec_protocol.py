@@ -10,6 +10,7 @@ import pytest
 
 from sak.manifests.config import config_hash
 from sak.manifests.errors import ConfigError
+from sak.pipeline.extract.job import spec_aug
 from sak.pipeline.store.spec import FeatureSpec
 
 LEGACY = Path(__file__).parent.parent / "data" / "legacy_v1"
@@ -57,3 +58,18 @@ def test_protocol_fields_are_validated():
     with pytest.raises(ConfigError, match="aug_crop None must equal img_size"):
         replace(student, aug="sak", views=2)
     assert replace(student, aug="sak", views=2, aug_crop=(64, 80)).aug_crop == (64, 80)
+
+
+def test_augmented_legacy_specs_mean_the_first_policy_and_never_mix_with_the_official_one():
+    data = {**_legacy_spec_json(), "aug": "sak", "views": 2}  # what an augmented store before issue 12 recorded
+    old = FeatureSpec.from_dict(data)
+    assert old.aug_version == 1 and old.spec_id == config_hash(data, 12)  # same id as before the field existed
+    official = replace(old, aug_version=2)
+    assert official.spec_id != old.spec_id  # --aug sak never appends official views to an old store
+    with pytest.raises(ConfigError, match="aug_version"):
+        replace(old, aug="none", views=1, aug_version=2)
+
+
+@pytest.mark.parametrize("policy, expected", [("none", ("none", 1)), ("sak", ("sak", 2)), ("sak-v1", ("sak", 1))])
+def test_extraction_policies_map_to_spec_versions(policy, expected):
+    assert spec_aug(policy) == expected

@@ -12,7 +12,7 @@ import torch
 from _caches import extract_store, indexed_cache
 
 from sak.manifests.errors import SakError, SpecMismatch
-from sak.pipeline.data.augment import ViewParams, apply_view_image, apply_view_label
+from sak.pipeline.data.augment import apply_view_image, apply_view_label, parse_view
 from sak.pipeline.data.datasets import index_dataset, open_dataset, write_dataset_index
 from sak.pipeline.data.images import decode_rgb
 from sak.student.data.cached import CachedTargets, normalize_image
@@ -74,10 +74,30 @@ def test_val_split_without_stores_serves_images_and_labels(cache) -> None:
     assert len(val) == 3 and val[0]["targets"] == {} and val.coverage.summary() == "covered 3/3 samples of nyud/val"
 
 
+def test_val_scores_stored_labels_centre_padded_unless_eval_resize(cache) -> None:
+    # official val transform (SAK datasets/custom_transforms.py:30-38): normalize, centre pad, no resize
+    ds = open_dataset(cache, "nyud")
+    big = (80, 96)  # images are 64x80: 8 rows above and below, 8 columns left and right
+    val = CachedTargets(ds, (), "val", big)
+    s, item = val[0], val.items[0]
+    rgb = decode_rgb(ds.image_path(item.row))
+    inner = normalize_image(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    assert s["image"].shape == (3, 80, 96) and torch.equal(s["image"][:, 8:72, 8:88], inner)
+    assert s["image"][:, :8].eq(0).all() and s["image"][:, :, 88:].eq(0).all()
+    sem = ds.load_label(item.row, "semseg")
+    assert torch.equal(s["labels"]["semseg"][8:72, 8:88], torch.from_numpy(sem))
+    assert s["labels"]["semseg"][:8].eq(255).all() and s["labels"]["edge"][:, :, :8].eq(255).all()
+    assert s["labels"]["depth"][:, :8].eq(0).all() and s["labels"]["normals"][:, :, :8].eq(0).all()
+    old = CachedTargets(ds, (), "val", big, fit="resize")[0]  # sak before issue 12: everything resized
+    assert old["labels"]["semseg"].shape == (80, 96) and not old["image"][:, :8].eq(0).all()
+    with pytest.raises(SakError, match="larger than the student input 48x64.*eval_resize"):
+        CachedTargets(ds, (), "val", (48, 64))[0]
+
+
 def test_replayed_views_equal_apply_view_output(views_cache) -> None:
     data = _data(views_cache)
     assert len(data) == 18 and data.coverage.summary() == "covered 9/9 samples of nyud/train (18 views)"
-    params = [ViewParams.from_json(it.view_params) for it in data.items]
+    params = [parse_view(it.view_params) for it in data.items]
     flipped = next(i for i, p in enumerate(params) if p.flip)
     unflipped = next(i for i, p in enumerate(params) if not p.flip and p.scale != 1.0)
     for index in (flipped, unflipped):  # both geometric branches, replayed exactly

@@ -42,11 +42,20 @@ def test_channel_tables():
 
 
 def test_pad_flip_kind_and_weights_of_the_builtins():
+    # official PadImage fills (SAK datasets/custom_transforms.py:212-220): 255 = ignored; depth/normals 0 = invalid
     assert {t: get_task(t).pad_value for t in BUILTINS} == {
-        "semseg": 255, "parts": 255, "depth": 0, "normals": 0, "edge": 0, "saliency": 0}
+        "semseg": 255, "parts": 255, "depth": 0, "normals": 0, "edge": 255, "saliency": 255}
+    # sak-v1 views (stores before issue 12) replay with the pads they were written with
+    assert {t: get_task(t).v1_pad_value for t in BUILTINS if get_task(t).v1_pad_value is not None} == {
+        "edge": 0, "saliency": 0}
     assert [t for t in BUILTINS if get_task(t).is_class_map] == ["semseg", "parts"]
     assert {t: get_task(t).flip_negate for t in BUILTINS if get_task(t).flip_negate} == {"normals": (0,)}
-    assert not any(get_task(t).scale_values for t in BUILTINS)  # depth keeps its values under scaling
+    # official RandomScaling divides depth by the scale (custom_transforms.py:101-102); sak-v1 views kept it
+    assert [t for t in BUILTINS if get_task(t).scale_values] == ["depth"]
+    assert get_task("depth").v1_scale_values is False
+    # official AddIgnoreRegions (custom_transforms.py:297-301): a parts map of only 0/255 is all ignored
+    assert {t: get_task(t).all_ignored_if_only for t in BUILTINS if get_task(t).all_ignored_if_only} == {
+        "parts": (0, 255)}
     assert {t: get_task(t).loss_weight for t in BUILTINS} == {
         "semseg": 1, "depth": 1, "normals": 10, "edge": 50, "parts": 2, "saliency": 5}
     assert IGNORE_INDEX == 255
