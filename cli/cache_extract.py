@@ -68,7 +68,7 @@ def extract(
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
     views: int = typer.Option(1, "--views", min=1, help="Augmented views per image (K > 1 needs --aug sak)."),
     aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: the official SAK pipeline (scale, crop with class-ratio retry, flip, photometric, centred pad), replayable exactly; sak-v1: sak's first policy (older stores)."),
-    aug_crop: str | None = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576); default: each image's own size."),
+    aug_crop: str | None = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576). Student protocol: it is --img-size (the default); native protocol: default each image's own size."),
     keep_prefix: bool = typer.Option(False, "--keep-prefix", help="Also store the CLS/register tokens as prefix_<i>."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per teacher forward."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),

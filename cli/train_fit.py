@@ -33,7 +33,6 @@ from .common import (
     parse_int_list,
     parse_str_list,
     setup_logging,
-    warn,
 )
 
 
@@ -91,9 +90,6 @@ def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, 
 
 def _run_fit(cfg: TrainConfig, resume: bool) -> None:
     main = int(os.environ.get("RANK", "0")) == 0
-    if main and not resume and not cfg.model.init and cfg.model.backbone_weights == "none":
-        warn(f"the student backbone {cfg.model.backbone} starts from RANDOM weights (--backbone-weights none): fine "
-             "for tests and demos, not the paper's student (--backbone-weights hub, or --recipe NAME)")
     if not main:
         fit(cfg, resume=resume)
         return
@@ -228,7 +224,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
-        miou: str = typer.Option("official", "--miou", help="official (mean over all classes, absent = 0) | present."),
+        miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
         res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)

@@ -233,9 +233,10 @@ def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
     elif ROOT_KEY in meta:
         root = Path(meta[ROOT_KEY].decode())
     else:
-        raise DatasetError(f"{path} does not record its dataset root ({ROOT_KEY.decode()}); pass root_override")
+        raise DatasetError(f"{path} does not record its dataset root ({ROOT_KEY.decode()}); open it with root_override=<folder> (Python), or index the folder again with sak-cache index")
     if not root.is_dir():
-        log.warning("dataset root %s of %s does not exist; pass root_override (--data-root) if it moved", root, path)
+        log.warning("dataset root %s of %s does not exist; if the images moved, index the new folder again with sak-cache index "
+                    "(or open it with root_override=<folder> in Python)", root, path)
     return Dataset(name=name, root=root, table=table, format=meta.get(FORMAT_KEY, b"folder").decode())
 
 

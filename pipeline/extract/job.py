@@ -65,7 +65,7 @@ class ExtractConfig(Config):
     dtype: str = "float16"
     views: int = 1
     aug: str = "none"
-    aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; None: each image's own size
+    aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; student protocol: img_size; native: None = each image's own size
     keep_prefix: bool = False
     batch_size: int = 32
     device: str = "auto"

@@ -139,7 +139,7 @@ def split_rows(dataset: Any, split: str) -> list[dict]:
     if not rows:
         raise DatasetError(
             f"dataset '{dataset.name}' has no ok samples in split '{split}' (splits: {dataset.splits()}); "
-            "pick another split (--train-split / --split) or index the dataset with split lists"
+            "pick another split (TrainConfig train_split / val_split; sak-train eval --split) or index the dataset with split lists"
         )
     return rows
 

@@ -90,7 +90,7 @@ def evaluate(
     max_samples: int | None = None,
     progress: Callable[..., None] | None = None,
     amp: str = "off",
-    miou: str = "official",
+    miou: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's last checkpoint on ``split``: ``{"step", "split", "metrics", "baseline"}``.
 
@@ -103,13 +103,14 @@ def evaluate(
     run = RunDir(run_dir)
     loaded = run.load(split)
     model, step = loaded.trained_model()
+    miou = miou or loaded.cfg.eval.miou  # the run's own convention unless asked otherwise
     bs = batch_size or loaded.cfg.loader.batch_size
     out: dict[str, Any] = {"step": step, "split": split}
     if step0:
         fresh = loaded.build_model().to(dev)
         out["baseline"] = evaluate_model(fresh, loaded.data, batch_size=bs, device=dev, max_samples=max_samples,
                                          amp=amp, miou=miou)
-    elif split == loaded.cfg.eval.val_split and run.has_eval(0):
+    elif split == loaded.cfg.eval.val_split and run.has_eval(0) and miou == loaded.cfg.eval.miou:  # same convention
         out["baseline"] = run.read_eval(0)
     out["metrics"] = evaluate_model(model.to(dev), loaded.data, batch_size=bs, device=dev,
                                     max_samples=max_samples, progress=progress, amp=amp, miou=miou)

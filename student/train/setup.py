@@ -159,8 +159,22 @@ def start_weights(model: SAKStudent, cfg: TrainConfig, *, main: bool) -> dict[st
     return {"backbone_weights": weights_id}
 
 
-def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int = 1) -> RunSetup:
-    """Resolve defaults, join data and stores, build the student; raises before any training on a mismatch."""
+def _train_fit(stores: list) -> str:
+    """How training fits an image without a stored view to the input size: as its teachers saw it.
+
+    Under the student protocol extraction centre-pads such an image (official val transform), so the
+    student must too; native stores (and sak before issue 12) resize it.
+    """
+    spec = stores[0].spec if stores else None
+    return "pad" if spec is not None and spec.input_protocol == "student" and spec.aug == "none" else "resize"
+
+
+def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int = 1, resuming: bool = False) -> RunSetup:
+    """Resolve defaults, join data and stores, build the student; raises before any training on a mismatch.
+
+    ``resuming``: a checkpoint will overwrite every weight, so the starting weights (``--init`` source or hub
+    backbone) are not loaded again (a resume must work offline and after the init run moved).
+    """
     data = cfg.data
     name = _dataset_name(data.cache, data.dataset)
     dataset = open_dataset(data.cache, name)
@@ -187,7 +201,7 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     train = CachedTargets(dataset, stores, data.train_split, img, feature_flip=data.feature_flip,
                           allow_missing=data.allow_missing, read_targets=not data.online,
                           teacher_preprocess=online.preprocess if online else None, cache_hint=data.cache,
-                          tasks=train_tasks, aug=data.aug, seed=seed, fit="resize")
+                          tasks=train_tasks, aug=data.aug, seed=seed, fit=_train_fit(stores))
     val = None
     val_split = cfg.eval.val_split
     if val_split is None:
@@ -201,7 +215,7 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     stats = _target_stats(keys, stores, device) if data.standardize else None
     seed_everything(seed)
     model = SAKStudent(student_cfg)
-    start = start_weights(model, cfg, main=rank == 0)
+    start = {"resumed": True} if resuming else start_weights(model, cfg, main=rank == 0)
     model.to(device)
     if rank == 0:
         log.info("%s; teachers %s; student %s at %dx%d; stage %s", train.coverage.summary(), ", ".join(keys),

@@ -152,7 +152,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
          device: torch.device) -> RunResult:
     t_start, main = time.perf_counter(), rank == 0
     cfg, ckpt = resume_point(cfg, resume)
-    setup = prepare(cfg, device=device, rank=rank, world=world)
+    setup = prepare(cfg, device=device, rank=rank, world=world, resuming=ckpt is not None)
     cfg, run, model = setup.cfg, setup.run, setup.model
     if world > 1 and cfg.runtime.sync_bn:
         model = sync_batchnorm(model, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from sak.student.runs.checkpoint import CheckpointError, load_checkpoint
 from sak.student.runs.config import OptimConfig, TrainConfig
 from sak.student.runs.rundir import RunDir
 from sak.student.train.parts import Checkpointer, build_optimizer
-from sak.student.train.setup import prepare
+from sak.student.train.setup import _train_fit, prepare
 from sak.student.train.trainer import fit
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -200,3 +201,34 @@ def test_heads_get_syncbatchnorm_under_ddp_on_cuda_and_eval_runs_in_float32(capl
     synced = sync_batchnorm(model, torch.device("cuda"))  # conversion only; nothing runs on a GPU here
     assert isinstance(synced[1], torch.nn.SyncBatchNorm) and synced[1].weight is model[1].weight
     assert isinstance(autocast(torch.device("cuda")), nullcontext)  # evaluation: float32 unless bf16 is asked for
+
+
+def test_resume_does_not_load_the_init_source_again(cache, tmp_path) -> None:
+    src = tmp_path / "src"
+    fit(_cfg(cache, src, iters=2, ckpt_every=0, val_split="none"))
+    run = tmp_path / "run"
+    first = fit(_cfg(cache, run, iters=2, ckpt_every=0, val_split="none", init=str(src)))
+    shutil.rmtree(src)  # the init run moved away (or the hub is unreachable): the checkpoint has every weight
+    again = fit(_cfg(cache, run, iters=2, ckpt_every=0, val_split="none", init=str(src)), resume=True)
+    assert again.steps == first.steps == 2
+
+
+def test_training_fits_unaugmented_images_as_their_teachers_saw_them() -> None:
+    def store(protocol: str, aug: str):
+        return SimpleNamespace(spec=SimpleNamespace(input_protocol=protocol, aug=aug))
+
+    assert _train_fit([store("student", "none")]) == "pad"  # extraction centre-padded them (official val transform)
+    assert _train_fit([store("student", "sak")]) == "resize"  # stored views are replayed instead
+    assert _train_fit([store("native", "none")]) == "resize"  # as sak always did for native stores
+    assert _train_fit([]) == "resize"
+
+
+def test_eval_uses_the_runs_own_miou_convention(cache, tmp_path) -> None:
+    run = tmp_path / "present"
+    result = fit(_cfg(cache, run, iters=2, ckpt_every=0, miou="present"))
+    res = evaluate(run)
+    assert res["metrics"] == pytest.approx(result.metrics, rel=1e-5)  # scored as the run scored itself
+    assert res["baseline"] == pytest.approx(result.baseline, rel=1e-5)
+    official = evaluate(run, miou="official")
+    assert "baseline" not in official  # a step-0 record of another convention is not shown beside it
+    assert official["metrics"]["semseg/mIoU"] <= res["metrics"]["semseg/mIoU"]
