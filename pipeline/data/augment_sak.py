@@ -29,6 +29,7 @@ import torch
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
+from ...manifests.sizes import centre_offsets
 from ..tasks import get_task
 from ..teachers.preprocess import IMAGENET_MEAN
 from .augment_v1 import _check_hw, _tensor
@@ -91,8 +92,7 @@ class SakView(Config):
     @property
     def pad_tl(self) -> tuple[int, int]:
         """Where the image part sits in the view (centred; an odd extra row/column goes bottom/right)."""
-        (oh, ow), (ch, cw) = self.out_hw, self.crop_hw
-        return (oh - ch) // 2, (ow - cw) // 2
+        return centre_offsets(self.crop_hw, self.out_hw)
 
 
 def _rng(image_sha256: str, view: int, seed: int, stream: str) -> np.random.Generator:
@@ -258,7 +258,7 @@ def _eval_tl(hw: tuple[int, int], out_hw: tuple[int, int], what: str) -> tuple[i
             f"Train with --img-size of at least {h}x{w} (a patch multiple), or set eval_resize=True in the run "
             "config to resize images and labels to the input size (sak before issue 12)."
         )
-    return (oh - h) // 2, (ow - w) // 2
+    return centre_offsets(hw, out_hw)
 
 
 def pad_eval_image(img01_chw: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ...manifests.config import Config
 from ...manifests.errors import ConfigError
+from ...manifests.sizes import centre_offsets
 
 #: Resize policies: native ones, then the student protocol's.
 NATIVE_RESIZE = ("squash", "longest-pad")
@@ -89,18 +90,16 @@ class Preprocess(Config):
             if (h, w) != (th, tw):
                 x_chw = F.interpolate(x_chw[None], size=(th, tw), mode="bicubic", align_corners=False, antialias=True)[0]
             x_chw = x_chw.clamp_(0.0, 1.0)
-        mean = torch.tensor(self.mean, dtype=x_chw.dtype).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x_chw.dtype).view(3, 1, 1)
         if self.resize == "longest-pad":
             side = max(th, tw)
             scale = side / max(h, w)
             nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
             x_chw = F.interpolate(x_chw[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-            x_chw = (x_chw.clamp_(0.0, 1.0) - mean) / std
+            x_chw = normalize(x_chw.clamp_(0.0, 1.0), self.mean, self.std)
             out = torch.zeros(3, th, tw, dtype=x_chw.dtype)
             out[:, : min(nh, th), : min(nw, tw)] = x_chw[:, :th, :tw]
             return out
-        return (x_chw - mean) / std
+        return normalize(x_chw, self.mean, self.std)
 
     def _student(self, x_chw: torch.Tensor) -> torch.Tensor:
         """The student's tensor (normalized, centre-padded to the frame), then SAM's resize when asked."""
@@ -115,7 +114,7 @@ class Preprocess(Config):
         x = normalize(x_chw, self.mean, self.std)
         if (h, w) != (fh, fw):
             out = x.new_zeros((x.shape[0], fh, fw))
-            top, left = (fh - h) // 2, (fw - w) // 2  # official PadImage: the extra row/column goes bottom/right
+            top, left = centre_offsets((h, w), (fh, fw))  # official PadImage
             out[:, top : top + h, left : left + w] = x
             x = out
         if self.resize == "longest-bicubic":

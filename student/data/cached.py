@@ -41,7 +41,7 @@ from ...manifests.errors import ConfigError
 from ...pipeline.data.augment import pad_eval_image, pad_eval_label
 from ...pipeline.data.images import decode_rgb
 from ...pipeline.tasks import get_task
-from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 from . import views
 from .prefetch import BackgroundIterator, ordered_map
 from .sampler import Block, BlockShuffleSampler, Window, make_blocks
@@ -95,9 +95,8 @@ def _resize(x_chw: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
 
 
 def normalize_image(img01_chw: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=img01_chw.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=img01_chw.dtype).view(3, 1, 1)
-    return (img01_chw - mean) / std
+    """The student's input: ImageNet mean/std, as every SAK teacher and the official transforms use."""
+    return normalize(img01_chw, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def empty_label(task: str, size: tuple[int, int]) -> torch.Tensor:

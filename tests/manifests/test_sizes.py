@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sak.manifests.errors import ConfigError
-from sak.manifests.sizes import parse_hw
+from sak.manifests.sizes import centre_offsets, parse_hw
 
 
 @pytest.mark.parametrize("value, hw", [
@@ -20,3 +20,10 @@ def test_accepted_forms(value, hw) -> None:
 def test_refused_forms_name_the_option_and_the_expected_form(value) -> None:
     with pytest.raises(ConfigError, match=r"--aug-crop .* is not HxW or a single side, e.g. 448x576 or 512"):
         parse_hw(value, "--aug-crop")
+
+
+def test_centre_offsets_put_the_odd_row_and_column_bottom_right() -> None:
+    # official PadImage (custom_transforms.py:231-233): top = delta_h // 2, left = delta_w // 2
+    assert centre_offsets((4, 6), (5, 9)) == (0, 1)
+    assert centre_offsets((448, 576), (448, 576)) == (0, 0)
+    assert centre_offsets((375, 500), (512, 512)) == (68, 6)

@@ -1,13 +1,21 @@
-"""Student fixtures: a ViT-Ti SAK student at 32x48 with 3 teachers (widths 32, 48, 64) and 4 NYUD tasks."""
+"""Student fixtures: a ViT-Ti SAK student at 32x48 with 3 teachers (widths 32, 48, 64) and 4 NYUD tasks.
+
+The test folders mirror the package (model/, data/, runs/, evaluate/, train/); ``_caches.py`` (demo caches
+with test-teacher stores) sits here, so this folder goes on ``sys.path`` for every test below it.
+"""
 
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from sak.student.model.config import StudentConfig, TaskSpec, TeacherTarget
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 TINY_TEACHERS = (
     TeacherTarget(name="a", width=32),

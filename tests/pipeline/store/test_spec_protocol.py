@@ -13,7 +13,7 @@ from sak.manifests.errors import ConfigError
 from sak.pipeline.extract.job import spec_aug
 from sak.pipeline.store.spec import FeatureSpec
 
-LEGACY = Path(__file__).parent.parent / "data" / "legacy_v1"
+LEGACY = Path(__file__).resolve().parents[2] / "data" / "legacy_v1"
 
 
 def _legacy_spec_json() -> dict:
