@@ -22,7 +22,7 @@ the pixels the official pipeline would make for the same parameters:
 Checked bit for bit against OpenCV 5.1 (opencv-python-headless, AVX-512 machine): every one of
 the 2^24 RGB colours through ``rgb_to_hsv``, every H, S, V through ``hsv_to_rgb`` in full and
 partial blocks, and 45 M resized values (random images, sizes 2..90 and 375..640, scales
-0.5..2) through both resizes (``tests/pipeline/test_cvops.py`` keeps the golden
+0.5..2) through both resizes (``tests/pipeline/data/test_cvops.py`` keeps the golden
 values measured with the official functions).
 """
 

@@ -32,7 +32,7 @@ def test_builtins_in_manifest_column_order():
 
 
 def test_channel_tables():
-    # (moved from tests/pipeline/test_labels.py: the tables it checked are the tasks' declarations now)
+    # (moved from tests/pipeline/data/test_labels.py: the tables it checked are the tasks' declarations now)
     assert {t: get_task(t).channels for t in BUILTINS} == {
         "semseg": 40, "depth": 1, "normals": 3, "edge": 1, "parts": 7, "saliency": 1}
     assert dict(get_task("semseg").channels_by_format) == {"nyud": 40, "pascal": 21}
