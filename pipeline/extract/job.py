@@ -189,12 +189,13 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
     layers = tuple(cfg.layers) if cfg.layers else tuple(teacher.default_layers)
     teacher.check_layers(layers)
     pp = teacher.preprocess
+    aug, aug_version = spec_aug(cfg.aug)
     return FeatureSpec(
         aug_crop=cfg.aug_crop, teacher=teacher.name, weights=teacher.weights_id, layers=layers, resolution=tuple(pp.resolution),
         resize=pp.resize, mean=tuple(pp.mean), std=tuple(pp.std), patch_size=teacher.patch_size,
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
-        keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=spec_aug(cfg.aug)[0], aug_seed=cfg.seed,
-        input_protocol=pp.protocol, img_size=pp.frame, aug_version=spec_aug(cfg.aug)[1],
+        keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=aug, aug_seed=cfg.seed,
+        input_protocol=pp.protocol, img_size=pp.frame, aug_version=aug_version,
     )
 
 
