@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,11 +24,7 @@ def load_student(source: str | os.PathLike[str], *, device: str | torch.device =
         run = RunDir(path)
         if not run.exists():
             raise SakError(f"{path} is a folder but not a training run (no config.json); pass a run dir or a .safetensors student file")
-        cfg = run.student_config()
-        model = SAKStudent(replace(cfg, pretrained=False))
-        model.cfg = cfg
-        model.load_state_dict(run.load_checkpoint().weights)
-        return model.to(device).eval()
+        return run.trained_student()[0].to(device).eval()
     if not path.is_file():
         raise SakError(f"{path} does not exist; pass a run dir (sak-train fit --out) or a student file (sak-train export)")
     return student_file.load_student(path, device=device)

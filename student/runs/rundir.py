@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,6 +125,15 @@ class RunDir:
         write_json_atomic(self.summary_file, {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()})
 
     # -- rebuilding the run's student --------------------------------------------------------------
+    def trained_student(self) -> tuple[SAKStudent, int]:
+        """The student with the weights of the last checkpoint (built without downloading), and its step."""
+        cfg = self.student_config()
+        model = SAKStudent(replace(cfg, pretrained=False))  # every weight comes from the checkpoint
+        model.cfg = cfg
+        ckpt = self.load_checkpoint()
+        model.load_state_dict(ckpt.weights)
+        return model, int(ckpt.record["step"])
+
     def load(self, split: str = "val") -> LoadedRun:
         """The run's configs and ``split`` of its dataset (in order, no augmentation), ready to evaluate."""
         cfg = self.train_config()
@@ -153,10 +162,7 @@ class LoadedRun:
 
     def trained_model(self) -> tuple[SAKStudent, int]:
         """The student with the weights of the run's last checkpoint, and that checkpoint's step."""
-        ckpt = self.run.load_checkpoint()
-        model = self.build_model()
-        model.load_state_dict(ckpt.weights)
-        return model, int(ckpt.record["step"])
+        return self.run.trained_student()
 
 
 def init_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
