@@ -112,9 +112,3 @@ def sample_checksum(parts: Sequence[np.ndarray]) -> str:
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         digest.update(arr.data.cast("B"))  # arr.data is memoryview(arr), typed as one in numpy's stubs
     return digest.hexdigest()
-
-
-def batch_checksums(arrays: Sequence[np.ndarray]) -> list[str]:
-    """Per-sample checksums of a batch: ``arrays`` are (n, ...) blocks in checksum order."""
-    n = arrays[0].shape[0] if arrays else 0
-    return [sample_checksum([a[i] for a in arrays]) for i in range(n)]
