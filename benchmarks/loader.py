@@ -66,7 +66,7 @@ def synthetic_store(cache: Path, dataset, grid: tuple[int, int], width: int, see
 
     spec = FeatureSpec(teacher="synthetic:vit_base_patch14", weights="file:synthetic-benchmark-targets", layers=LAYERS,
                        resolution=(grid[0] * 14, grid[1] * 14), resize="squash", mean=(0.485, 0.456, 0.406),
-                       std=(0.229, 0.224, 0.225), patch_size=14, width=width, grid=grid)
+                       std=(0.229, 0.224, 0.225), patch_size=14, width=width, grid=grid, codec="zstd")
     store = FeatureStore.create(cache, spec)
     rows = list(dataset.ok_rows())
     rng = np.random.default_rng(seed)

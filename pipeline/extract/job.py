@@ -36,6 +36,7 @@ from ..data.datasets import index_dataset, list_datasets, open_dataset, write_da
 from ..devices import resolve_device
 from ..storage import Location
 from ..store.feature_store import FeatureStore
+from ..store.quant import DEFAULT_QUANT
 from ..store.spec import DTYPES, INPUT_PROTOCOLS, FeatureSpec
 from ..teachers import create_teacher, teacher_info
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
@@ -63,6 +64,8 @@ class ExtractConfig(Config):
     img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W); default: aug_crop, else the images' max
     resolution: int | None = None  # native protocol: square input size; default: each teacher's native size
     dtype: str = "float16"
+    quant: str | None = None  # dtype int8: "token" | "channel" | "token-channel" (default DEFAULT_QUANT)
+    codec: str = "none"  # feature-array compression of new segments: none | lz4 | zstd
     views: int = 1
     aug: str = "none"
     aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; student protocol: img_size; native: None = each image's own size
@@ -196,6 +199,7 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
         keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=aug, aug_seed=cfg.seed,
         input_protocol=pp.protocol, img_size=pp.frame, aug_version=aug_version,
+        quant=(cfg.quant or DEFAULT_QUANT) if cfg.dtype == "int8" else None, codec=cfg.codec,
     )
 
 

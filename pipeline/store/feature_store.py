@@ -46,7 +46,7 @@ from .arrays import decode_stored, layer_array_name, prefix_array_name, read_row
 from .commits import dedup_commits, dropped_ok_rows, rows_by_segment
 from .maintenance import VerifyReport, gc_store, verify_store
 from .shards import ShardReader, fast_shards_supported
-from .spec import FORMAT_VERSION, FeatureSpec
+from .spec import ABSENT_CODEC, FORMAT_VERSION, UNHASHED, FeatureSpec
 from .stats import LayerStats, merge_all, stats_from_json
 from .writer import SegmentWriter, write_text_atomic
 
@@ -73,7 +73,7 @@ def spec_differences(have: FeatureSpec, want: FeatureSpec | dict) -> list[tuple[
     """[(field, stored value, asked value)] for the fields that differ."""
     a = have.to_dict()
     b = want.to_dict() if isinstance(want, FeatureSpec) else {k: json.loads(canonical_json(v)) for k, v in want.items()}
-    return [(k, a.get(k), b[k]) for k in sorted(b) if a.get(k) != b[k]]
+    return [(k, a.get(k), b[k]) for k in sorted(b) if a.get(k) != b[k] and k not in UNHASHED]
 
 
 def _mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> str:
@@ -158,6 +158,7 @@ class FeatureStore:
                 f"{spec_path}: store format version {version!r} is not supported by this sak (supports {FORMAT_VERSION}); "
                 "upgrade sak to read it, or extract again into a new cache."
             )
+        data.setdefault("codec", ABSENT_CODEC)
         try:
             spec = FeatureSpec.from_dict(data)
         except ConfigError as exc:

@@ -20,6 +20,13 @@ for sak's first augmentation policy; the official pipeline (``custom_transforms.
 version 1, so an old store is never extended with views of the other policy (each view also
 records its policy in its JSON, which is what replay reads).
 
+Store dtype (``dtype``/``quant``): float16 (default), bfloat16, float32, or int8 codes with float32
+scales (``quant``: ``token``, ``channel`` or ``token-channel``; see :mod:`.quant`). ``codec`` says how
+new segments compress their feature arrays (``none``, ``lz4``, ``zstd``); it is recorded but not
+hashed (:data:`UNHASHED`): each array's zarr metadata says how it was written, readers follow it, and
+a store may hold segments of several codecs. ``spec.json`` files without it mean ``zstd``
+(:data:`ABSENT_CODEC`, applied by ``FeatureStore.open``).
+
 Hash rule and compatibility: ``spec_id`` hashes the canonical JSON of :meth:`FeatureSpec.identity`,
 which leaves out every field added after format version 1 while it holds its legacy value
 (:data:`LEGACY_VALUES`: ``input_protocol="native"``, ``img_size=None``, ``aug_version=1``). A ``spec.json`` written
@@ -36,11 +43,15 @@ from typing import Any
 
 from ...manifests.config import Config, config_hash
 from ...manifests.errors import ConfigError
+from .quant import QUANT_MODES
 
 #: Bump when the on-disk layout or the meaning of a stored value changes.
 FORMAT_VERSION = 1
 
-DTYPES = ("float16", "bfloat16", "float32")
+DTYPES = ("float16", "bfloat16", "float32", "int8")
+#: Compression of feature arrays: none (the default: fp16/int8 features compress by under 10%, and
+#: decoding would bound reads), blosc-lz4 with byte shuffle, or zstd level 3 (every store before issue 13).
+CODECS = ("none", "lz4", "zstd")
 NATIVE_RESIZE = ("squash", "longest-pad")
 STUDENT_RESIZE = ("none", "longest-bicubic")
 RESIZE_POLICIES = NATIVE_RESIZE + STUDENT_RESIZE
@@ -49,7 +60,11 @@ INPUT_PROTOCOLS = ("student", "native")
 
 #: Fields added after format version 1, with the value every older store implicitly has.
 #: At that value a field is left out of the hashed identity, so older stores keep their spec_id.
-LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None, "aug_version": 1}
+LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None, "aug_version": 1, "quant": None}
+#: Recorded in spec.json but never hashed: how bytes are compressed changes no stored number.
+UNHASHED = ("codec",)
+#: The codec of a spec.json written before the field existed.
+ABSENT_CODEC = "zstd"
 #: Augmentation policy versions: 1 = sak's first policy (``--aug sak-v1``), 2 = the official one (``--aug sak``).
 AUG_VERSIONS = (1, 2)
 
@@ -83,6 +98,8 @@ class FeatureSpec(Config):
     input_protocol: str = "native"  # "student" (official; new extractions) or "native"; absent in older spec.json
     img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W) input the teacher was fed
     aug_version: int = 1  # with aug "sak": 1 = sak's first policy (older stores), 2 = the official pipeline
+    quant: str | None = None  # dtype int8: "token" | "channel" | "token-channel" scales (see store/quant.py)
+    codec: str = "none"  # feature-array compression of new segments; not hashed (UNHASHED); absent = "zstd"
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -94,6 +111,13 @@ class FeatureSpec(Config):
             raise ConfigError(f"layers must be distinct non-negative block indices, got {self.layers}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if (self.dtype == "int8") != (self.quant is not None) or (self.quant is not None and self.quant not in QUANT_MODES):
+            raise ConfigError(
+                f"dtype int8 needs quant one of {QUANT_MODES} and other dtypes none; got dtype {self.dtype!r}, "
+                f"quant {self.quant!r} (pass --dtype int8 --quant token-channel, or --dtype float16)"
+            )
+        if self.codec not in CODECS:
+            raise ConfigError(f"codec must be one of {CODECS}, got {self.codec!r} (pass --codec none|lz4|zstd)")
         if self.resize not in RESIZE_POLICIES:
             raise ConfigError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.aug not in AUG_POLICIES:
@@ -135,6 +159,8 @@ class FeatureSpec(Config):
     def identity(self) -> dict[str, Any]:
         """What ``spec_id`` hashes: every field, less those still at their legacy value (module docstring)."""
         data = self.to_dict()
+        for name in UNHASHED:
+            del data[name]
         for name, legacy in LEGACY_VALUES.items():
             if data[name] == legacy:
                 del data[name]

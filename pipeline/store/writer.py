@@ -48,7 +48,7 @@ from .arrays import (
     storage_numpy_dtype,
     to_storage,
 )
-from .shards import ZSTD_LEVEL, encode_shard, fast_shards_supported
+from .shards import compressors_for, encode_shard, fast_shards_supported
 from .spec import FeatureSpec
 from .stats import LayerStats, stats_to_json
 
@@ -275,7 +275,6 @@ class SegmentWriter:
 
     def _create_arrays(self) -> None:
         import zarr
-        from zarr.codecs import ZstdCodec
 
         group = zarr.open_group(
             self.segment_path.zarr_store(read_only=False),
@@ -295,7 +294,7 @@ class SegmentWriter:
                 chunks=inner,
                 shards=(s, *inner[1:]),
                 dtype=dtype,
-                compressors=ZstdCodec(level=ZSTD_LEVEL),
+                compressors=compressors_for(self.spec.codec, dtype.itemsize),
                 fill_value=0,
                 dimension_names=SAMPLE_AXES if name.startswith("layer_") else PREFIX_AXES,
                 attributes=attrs,
@@ -367,7 +366,7 @@ class SegmentWriter:
             raise AssertionError(f"block at row {start} of {block.shape[0]} rows is not one shard of {s}")
         key = "/".join(["c", str(start // s)] + ["0"] * (block.ndim - 1))
         path = self.segment_path / name / key
-        path.put_bytes(encode_shard(block, s))  # local: a plain write; object stores: one PUT
+        path.put_bytes(encode_shard(block, s, self.spec.codec))  # local: a plain write; object stores: one PUT
 
     def _finish_arrays(self) -> None:
         assert self._arrays is not None

@@ -44,7 +44,7 @@ def test_legacy_store_equals_a_fresh_extraction_byte_for_byte(legacy_cache, demo
     # the settings the legacy store was extracted with (tests/student/_caches.py at f280f66)
     report = extract(ExtractConfig(cache=str(_indexed_cache(tmp_path, demo_nyud)), teachers=("test:tiny",),
                                    random_init=True, device="cpu", batch_size=16, segment_size=8, io_threads=1,
-                                   input_protocol="native"))
+                                   input_protocol="native", codec="zstd"))
     new = FeatureStore.open(report.teachers[0].store)
     assert new.name == old.name == GOLDEN["store"]  # same spec -> same spec_id
     assert old.spec == new.spec
