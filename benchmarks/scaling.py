@@ -11,8 +11,10 @@ when each worker has its own GPU.
 Open: a cache with N committed rows is grown synthetically (a dataset manifest of N rows, a
 store with N/1024 Parquet commit parts and their stats files; no teacher, no arrays), then
 timed: what ``sak-train`` does before building the model (open the dataset, pick the stores
-covering it, join manifest and commits on (sha256, view), merge the stats). Target: 100k rows
-open in under 3 s, and no worse than linear from 1k.
+covering it, join manifest and commits on (sha256, view), merge the stats), beside the same stages
+through the code before issue 13 (``benchmarks/legacy_open.py``: per-row Python join, commits built
+per caller, stats JSONs parsed on every call), interleaved; and ``sak-cache ls`` on the same cache.
+Targets: 100k rows (98 segments) open in under 1 s, ``ls`` under 1 s, no worse than linear from 1k.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from .common import Bench, Scratch, alternate, image_folder, indexed, median, parser, pick, say, setup
+from .common import Bench, Scratch, alternate, image_folder, indexed, load_avg, median, parser, pick, say, setup
 
 SIZES = {
     # quick: worker threads instead of processes (a smoke run of the same path, seconds instead of a minute)
@@ -35,7 +37,7 @@ SIZES = {
 }
 DATASET = "photos"
 PART_ROWS = 1024
-OPEN_BUDGET_S = 3.0
+OPEN_BUDGET_S = 1.0
 
 
 def _set_threads(n: int) -> int:
@@ -177,21 +179,62 @@ def grow_cache(cache: Path, rows: int) -> None:
 def open_cache(cache: Path) -> dict:
     """What sak-train does with a cache before building the model; seconds per stage."""
     from sak.pipeline.data.datasets import open_dataset
-    from sak.student.data.cached import CachedTargets
-    from sak.student.data.stores import select_stores
+    from sak.student.data.stores import StoreJoin, select_stores
 
     t = [time.perf_counter()]
     ds = open_dataset(cache, "big")
     t.append(time.perf_counter())
     stores = select_stores(str(cache), ds, (), "train")
     t.append(time.perf_counter())
-    data = CachedTargets(ds, stores, "train", (448, 448), cache_hint=str(cache))
+    join = StoreJoin(ds, stores, "train", cache_hint=str(cache))
     t.append(time.perf_counter())
     for s in stores:
         s.stats()
     t.append(time.perf_counter())
     return {"seconds": t[-1] - t[0], "open_dataset_s": t[1] - t[0], "select_stores_s": t[2] - t[1],
-            "join_s": t[3] - t[2], "stats_s": t[4] - t[3], "items": len(data)}
+            "join_s": t[3] - t[2], "stats_s": t[4] - t[3], "items": len(join.items)}
+
+
+def open_cache_before(cache: Path) -> dict:
+    """The same stages through the code before issue 13 (benchmarks/legacy_open.py): the baseline."""
+    from sak.pipeline.data.datasets import open_dataset
+
+    from .legacy_open import LegacyStoreJoin, select_covering
+
+    t = [time.perf_counter()]
+    ds = open_dataset(cache, "big")
+    t.append(time.perf_counter())
+    stores = select_covering(str(cache), ds, "train")
+    t.append(time.perf_counter())
+    join = LegacyStoreJoin(ds, stores, "train", cache_hint=str(cache))
+    t.append(time.perf_counter())
+    for s in stores:
+        s.stats()
+    t.append(time.perf_counter())
+    return {"seconds": t[-1] - t[0], "open_dataset_s": t[1] - t[0], "select_stores_s": t[2] - t[1],
+            "join_s": t[3] - t[2], "stats_s": t[4] - t[3], "items": len(join.items)}
+
+
+def ls_cache(cache: Path) -> dict:
+    """``sak-cache ls --cache CACHE`` in this process (rendering included)."""
+    from typer.testing import CliRunner
+
+    from sak.cli.cache import app
+
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, ["ls", "--cache", str(cache)])
+    if res.exit_code != 0:
+        raise SystemExit(f"sak-cache ls failed: {res.output}")
+    return {"seconds": time.perf_counter() - t0}
+
+
+def ls_cache_before(cache: Path) -> dict:
+    """What ``sak-cache ls`` computed before (without rendering)."""
+    from .legacy_open import ls_rows
+
+    t0 = time.perf_counter()
+    ls_rows(str(cache))
+    return {"seconds": time.perf_counter() - t0}
 
 
 def opening(bench: Bench, args, cfg: dict) -> None:
@@ -203,16 +246,29 @@ def opening(bench: Bench, args, cfg: dict) -> None:
             t0 = time.perf_counter()
             grow_cache(caches[rows], rows)
             say(f"#   grew a cache of {rows} committed rows in {time.perf_counter() - t0:.1f} s")
-        res = alternate({f"open_{rows}": (lambda c=caches[rows]: open_cache(c)) for rows in (small, big)},
-                        max(3, cfg["rounds"]), warmup=1)
+        fns = {}
+        for rows in (small, big):
+            fns[f"open_{rows}"] = lambda c=caches[rows]: open_cache(c)
+            fns[f"open_{rows}_before"] = lambda c=caches[rows]: open_cache_before(c)
+        fns[f"ls_{big}"] = lambda: ls_cache(caches[big])
+        fns[f"ls_{big}_before"] = lambda: ls_cache_before(caches[big])
+        res = alternate(fns, max(3, cfg["rounds"]), warmup=1)
     bench.detail("open_rounds", res)
-    t_small = median(r["seconds"] for r in res[f"open_{small}"])
-    t_big = median(r["seconds"] for r in res[f"open_{big}"])
+    sec = {k: median(r["seconds"] for r in v) for k, v in res.items()}
+    t_small, t_big = sec[f"open_{small}"], sec[f"open_{big}"]
     stage = {k: median(r[k] for r in res[f"open_{big}"]) for k in ("open_dataset_s", "select_stores_s", "join_s", "stats_s")}
-    parts = {f"t_{big}_s": t_big, f"t_{small}_s": t_small, **stage, "parts": -(-big // PART_ROWS),
-             "items": res[f"open_{big}"][0]["items"]}
+    before = {f"before_{k}": median(r[k] for r in res[f"open_{big}_before"]) for k in ("select_stores_s", "join_s", "stats_s")}
+    if res[f"open_{big}"][0]["items"] != res[f"open_{big}_before"][0]["items"]:
+        raise SystemExit("the new and the old join served different numbers of items")
+    parts = {f"t_{big}_s": t_big, f"t_{big}_before_s": sec[f"open_{big}_before"], f"t_{small}_s": t_small,
+             f"t_{small}_before_s": sec[f"open_{small}_before"], **stage, **before, "parts": -(-big // PART_ROWS),
+             "items": res[f"open_{big}"][0]["items"], "load": load_avg()}
     bench.ratio(f"open_{big}_rows_within_{OPEN_BUDGET_S:g}s", OPEN_BUDGET_S / t_big, 1.0, parts)
+    bench.ratio(f"open_{big}_rows_before_vs_after", sec[f"open_{big}_before"] / t_big, 1.0, parts)
     bench.ratio(f"open_{big}_vs_{small}_rows_time", t_big / t_small, big / small, {**parts, "linear": big / small}, op="<=")
+    ls_parts = {f"ls_{big}_s": sec[f"ls_{big}"], f"ls_{big}_before_s": sec[f"ls_{big}_before"],
+                "segments": -(-big // PART_ROWS), "note": "after: the CLI with rendering; before: its computations only"}
+    bench.ratio(f"ls_{big}_rows_within_{OPEN_BUDGET_S:g}s", OPEN_BUDGET_S / sec[f"ls_{big}"], 1.0, ls_parts)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -31,8 +31,9 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,11 +44,11 @@ from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrup
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
 from .arrays import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
-from .commits import dedup_commits, dropped_ok_rows, rows_by_segment
+from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
 from .maintenance import VerifyReport, gc_store, verify_store
 from .shards import ShardReader, fast_shards_supported
 from .spec import ABSENT_CODEC, FORMAT_VERSION, UNHASHED, FeatureSpec
-from .stats import LayerStats, merge_all, stats_from_json
+from .stats import LayerStats, stats_from_json
 from .writer import SegmentWriter, write_text_atomic
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ SPEC_FILE = "spec.json"
 CREATED_FILE = "created.json"  # who/when, kept out of spec.json (the spec is the store's hash identity)
 FEATURES_DIR = "features"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+PART_READERS = 4  # threads reading commit parts on open (remote stores: overlapped GETs)
 
 #: Which command-line flag sets each spec field, for SpecMismatch messages.
 _FLAG = {
@@ -105,6 +107,8 @@ class FeatureStore:
         self.read_only = read_only
         self._arrays: dict[tuple[str, str, bool], zarr.Array | ShardReader] = {}
         self._parts: dict[str, pa.Table] = {}
+        self._segment_stats: dict[str, dict[int, LayerStats]] = {}  # parsed stats JSONs (immutable once committed)
+        self._views: dict[str, tuple[tuple[str, ...], Any]] = {}  # raw / dedup / stats, per committed-segment set
         self._lock = threading.Lock()
 
     @property
@@ -191,14 +195,34 @@ class FeatureStore:
         names = (self.path / "manifest").list_names(PART_PREFIX, PART_SUFFIX)
         return [n[len(PART_PREFIX) : -len(PART_SUFFIX)] for n in names]
 
+    def _cached(self, what: str, segments: tuple[str, ...], make: Callable[[], Any]) -> Any:
+        """``make()`` once per set of committed segments (parts, stats and segments never change once committed)."""
+        hit = self._views.get(what)
+        if hit is not None and hit[0] == segments:
+            return hit[1]
+        value = make()
+        self._views[what] = (segments, value)
+        return value
+
     def raw_commits(self) -> pa.Table:
         """Every row of every committed part (duplicates included), in segment order."""
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[tuple[str, ...], pa.Table]:
+        """(committed segment ids, their raw rows): the key of every cached view, and the rows."""
+        segments = tuple(sorted(self.committed_segments()))
         with self._lock:
-            for seg in self.committed_segments():
-                if seg not in self._parts:  # parts are immutable: read each once
-                    self._parts[seg] = self.read_part(seg)
-            tables = [self._parts[s] for s in sorted(self._parts)]
-        return pa.concat_tables(tables) if tables else COMMIT_SCHEMA.empty_table()
+            return segments, self._cached("raw", segments, lambda: self._concat_parts(segments))
+
+    def _concat_parts(self, segments: tuple[str, ...]) -> pa.Table:
+        new = [seg for seg in segments if seg not in self._parts]  # parts are immutable: read each once
+        if len(new) > 1:  # many small files: overlap their reads (pyarrow decodes without the GIL)
+            with ThreadPoolExecutor(max_workers=min(PART_READERS, len(new)), thread_name_prefix="sak-parts") as pool:
+                self._parts.update(zip(new, pool.map(self.read_part, new), strict=True))
+        elif new:
+            self._parts[new[0]] = self.read_part(new[0])
+        tables = [self._parts[s] for s in segments]
+        return pa.concat_tables(tables).combine_chunks() if tables else COMMIT_SCHEMA.empty_table()
 
     def part_path(self, segment_id: str) -> Location:
         return self.path / "manifest" / f"{PART_PREFIX}{segment_id}{PART_SUFFIX}"
@@ -221,8 +245,12 @@ class FeatureStore:
 
         ``status="ok"`` (default) or ``"failed"`` filters; ``None`` returns both kinds.
         """
-        raw = self.raw_commits()
-        table = dedup_commits(raw) if dedup else raw
+        segments, raw = self._snapshot()
+        if dedup:
+            with self._lock:
+                table = self._cached("dedup", segments, lambda: dedup_commits(raw))
+        else:
+            table = raw
         if status is not None:
             table = table.filter(pc.equal(table.column("status"), status))
         return table
@@ -288,18 +316,29 @@ class FeatureStore:
 
     # -- statistics ---------------------------------------------------------------
     def stats(self) -> dict[int, LayerStats]:
-        """Per-layer channel statistics over exactly the rows of ``commits()`` (committed, deduplicated, ok)."""
+        """Per-layer channel statistics over exactly the rows of ``commits()`` (committed, deduplicated, ok).
+
+        Each segment's JSON is parsed once per store object; the merge is one numpy pass per layer.
+        """
+        segments, raw = self._snapshot()
+        with self._lock:
+            totals = self._cached("stats", segments, lambda: self._merged_stats(raw))
+        return dict(totals)
+
+    def _merged_stats(self, raw: pa.Table) -> dict[int, LayerStats]:
+        ok_segments = sorted(pc.unique(raw.filter(pc.equal(raw.column("status"), STATUS_OK)).column("segment_id")).to_pylist())
         per_layer: dict[int, list[LayerStats]] = {i: [] for i in self.spec.layers}
-        raw = self.raw_commits()
-        ok_segments = set(raw.filter(pc.equal(raw.column("status"), STATUS_OK)).column("segment_id").to_pylist())
-        for seg in sorted(ok_segments):
-            path = self.path / "stats" / f"{seg}.json"
-            if not path.exists():
-                raise StoreCorrupt(f"{path} is missing for committed segment {seg}; run `sak-cache verify {self.path}`.")
-            for layer, st in stats_from_json(path.read_text(encoding="utf-8"), str(path)).items():
+        for seg in ok_segments:
+            parsed = self._segment_stats.get(seg)
+            if parsed is None:
+                path = self.path / "stats" / f"{seg}.json"
+                if not path.exists():
+                    raise StoreCorrupt(f"{path} is missing for committed segment {seg}; run `sak-cache verify {self.path}`.")
+                parsed = self._segment_stats[seg] = stats_from_json(path.read_text(encoding="utf-8"), str(path))
+            for layer, st in parsed.items():
                 if layer in per_layer:
                     per_layer[layer].append(st)
-        totals = {i: merge_all(v, self.spec.width) for i, v in per_layer.items()}
+        totals = {i: merge_stacked(v, self.spec.width) for i, v in per_layer.items()}
         dropped = dropped_ok_rows(raw)
         if dropped.num_rows:  # duplicates from concurrent writers: remove what dedup hides
             for seg, rows in rows_by_segment(dropped).items():

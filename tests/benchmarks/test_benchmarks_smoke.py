@@ -24,7 +24,8 @@ EXPECTED = {
     "loader": {"loader_targets_vs_raw_read_cold", "loader_targets_vs_raw_read_warm", "full_loader_vs_step_consumption"},
     "storage": {"storage_fp16_zstd_vs_raw_fp16", "storage_bf16_zstd_vs_raw_fp16", "fidelity_fp16_cosine_distance",
                 "fidelity_bf16_cosine_distance", "fidelity_fp32_cosine_distance", "storage_int8_token_estimate_zstd_vs_raw_fp16"},
-    "scaling": {"extract_2_vs_1_dask_workers", "open_2000_rows_within_3s", "open_2000_vs_200_rows_time"},
+    "scaling": {"extract_2_vs_1_dask_workers", "open_2000_rows_within_1s", "open_2000_vs_200_rows_time",
+                "open_2000_rows_before_vs_after", "ls_2000_rows_within_1s"},
 }
 
 
