@@ -40,9 +40,19 @@ class _RateColumn(ProgressColumn):
         return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
 
 
+class _BytesColumn(ProgressColumn):
+    """Feature bytes handed to the writers per second since the start (GB/s beside img/s)."""
+
+    def render(self, task) -> Text:
+        elapsed = task.elapsed or 0.0
+        nbytes = task.fields.get("feature_bytes", 0)
+        return Text(f"{nbytes / 1e9 / elapsed:,.2f} GB/s" if elapsed > 0 and nbytes else "-- GB/s", style="magenta")
+
+
 def _summary(report) -> Table:
     table = Table(title=f"extraction: {report.images} images, {report.samples} samples run, {report.seconds:.1f} s", title_justify="left")
-    for col in ("teacher", "done", "reused", "failed", "MB written", "img/s", "write MB/s", "writer busy", "store"):
+    for col in ("teacher", "done", "reused", "failed", "MB written", "img/s", "features GB/s", "disk GB/s", "write MB/s",
+                "writer busy", "threads", "store"):
         table.add_column(col, justify="left" if col in ("teacher", "store") else "right")
     for t in report.teachers:
         failed = t.failed + t.skipped_failed
@@ -51,7 +61,8 @@ def _summary(report) -> Table:
         name = t.teacher + (" [bold red](RANDOM-INIT)[/]" if t.random_init else "")
         table.add_row(
             name, str(t.done), str(t.skipped_cached), failed_text, f"{t.bytes_written / 1e6:,.1f}",
-            f"{t.images_per_s:,.1f}", f"{t.write_mb_per_s:,.1f}", f"{busy:.0%}", str(t.store),
+            f"{t.images_per_s:,.1f}", f"{t.feature_gb_per_s:,.3f}", f"{t.disk_gb_per_s:,.3f}", f"{t.write_mb_per_s:,.1f}",
+            f"{busy:.0%}", str(t.encode_threads or "-"), str(t.store),
         )
     return table
 
@@ -65,7 +76,12 @@ def extract(
     img_size: str | None = typer.Option(None, "--img-size", help="The student's input size HxW (e.g. 448x576 NYUD, 512x512 PASCAL, 384 stage 1): with the student protocol every teacher is built at it and fed the student's tensor. Default: --aug-crop, else the largest image (smaller images are centre-padded)."),
     input_protocol: str = typer.Option("student", "--input-protocol", help="student (official SAK, default): teachers take the student's own ImageNet-normalized tensor at --img-size, SAM resized to 1024; native: each image squashed to the teacher's native square with its own mean/std."),
     resolution: int | None = typer.Option(None, "--resolution", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
-    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits) or float32."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits), float32, or int8 (codes + float32 scales, quantized on the GPU: half the bytes of float16 on disk, over PCIe and in the loader; use it at the paper's sizes, e.g. SAM's 64x64x768 maps = 25 MB per sample in float16). int8 is fidelity-gated: see --min-cosine."),
+    quant: str | None = typer.Option(None, "--quant", help="int8 scales: token-channel (default: a scale per channel, then per token; real teachers have outlier channels and high-norm tokens), token, or channel."),
+    codec: str = typer.Option("none", "--codec", help="Compression of the feature arrays: none (default and fastest: float16/int8 features compress by under 10%, and decoding would bound training reads), lz4 (cheap, rarely pays), zstd (saves <10% at a large CPU cost; every store before this option)."),
+    min_cosine: float = typer.Option(0.9999, "--min-cosine", help="int8 fidelity gate: the extraction stops (before writing) when a layer's standardized mean cosine between the int8 codes and the teacher's maps, on any batch, is below this. Shown per layer by `sak-cache info`."),
+    force_quant: bool = typer.Option(False, "--force-quant", help="int8: keep going below --min-cosine with a warning (the measured fidelity is recorded in the store)."),
+    encode_threads: int | None = typer.Option(None, "--encode-threads", min=1, help="Writer threads per store that checksum, compress and write shards. Default: as many as the output rate needs (measured per segment)."),
     views: int = typer.Option(1, "--views", min=1, help="Augmented views per image (K > 1 needs --aug sak)."),
     aug: str = typer.Option("none", "--aug", help="none: one un-augmented view; sak: the official SAK pipeline (scale, crop with class-ratio retry, flip, photometric, centred pad), replayable exactly; sak-v1: sak's first policy (older stores)."),
     aug_crop: str | None = typer.Option(None, "--aug-crop", help="Size HxW of the augmented views (e.g. 448x576). Student protocol: it is --img-size (the default); native protocol: default each image's own size."),
@@ -88,6 +104,8 @@ def extract(
 
     [bold]Augmentation.[/] Online SAK shows teachers the same augmented crop the student sees. With --aug sak --views K each image is cached under K augmented views (scale 0.5-2, crop, flip, photometric); the parameters of each view are stored with it and the trainer replays exactly that augmentation on the image and its labels, so student input and teacher target match bit for bit. [bold]This exact replay is the faithful path.[/] Mirroring or cropping cached feature maps instead (a feature-space flip) is only an approximation the trainer offers as an explicit option: a ViT's features of a mirrored image are not mirrored features (positional embeddings); one public measurement (DINOv3-S, 640 px) found cosine 0.9999 between cached and live features of the same image, but only 0.867 for mirrored cache vs the live mirrored image.
 
+    [bold]Bytes.[/] At the paper's sizes (dinov2 + sam + clip, 4 layers each: ~35 MB per sample in float16) the cache only beats the teachers if it moves few bytes: --dtype int8 halves disk, PCIe and loader traffic, and refuses layers whose int8 codes drift from the teacher's maps (--min-cosine; --quant token-channel handles outlier channels). Compression (--codec) buys under 10% on these features: keep none.
+
     [bold]Teacher inputs.[/] By default (--input-protocol student, as official SAK) each teacher is built at the student's input size (--img-size) and receives the student's own tensor, ImageNet mean/std: DINOv2-B/14 at 448x576 gives a 32x41 grid, CLIP-B/16 28x36; SAM alone is resized (longest side 1024, zero pad). --input-protocol native squashes each image to the teacher's native square with its own mean/std instead.
 
     Examples:
@@ -98,13 +116,16 @@ def extract(
 
       sak-cache extract -t dinov2 --dataset nyud --cache ./cache --input-protocol native
 
+      sak-cache extract -t sam --dataset nyud --cache ./cache --img-size 448x576 --dtype int8
+
       sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
     """
     cfg = ExtractConfig(
         cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
         input_protocol=input_protocol, img_size=parse_hw_option(img_size, "--img-size"),
-        resolution=resolution, dtype=dtype, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
+        resolution=resolution, dtype=dtype, quant=quant, codec=codec, min_cosine=min_cosine, force_quant=force_quant,
+        encode_threads=encode_threads, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
         device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
         retry_failed=retry_failed, segment_size=segment_size,
     )
@@ -113,14 +134,17 @@ def extract(
             "[bold yellow]WARNING: --random-init: these teachers have RANDOM weights. Their features are not a foundation "
             "model's; use the store for tests and demos only. The store's spec records it.[/]"
         )
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(), _BytesColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("extracting " + ", ".join(teacher), total=None)
+        task = bar.add_task("extracting " + ", ".join(teacher), total=None, feature_bytes=0)
+        sent = [0]
 
         def progress(advance: int, **info: Any) -> None:
             if "total" in info:
                 bar.update(task, total=info["total"])
-            bar.advance(task, advance)
+            sent[0] += info.get("bytes", 0)
+            bar.update(task, advance=advance, feature_bytes=sent[0])
 
         report = run_extract(cfg, progress=progress)
     out.print(_summary(report))

@@ -40,6 +40,7 @@ from ..store.quant import DEFAULT_QUANT
 from ..store.spec import DTYPES, INPUT_PROTOCOLS, FeatureSpec
 from ..teachers import create_teacher, teacher_info
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
+from .forward import DEFAULT_MIN_COSINE
 from .segment import RunContext, Sample, SegmentResult, SegmentTask, run_segment, teacher_key
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class ExtractConfig(Config):
     dtype: str = "float16"
     quant: str | None = None  # dtype int8: "token" | "channel" | "token-channel" (default DEFAULT_QUANT)
     codec: str = "none"  # feature-array compression of new segments: none | lz4 | zstd
+    min_cosine: float = DEFAULT_MIN_COSINE  # int8: stop when a layer's standardized mean cosine on a batch is below
+    force_quant: bool = False  # int8: keep going below min_cosine (warn; the fidelity is recorded)
+    encode_threads: int | None = None  # writer encode threads per store; None: follow the output rate
     views: int = 1
     aug: str = "none"
     aug_crop: tuple[int, int] | None = None  # (H, W) of augmented views; student protocol: img_size; native: None = each image's own size
@@ -104,6 +108,12 @@ class ExtractConfig(Config):
                 raise ConfigError(f"--aug-crop {self.aug_crop} needs --aug sak and a positive HxW size")
             object.__setattr__(self, "aug_crop", parse_hw(self.aug_crop, "--aug-crop"))
         self._check_protocol()
+        if not 0.0 < self.min_cosine <= 1.0:
+            raise ConfigError(f"--min-cosine must be in (0, 1], got {self.min_cosine}")
+        if self.encode_threads is not None and self.encode_threads < 1:
+            raise ConfigError(f"--encode-threads must be >= 1 (or left out: it follows the output rate), got {self.encode_threads}")
+        if self.quant is not None and self.dtype != "int8":
+            raise ConfigError(f"--quant {self.quant} is for --dtype int8 (got --dtype {self.dtype}); drop --quant or pass --dtype int8")
         for name in ("batch_size", "workers", "io_threads", "segment_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -146,9 +156,11 @@ class TeacherReport:
     skipped_cached: int = 0
     skipped_failed: int = 0  # failed earlier and not retried (pass retry_failed)
     failed: int = 0  # failed in this run
-    bytes_written: int = 0
-    write_seconds: float = 0.0  # busy time of the background writers
+    bytes_written: int = 0  # on disk (arrays, stats, commit parts)
+    feature_bytes: int = 0  # features handed to the writers (what crossed from the device)
+    write_seconds: float = 0.0  # busy time of the background writers (summed over their threads)
     seconds: float = 0.0  # wall time of the run
+    encode_threads: int = 0  # writer threads of the last segment
     segments: list[str] = field(default_factory=list)
 
     @property
@@ -159,6 +171,16 @@ class TeacherReport:
     def write_mb_per_s(self) -> float:
         """Write throughput while writing (MB per writer-busy second): compare with the data rate to see what binds."""
         return self.bytes_written / 1e6 / self.write_seconds if self.write_seconds > 0 else 0.0
+
+    @property
+    def feature_gb_per_s(self) -> float:
+        """Feature bytes handed to the writers per second of the run (beside ``images_per_s``)."""
+        return self.feature_bytes / 1e9 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def disk_gb_per_s(self) -> float:
+        """Bytes on disk per second of the run."""
+        return self.bytes_written / 1e9 / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def random_init(self) -> bool:
@@ -299,8 +321,10 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
 def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractReport:
     """Run the extraction described by ``cfg``; returns per-teacher counts and throughput.
 
-    ``progress(advance, **info)`` is called with ``total=`` once, then per batch (per segment
-    when a dask cluster runs the tasks).
+    ``progress(advance, **info)`` is called with ``total=`` once, then per batch with ``failed=`` and
+    ``bytes=`` (feature bytes handed to the writers; per segment, without ``bytes``, when a dask
+    cluster runs the tasks). int8 stores stop with :class:`.forward.FidelityError` when a batch's
+    codes fall below ``min_cosine`` (unless ``force_quant``), before that batch is written.
     """
     t0 = time.perf_counter()
     device = str(resolve_device(cfg.device))  # a plain name travels to dask workers
@@ -344,7 +368,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
 
     def on_result(res: SegmentResult) -> None:
         if progress is not None and not in_process:
-            progress(res.samples)
+            progress(res.samples, bytes=sum(t.feature_bytes for t in res.teachers))
 
     try:
         results = run_tasks(
@@ -364,7 +388,9 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
             rep.failed += part.failed
             rep.skipped_cached += part.skipped_cached
             rep.bytes_written += part.bytes_written
+            rep.feature_bytes += part.feature_bytes
             rep.write_seconds += part.write_seconds
+            rep.encode_threads = part.encode_threads or rep.encode_threads
             rep.segments += part.segments
         failures += [(cfg.teachers[t], sid, err) for t, sid, err in res.failures]
     for rep in reports:

@@ -5,8 +5,10 @@ Inside a task:
   replayable ``sample_view`` params applied with ``apply_view_image``) and each teacher's
   preprocessing, a few batches ahead of the model (prefetch);
 * each teacher runs batched under ``torch.inference_mode`` (autocast fp16/bf16 on CUDA, matching
-  the store dtype), its maps are converted to the store dtype on the device, copied to host, and
-  handed to that teacher's :class:`SegmentWriter`, whose background thread compresses and writes;
+  the store dtype; fp16 for int8), its maps are converted to the store dtype, or quantized to int8
+  codes + scales with their fidelity measured and gated, on the device (:mod:`.forward`), copied to
+  host, and handed to that teacher's :class:`SegmentWriter`, whose encode threads (as many as the
+  output rate needs: :func:`encode_threads_for`) compress and write;
 * a sample that cannot be decoded (:class:`BadImage`) or gives non-finite values becomes a
   ``failed`` commit row with its error, and the task goes on;
 * at the end every writer commits its segment (one part per teacher store). If the task dies,
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
+import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +44,13 @@ from ..store.spec import FeatureSpec
 from ..store.writer import SampleKey
 from ..teachers import create_teacher
 from .execution import worker_cached, worker_index
+from .forward import check_fidelity, forward
 
 log = logging.getLogger(__name__)
 
+#: Encode threads a writer may get, and how much faster than the output they should be able to go.
+MAX_ENCODE_THREADS = 8
+ENCODE_HEADROOM = 1.25
 NON_FINITE = "non-finite feature values (float16 overflow?); extract this teacher with --dtype bfloat16 or float32"
 
 
@@ -84,8 +92,10 @@ class TeacherPart:
     done: int = 0
     failed: int = 0
     skipped_cached: int = 0  # committed by another writer after the plan was made
-    bytes_written: int = 0
+    bytes_written: int = 0  # on disk (arrays, stats, commit part)
+    feature_bytes: int = 0  # features handed to the writer (what crossed from the device)
     write_seconds: float = 0.0
+    encode_threads: int = 1
     segments: list[str] = field(default_factory=list)
 
 
@@ -218,46 +228,31 @@ def _prepared_batches(samples: list[Sample], teachers: list, cfg) -> Iterator[li
         yield batch
 
 
-def _to_storage(t, dtype: str):
-    """Device tensor -> (host numpy array in the on-disk dtype, per-sample finite mask)."""
-    import torch
+def encode_threads_for(cfg, spec: FeatureSpec, history: dict | None) -> int:
+    """Encode threads of a segment writer, following the output rate.
 
-    conv = t.to({"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype])
-    finite = torch.isfinite(conv).flatten(1).all(dim=1)
-    if dtype == "bfloat16":
-        conv = conv.view(torch.int16)
-    arr = conv.contiguous().cpu().numpy()
-    return (arr.view(np.uint16) if dtype == "bfloat16" else arr), finite.cpu().numpy()
+    ``history`` is what the previous segment of this store measured in this process (bytes/s handed
+    to the writer, and bytes per busy writer-second per thread); with none yet, a guess by sample size
+    (paper-size maps need several threads, 224-px ones one). ``--encode-threads`` overrides.
+    """
+    if cfg.encode_threads:
+        return int(cfg.encode_threads)
+    cores = os.cpu_count() or 1
+    top = max(1, min(MAX_ENCODE_THREADS, cores))
+    if not history or history.get("per_thread_bps", 0) <= 0:
+        h, w = spec.grid
+        sample = h * w * spec.width * len(spec.layers) * 2
+        return 1 if sample < (4 << 20) else min(4, top)
+    return max(1, min(top, math.ceil(ENCODE_HEADROOM * history["out_bps"] / history["per_thread_bps"])))
 
 
-def _forward(teacher, spec: FeatureSpec, inputs: list, device: str):
-    """Batched teacher forward -> (layer arrays, prefix arrays or None, finite mask), store dtype."""
-    import torch
-
-    x = torch.stack(inputs)
-    on_cuda = device.startswith("cuda")
-    if on_cuda:
-        x = x.pin_memory().to(device, non_blocking=True)
-    amp = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec.dtype)
-    ctx = torch.autocast("cuda", dtype=amp) if (on_cuda and amp is not None) else nullcontext()
-    with torch.inference_mode(), ctx:
-        maps, prefix = teacher.forward_layers(x, spec.layers)
-    finite = np.ones(len(inputs), dtype=bool)
-    layers = []
-    for m in maps:
-        arr, ok = _to_storage(m, spec.dtype)
-        layers.append(arr)
-        finite &= ok
-    pre = None
-    if spec.keep_prefix:
-        if prefix is None:
-            raise SakError(f"teacher {spec.teacher} returned no prefix tokens; extract it without --keep-prefix")
-        pre = []
-        for p in prefix:
-            arr, ok = _to_storage(p, spec.dtype)
-            pre.append(arr)
-            finite &= ok
-    return layers, pre, finite
+def store_writer(store: FeatureStore, capacity: int, threads: int):
+    """``store.writer(capacity)`` with ``encode_threads`` when this writer has the pool (store format of issue 13)."""
+    # TODO(merge fmt): SegmentWriter/FeatureStore.writer gain encode_threads there; then pass it unconditionally.
+    make: Any = store.writer
+    if "encode_threads" in inspect.signature(make).parameters:
+        return make(capacity, encode_threads=threads)
+    return store.writer(capacity)
 
 
 def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None] | None = None) -> SegmentResult:
@@ -283,10 +278,12 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
     counts = [sum(t in s.teachers for s in samples) for t in range(len(specs))]
     teachers = [_teacher(ctx, t) if counts[t] else None for t in range(len(specs))]
     device = _worker_device(ctx.device)
-    writers = [stores[t].writer(counts[t]) if counts[t] else None for t in range(len(specs))]
+    threads = [encode_threads_for(cfg, spec, worker_cached(("encode-rate", spec.spec_id), dict)) for spec in specs]
+    writers = [store_writer(stores[t], counts[t], threads[t]) if counts[t] else None for t in range(len(specs))]
+    t_start = time.perf_counter()
     try:
         for batch in _prepared_batches(samples, teachers, cfg):
-            n_failed = 0
+            n_failed, n_bytes = 0, 0
             for t, spec in enumerate(specs):
                 writer = writers[t]
                 if writer is None:
@@ -300,19 +297,26 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
                 good = [p for p in mine if p.error is None]
                 if not good:
                     continue
-                layers, prefix, finite = _forward(teachers[t], spec, [p.inputs[t] for p in good], device)
-                if not finite.all():
-                    for p in (p for p, ok in zip(good, finite, strict=True) if not ok):
+                out = forward(teachers[t], spec, [p.inputs[t] for p in good], device)
+                if spec.dtype == "int8":  # before anything of this batch reaches the writer
+                    check_fidelity(spec, out.fidelity, cfg.min_cosine, cfg.force_quant)
+                    for f in out.fidelity:
+                        if f.count:
+                            writer.add_fidelity(f.layer, "raw", f.count, f.raw_sum, f.raw_min)
+                            writer.add_fidelity(f.layer, "std", f.count, f.std_sum, f.std_min)
+                if not out.finite.all():
+                    for p in (p for p, ok in zip(good, out.finite, strict=True) if not ok):
                         writer.add_failed(_key(p), NON_FINITE)
                         result.failures.append((t, p.sample.sample_id, NON_FINITE))
                         n_failed += 1
-                    good = [p for p, ok in zip(good, finite, strict=True) if ok]
-                    layers = [a[finite] for a in layers]
-                    prefix = [a[finite] for a in prefix] if prefix is not None else None
+                    good = [p for p, ok in zip(good, out.finite, strict=True) if ok]
+                    out = out.select(out.finite)
                 if good:
-                    writer.append([_key(p) for p in good], layers, prefix)
+                    writer.append([_key(p) for p in good], out.layers, out.prefix)
+                    result.teachers[t].feature_bytes += out.nbytes
+                    n_bytes += out.nbytes
             if progress is not None:
-                progress(len(batch), failed=n_failed)
+                progress(len(batch), failed=n_failed, bytes=n_bytes)
         for t, writer in enumerate(writers):
             if writer is None:
                 continue
@@ -320,13 +324,23 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
             part = result.teachers[t]
             part.done, part.failed = rep.n_ok, rep.n_failed
             part.bytes_written, part.write_seconds = rep.bytes_written, rep.write_seconds
+            part.encode_threads = threads[t]
             part.segments.append(rep.segment_id)
+            _remember_rate(specs[t], part, time.perf_counter() - t_start)
     except BaseException:
         for writer in writers:
             if writer is not None:
                 writer.abort()
         raise
     return result
+
+
+def _remember_rate(spec: FeatureSpec, part: TeacherPart, seconds: float) -> None:
+    """What the next segment of this store sizes its writer pool from (:func:`encode_threads_for`)."""
+    if part.feature_bytes and part.write_seconds > 0 and seconds > 0:
+        rate = worker_cached(("encode-rate", spec.spec_id), dict)
+        rate["out_bps"] = part.feature_bytes / seconds
+        rate["per_thread_bps"] = part.feature_bytes / part.write_seconds  # write_seconds: busy time summed over threads
 
 
 def _key(p: _Prepared) -> SampleKey:

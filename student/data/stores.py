@@ -168,7 +168,7 @@ def extract_hint(spec: Any, dataset: str, cache: str, img_size: tuple[int, int] 
         if spec.input_protocol == "native" and spec.aug_crop is not None:
             opts.append(f"--aug-crop {spec.aug_crop[0]}x{spec.aug_crop[1]}")
     if spec.dtype != "float16":
-        opts.append(f"--dtype {spec.dtype}")
+        opts.append(f"--dtype {spec.dtype}" + (f" --quant {spec.quant}" if spec.quant else ""))
     if spec.keep_prefix:
         opts.append("--keep-prefix")
     return "sak-cache extract " + " ".join(opts)

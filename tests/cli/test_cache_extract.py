@@ -97,3 +97,22 @@ def test_img_size_and_input_protocol_options(app, demo_cache) -> None:
     assert bad.exit_code != 0 and "--img-size" in _flat(bad.output) and "448x576" in _flat(bad.output)
     big = _run(app, *base, "--img-size", "32x32")
     assert big.exit_code != 0 and "--aug sak --aug-crop 32x32" in _flat(big.output)
+
+
+def test_codec_min_cosine_and_rates_in_the_summary(app, demo_cache) -> None:
+    cache, _ = demo_cache
+    res = _run(app, "extract", "-t", "test:tiny", "--random-init", "--dataset", "nyud", "--cache", cache, "--layers", "1",
+               "--batch-size", 4, "--codec", "lz4", "--min-cosine", "0.999", "--encode-threads", 2)
+    assert res.exit_code == 0, res.output
+    text = _flat(res.output)
+    assert "features GB/s" in text and "disk GB/s" in text and "threads" in text
+    assert [s.spec.codec for s in list_stores(cache)] == ["lz4"]
+    bad = _run(app, "extract", "-t", "test:tiny", "--random-init", "--dataset", "nyud", "--cache", cache, "--quant", "token")
+    assert bad.exit_code != 0 and "--dtype int8" in _flat(bad.output)
+
+
+def test_help_teaches_int8_and_codecs(app) -> None:
+    text = _flat(_run(app, "extract", "--help").output)
+    for words in ("--dtype", "int8", "half the bytes", "--quant", "token-channel", "--codec", "none", "zstd", "--min-cosine",
+                  "--force-quant", "--encode-threads"):
+        assert words in text, words

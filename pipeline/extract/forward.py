@@ -1,0 +1,203 @@
+"""One batched teacher forward on its device, and what crosses to the host.
+
+* float16 / bfloat16 / float32 stores: each map is converted to the store dtype on the device
+  (bfloat16 as its uint16 bits) and copied to the host.
+* int8 stores: each map is quantized ON THE DEVICE (:func:`..store.quant.quantize`), so only the
+  int8 codes and float32 scales cross PCIe (half the bytes of float16). The fidelity of the codes
+  is measured there too, per layer over the batch's finite samples: the cosine per token between
+  the dequantized codes and the teacher's map, raw and standardized per channel
+  (:func:`..store.quant.token_cosines`), summed and minimized on the device (one scalar copy).
+  :func:`check_fidelity` gates on the standardized mean: below ``--min-cosine`` the extraction
+  stops before the batch is written (:class:`FidelityError`), unless ``--force-quant``.
+  Prefix tokens of an int8 store are stored as float16 (quant.py).
+
+Non-finite values (float16 overflow) are found per sample on the device in every dtype; the
+caller records those samples as failed. On CUDA the copies go to pinned host buffers
+(non-blocking, one synchronize per batch); on the CPU the tensors are the host arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...manifests.errors import SakError
+from ..store import quant
+from ..store.spec import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+#: Default fidelity gate: standardized per-token cosine of int8 codes to the teacher's maps, per layer and batch.
+DEFAULT_MIN_COSINE = 0.9999
+_STORE_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_AMP = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float16}
+
+
+class FidelityError(SakError):
+    """int8 codes of a layer are further from the teacher's maps than ``--min-cosine`` allows."""
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Per-token cosines of one layer over one batch's finite samples (sums, so batches add up)."""
+
+    layer: int
+    count: int  # tokens
+    raw_sum: float
+    raw_min: float
+    std_sum: float
+    std_min: float
+
+    @property
+    def std_mean(self) -> float:
+        return self.std_sum / self.count if self.count else 1.0
+
+    @property
+    def raw_mean(self) -> float:
+        return self.raw_sum / self.count if self.count else 1.0
+
+
+@dataclass
+class Forwarded:
+    """A batch ready for a writer: per-layer host blocks (numpy, or quant.QuantizedBlock of numpy)."""
+
+    layers: list
+    prefix: list | None
+    finite: np.ndarray  # (B,) bool
+    fidelity: list[Fidelity] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of features handed to the writer (what crossed from the device)."""
+        return sum(_nbytes(b) for b in self.layers + (self.prefix or []))
+
+    def select(self, keep: np.ndarray) -> Forwarded:
+        """Only the samples where ``keep`` is True."""
+        return replace(self, layers=[_take(b, keep) for b in self.layers],
+                       prefix=None if self.prefix is None else [_take(b, keep) for b in self.prefix], finite=self.finite[keep])
+
+
+def _nbytes(block) -> int:
+    return sum(p.nbytes for p in block.parts) if isinstance(block, quant.QuantizedBlock) else int(block.nbytes)
+
+
+def _parts3(block: quant.QuantizedBlock) -> tuple[Any, Any, Any]:
+    return block.q, block.scale_token, block.scale_channel
+
+
+def _take(block, keep):
+    """The samples of ``block`` (array or QuantizedBlock, numpy or torch) where ``keep`` is True."""
+    if isinstance(block, quant.QuantizedBlock):
+        return quant.QuantizedBlock(*(None if p is None else p[keep] for p in _parts3(block)))
+    return block[keep]
+
+
+def _host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Device tensors -> host numpy arrays; pinned buffers and one synchronize on CUDA."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [t.detach().contiguous().numpy() for t in tensors]
+    out = []
+    for t in tensors:
+        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        buf.copy_(t, non_blocking=True)
+        out.append(buf)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [b.numpy() for b in out]
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t).flatten(1).all(dim=1)
+
+
+def _store_tensor(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    conv = t.to(_STORE_TORCH[dtype])
+    return conv.view(torch.int16) if dtype == "bfloat16" else conv
+
+
+def measure(layer: int, maps: torch.Tensor, block: quant.QuantizedBlock, finite: torch.Tensor) -> Fidelity:
+    """Fidelity of ``block`` (device tensors) to ``maps`` over the finite samples, computed on their device."""
+    if not bool(finite.all()):
+        maps, block = maps[finite], _take(block, finite)
+    if maps.shape[0] == 0:
+        return Fidelity(layer=layer, count=0, raw_sum=0.0, raw_min=1.0, std_sum=0.0, std_min=1.0)
+    approx = quant.dequantize(*_parts3(block))
+    raw = quant.token_cosines(maps, approx)
+    std = quant.token_cosines(maps, approx, standardize=True)
+    raw_sum, raw_min, std_sum, std_min = torch.stack([raw.sum(), raw.min(), std.sum(), std.min()]).tolist()
+    return Fidelity(layer=layer, count=int(raw.numel()), raw_sum=raw_sum, raw_min=raw_min, std_sum=std_sum, std_min=std_min)
+
+
+def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
+    """Batched teacher forward -> host blocks in the store's on-disk form, finite mask, int8 fidelity."""
+    x = torch.stack(inputs)
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        x = x.pin_memory().to(device, non_blocking=True)
+    amp = _AMP.get(spec.dtype)
+    ctx = torch.autocast("cuda", dtype=amp) if (on_cuda and amp is not None) else nullcontext()
+    with torch.inference_mode(), ctx:
+        maps, prefix = teacher.forward_layers(x, spec.layers)
+    if spec.keep_prefix and prefix is None:
+        raise SakError(f"teacher {spec.teacher} returned no prefix tokens; extract it without --keep-prefix")
+    with torch.inference_mode():
+        finite = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        device_layers: list = []
+        fidelity = []
+        for layer, m in zip(spec.layers, maps, strict=True):
+            if spec.dtype == "int8":
+                ok = _finite(m)
+                block = quant.quantize(m, spec.quant or quant.DEFAULT_QUANT)
+                fidelity.append(measure(layer, m, block, ok))
+                device_layers.append(block)
+            else:
+                conv = m.to(_STORE_TORCH[spec.dtype])
+                ok = _finite(conv)
+                device_layers.append(_store_tensor(conv, spec.dtype))
+            finite &= ok
+        device_prefix = None
+        if spec.keep_prefix:
+            pdtype = "float16" if spec.dtype == "int8" else spec.dtype
+            conv_p = [p.to(_STORE_TORCH[pdtype]) for p in prefix or []]
+            for p in conv_p:
+                finite &= _finite(p)
+            device_prefix = [_store_tensor(p, pdtype) for p in conv_p]
+        flat = [t for b in device_layers for t in (b.parts if isinstance(b, quant.QuantizedBlock) else (b,))]
+        host = _host(flat + (device_prefix or []) + [finite])
+    it = iter(host)
+    layers: list[Any] = []
+    for b in device_layers:
+        if isinstance(b, quant.QuantizedBlock):
+            q = next(it)
+            st = next(it) if b.scale_token is not None else None
+            sc = next(it) if b.scale_channel is not None else None
+            layers.append(quant.QuantizedBlock(q, st, sc))
+        else:
+            arr = next(it)
+            layers.append(arr.view(np.uint16) if spec.dtype == "bfloat16" else arr)
+    pre = [next(it) for _ in device_prefix] if device_prefix is not None else None
+    if pre is not None and spec.dtype == "bfloat16":
+        pre = [p.view(np.uint16) for p in pre]
+    return Forwarded(layers=layers, prefix=pre, finite=next(it).astype(bool), fidelity=fidelity)
+
+
+def check_fidelity(spec: FeatureSpec, fidelity: list[Fidelity], min_cosine: float, force: bool) -> None:
+    """Stop (:class:`FidelityError`) when a layer's standardized mean cosine is below ``min_cosine``; warn with ``force``."""
+    for f in fidelity:
+        if f.count == 0 or f.std_mean >= min_cosine:
+            continue
+        what = (f"teacher {spec.teacher} layer {f.layer}: int8 codes ({spec.quant} scales) have a standardized mean "
+                f"cosine of {f.std_mean:.6f} to the teacher's maps on a batch (raw {f.raw_mean:.6f}, worst token "
+                f"{f.std_min:.4f}), below --min-cosine {min_cosine:g}")
+        if force:
+            log.warning("%s; kept because of --force-quant (the fidelity is recorded in the store)", what)
+            continue
+        raise FidelityError(
+            f"{what}. Nothing of this batch was written. Pass --quant token-channel (a scale per token and per channel: "
+            "handles outlier channels), or --dtype float16 (exact, twice the bytes), or --force-quant to keep going "
+            "with a warning (the fidelity is recorded and shown by `sak-cache info`)."
+        )
