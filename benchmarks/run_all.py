@@ -4,6 +4,10 @@
 
 Each benchmark writes ``<out>/<name>.json`` (its ratios, parts and the machine record); the
 summary repeats every RATIO line and, with ``--markdown``, writes a table for the README.
+
+``--device cuda`` runs every benchmark's GPU preset (the paper's sizes) under a time budget each
+(:data:`CUDA_BUDGET_S`, under 8 minutes in all): a benchmark over its budget is stopped and listed
+as failed, so one run always ends in time with a table (``<out>/cuda.md`` unless ``--markdown``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ("extract_overhead", "cached_vs_online", "loader", "storage", "scaling")
+#: Seconds each GPU preset may take (start-up and data generation included); 450 s in all.
+CUDA_BUDGET_S = {"extract_overhead": 110, "cached_vs_online": 90, "loader": 110, "storage": 50, "scaling": 90}
+TOTAL_CUDA_BUDGET_S = 480
 
 
 def markdown(records: list[dict]) -> str:
@@ -55,16 +62,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    cuda = args.device.startswith("cuda")
+    if cuda and not args.quick:
+        assert sum(CUDA_BUDGET_S.values()) <= TOTAL_CUDA_BUDGET_S
+        args.markdown = args.markdown or str(out / "cuda.md")
     records, failed = [], []
     for name in names:
         cmd = [sys.executable, "-m", f"benchmarks.{name}", "--device", args.device, "--json", str(out / f"{name}.json"),
                *(["--quick"] if args.quick else []), *extra]
         print(f"# running: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        budget = CUDA_BUDGET_S[name] if cuda and not args.quick else None
         t0 = time.perf_counter()
-        rc = subprocess.call(cmd, cwd=Path(__file__).resolve().parent.parent)
-        print(f"# {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        rc: int | str
+        try:
+            rc = subprocess.call(cmd, cwd=Path(__file__).resolve().parent.parent, timeout=budget)
+        except subprocess.TimeoutExpired:
+            rc = "over budget"
+        print(f"# {name}: exit {rc} after {time.perf_counter() - t0:.0f} s" + (f" (budget {budget} s)" if budget else ""),
+              file=sys.stderr, flush=True)
         if rc != 0:
-            failed.append(name)
+            failed.append(f"{name} ({rc})")
             continue
         records.append(json.loads((out / f"{name}.json").read_text()))
     print("\n# summary", flush=True)
@@ -72,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rec["ratios"]:
             print(r["line"])
     table = markdown(records)
+    if failed:
+        table += f"\nNot measured (failed or over its time budget): {', '.join(failed)}.\n"
     if args.markdown:
         Path(args.markdown).write_text(table)
         print(f"# wrote {args.markdown}", file=sys.stderr)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ live
 from benchmarks.common import Ratio, parse_ratio_lines
 
 EXPECTED = {
-    "extract_overhead": {"extract_vs_bare_forward"},
+    "extract_overhead": {"extract_vs_bare_forward", "extract_vs_bare_forward_paper_maps"},
     "cached_vs_online": {"cached_speedup", "cached_speedup_vs_ideal"},
     "loader": {"loader_targets_vs_raw_read_cold", "loader_targets_vs_raw_read_warm", "full_loader_vs_step_consumption"},
     "storage": {"storage_fp16_zstd_vs_raw_fp16", "storage_bf16_zstd_vs_raw_fp16", "fidelity_fp16_cosine_distance",
