@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from .common import Bench, Scratch, alternate, image_folder, indexed, load_avg, median, parser, pick, say, setup, size_name, sync
 
@@ -48,14 +49,15 @@ PAPER = {
 PAPER_TEACHER = "bench:paper-maps"
 
 
-def register_paper_teacher(hidden: int) -> None:
-    """``bench:paper-maps``: SAM-size outputs (64x64 tokens x 768, 12 blocks) from a cheap forward."""
+@contextmanager
+def paper_teacher(hidden: int) -> Iterator[None]:
+    """``bench:paper-maps`` registered while the block runs: SAM-size outputs (64x64 tokens x 768, 12 blocks), cheap forward."""
     import torch
 
     from sak.pipeline.teachers.base import Teacher
     from sak.pipeline.teachers.info import TeacherInfo
     from sak.pipeline.teachers.preprocess import Preprocess
-    from sak.pipeline.teachers.registry import register_source
+    from sak.pipeline.teachers.registry import SOURCES, register_source
     from sak.pipeline.teachers.source import TeacherSource
     from sak.pipeline.teachers.weights import random_init_id, seeded
 
@@ -86,10 +88,11 @@ def register_paper_teacher(hidden: int) -> None:
     def build(model: str, request) -> Teacher:
         return PaperMaps(request.seed).eval().requires_grad_(False)
 
+    register_source(TeacherSource(prefix="bench", build=build, describe=lambda model: info))
     try:
-        register_source(TeacherSource(prefix="bench", build=build, describe=lambda model: info))
-    except Exception:  # already registered in this process (tests run main twice)
-        pass
+        yield
+    finally:  # the registry has no removal: a benchmark must not leave its teacher to the rest of the process
+        SOURCES._entries.pop("bench", None)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,11 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         run_case(bench, args, pick(SIZES, args), "extract_vs_bare_forward", dtype="float16")
     if args.maps in ("paper", "both"):
         paper = dict(PAPER[size_name(args)])
-        register_paper_teacher(paper["hidden"])
         cfg = {**paper, "teacher": PAPER_TEACHER, "resolution": None, "image_size": (240, 320)}
         if args.rounds is not None:
             cfg["rounds"] = args.rounds
-        run_case(bench, args, cfg, "extract_vs_bare_forward_paper_maps", dtype=args.dtype)
+        with paper_teacher(paper["hidden"]):
+            run_case(bench, args, cfg, "extract_vs_bare_forward_paper_maps", dtype=args.dtype)
     say("#   first_batch_s: start of work to the first batch's forward done (decode not yet overlapped);"
         " commit_after_last_batch_s: the last shard's write, fsync and commit after the last forward")
     say("#   extract img/s is timed from the run's start of work (teacher built, plan made) to its return;"
