@@ -255,7 +255,7 @@ def measure(name: str, bench: Bench, data, store_paths: list[Path], rows: int, c
     out = {}
     for mode in ("warm", "cold"):
         cold = mode == "cold"
-        res = alternate({k: (lambda f=f: f(cold)) for k, f in sides.items()}, cfg["rounds"], warmup=0 if cold else 1)
+        res = alternate({k: (lambda f=f, cold=cold: f(cold)) for k, f in sides.items()}, cfg["rounds"], warmup=0 if cold else 1)
         med = {k: median(r["samples_s"] for r in v) for k, v in res.items()}
         parts = {"loader_samples_s": med["loader"], "cat_samples_s": med["cat"],
                  "cat_MB_s": median(r["MB_s"] for r in res["cat"]),
