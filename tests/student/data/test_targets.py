@@ -132,7 +132,8 @@ def test_held_batches_are_never_overwritten(cache) -> None:
     for key, parts in kept.items():
         assert all(torch.equal(p, q) for p, q in zip(parts, [p for layer in held.targets[key].parts for p in layer],
                                                       strict=True))
-    assert max(r.made for r in source.rings) <= 2 + 3  # buffers were reused, not made per batch
+    # at most: held + consumed + queued (prefetch 1) + waiting to be queued + in flight (2 workers) + 1 spare; not one per batch
+    assert max(r.made for r in source.rings) <= 7 < 13
 
 
 def test_collected_batches_without_release_stay_valid(cache) -> None:
