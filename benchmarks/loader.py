@@ -1,21 +1,26 @@
-"""Loader efficiency: the cached-target loader's samples/s vs plain reads of the same store files.
+"""Loader target stage vs `cat` of the same files, before and after issue 13, at 224 px and at the paper's size.
 
-A store of synthetic teacher targets (float16, the layout ``sak-cache extract`` writes:
-one chunk per sample, shards, zstd) is written for a procedural NYUD dataset. Then, after
-dropping the store files from the OS page cache (``posix_fadvise DONTNEED``) before each cold
-measurement:
+Stores of synthetic teacher targets (the layout ``sak-cache extract`` writes: one chunk per
+sample, shards, codec ``none``, the default since issue 13) are written for a procedural NYUD
+dataset at two sizes: **224 px** (ViT-B/14: 16x16x768, 4 layers, float16) and **paper size** (one
+sample = dinov2 32x41x768 + clip 28x36x768 + sam 64x64x768, 4 layers each, float16: 39 MB).
+Measured in one process, interleaved (A B B A) after a warm-up, warm (page cache) and cold (the
+files dropped from the page cache with ``posix_fadvise DONTNEED`` before each run):
 
-* raw: every file of the store's segments read front to back with plain ``read()`` calls;
-  samples/s = stored rows / seconds (the bandwidth the disk gives to a sequential reader);
-* targets: the loader's target stage exactly as ``Loader`` runs it (block-shuffle sampler,
-  ``CachedTargets.read_window`` on a thread pool, windows in order) over one epoch of the
-  train split; also without shuffling, and with one-row blocks (per-sample random reads:
-  what block shuffling avoids);
-* full loader: ``CachedTargets.batches`` (targets + image/label decode + collation), warm;
-* step: one training step of the student on a batch (``sak.student.train.setup.prepare`` + the
-  trainer's step), as samples/s: the rate a training run consumes samples.
+* cat: every shard file read front to back into one reused buffer (``readinto``), one thread;
+* loader (after): the trainer's target stage exactly as ``Loader`` runs it over one epoch of the
+  train split: batch plans from the block-shuffle sampler, ``StreamTargets.batch`` (gather reads into
+  reused batch buffers) on ``workers`` threads with ``workers`` batches in flight, buffers released;
+* before: the target stage of issue 12, kept here verbatim: ``read_window`` per window (``read_rows``
+  per block through the old ``ShardReader.read``: fresh ``np.zeros`` per block, bytes copied in),
+  two windows in flight;
+* resident: ``ResidentTargets`` (``--targets ram``) batches gathered from memory vs ``memcpy`` of the
+  same bytes (contiguous rows into a reused buffer), one thread each;
+* CPU: samples per CPU-second (process user+sys, ``os.times``) of the target stage at paper size,
+  and the cores a 520 samples/s GPU (ViT-B at 448x576 on an H100-class GPU) would need.
 
-Targets: targets/raw >= 0.8 (cold, block shuffle), and full loader / step >= 1 (never the bottleneck).
+An int8 store (codes + scales) is measured too when the store writer supports ``--dtype int8``.
+Targets: loader/cat >= 0.8 warm and cold at both sizes; resident gather/memcpy >= 0.8.
 """
 
 from __future__ import annotations
@@ -27,272 +32,321 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (
-    Bench,
-    Scratch,
-    alternate,
-    demo_dataset,
-    dir_bytes,
-    evict,
-    files_under,
-    indexed,
-    median,
-    parser,
-    pick,
-    say,
-    setup,
-)
+from .common import Bench, Scratch, alternate, demo_dataset, evict, files_under, indexed, median, parser, pick, say, setup
 
+LAYERS = (2, 5, 8, 11)
+PAPER = (("dinov2", (32, 41)), ("clip", (28, 36)), ("sam", (64, 64)))
 SIZES = {
-    "quick": dict(samples=32, image_size=(64, 80), grid=(4, 4), width=32, student="vit_tiny_patch16_224",
-                  batch_size=4, block_size=8, window=2, workers=2, rounds=1),
-    # CPU: ViT-B/14 targets at 224 px (16x16 x 768, 4 layers: 1.5 MB per sample in float16).
-    "cpu": dict(samples=256, image_size=(224, 288), grid=(16, 16), width=768, student="vit_small_patch16_224",
+    "quick": dict(samples=16, paper_samples=8, width=32, vit_grid=(4, 4), paper_grids=((4, 5), (3, 4), (8, 8)),
+                  batch_size=4, block_size=4, window=2, workers=2, rounds=1),
+    "cpu": dict(samples=256, paper_samples=24, width=768, vit_grid=(16, 16), paper_grids=tuple(g for _, g in PAPER),
                 batch_size=8, block_size=16, window=4, workers=4, rounds=3),
-    # GPU machine: ViT-B/14 targets at 448 px (32x32 x 768, 4 layers: 6.3 MB per sample).
-    "cuda": dict(samples=384, image_size=(448, 576), grid=(32, 32), width=768, student="vit_base_patch16_384",
+    "cuda": dict(samples=256, paper_samples=48, width=768, vit_grid=(16, 16), paper_grids=tuple(g for _, g in PAPER),
                  batch_size=8, block_size=16, window=4, workers=8, rounds=3),
 }
-LAYERS = (2, 5, 8, 11)
+GPU_SAMPLES_S = 520  # ViT-B student at 448x576 on an H100-class GPU (issue 13: 6*P*T FLOP at 40% of 990 TFLOP/s)
 
 
-def synthetic_store(cache: Path, dataset, grid: tuple[int, int], width: int, seed: int = 0):
-    """A committed store holding float16 targets for every ok sample of ``dataset``, in manifest order."""
-    import numpy as np
-
+def synthetic_store(cache: Path, dataset, teacher: str, grid: tuple[int, int], width: int, dtype: str = "float16",
+                    seed: int = 0):
+    """A committed store of random heavy-channel targets for every ok sample of ``dataset``."""
     from sak.pipeline.store.feature_store import FeatureStore
     from sak.pipeline.store.spec import FeatureSpec
     from sak.pipeline.store.writer import SampleKey
 
-    spec = FeatureSpec(teacher="synthetic:vit_base_patch14", weights="file:synthetic-benchmark-targets", layers=LAYERS,
+    extra = {"quant": "token-channel"} if dtype == "int8" else {}
+    spec = FeatureSpec(teacher=f"synthetic:{teacher}", weights="file:synthetic-benchmark-targets", layers=LAYERS,
                        resolution=(grid[0] * 14, grid[1] * 14), resize="squash", mean=(0.485, 0.456, 0.406),
-                       std=(0.229, 0.224, 0.225), patch_size=14, width=width, grid=grid, codec="zstd")
+                       std=(0.229, 0.224, 0.225), patch_size=14, width=width, grid=grid, codec="none", dtype=dtype,
+                       **extra)
     store = FeatureStore.create(cache, spec)
     rows = list(dataset.ok_rows())
     rng = np.random.default_rng(seed)
-    scale = rng.lognormal(0.0, 1.0, size=(len(LAYERS), width)).astype(np.float32)  # heavy channels, like real ViTs
-    shift = rng.normal(0.0, 0.5, size=(len(LAYERS), width)).astype(np.float32)
+    scale = rng.lognormal(0.0, 1.0, size=(len(LAYERS), width)).astype(np.float16)  # heavy channels, like real ViTs
     writer = store.writer(len(rows))
-    for i in range(0, len(rows), 16):
-        chunk = rows[i : i + 16]
+    for i in range(0, len(rows), 8):
+        chunk = rows[i : i + 8]
         keys = [SampleKey(r["sha256"], r["sample_id"], r["source"], 0, "{}") for r in chunk]
-        layers = [(rng.standard_normal((len(chunk), *grid, width), dtype=np.float32) * scale[j] + shift[j]).astype(np.float16)
-                  for j in range(len(LAYERS))]
-        writer.append(keys, layers)
+        base = rng.standard_normal((len(chunk), *grid, 1), dtype=np.float32).astype(np.float16)
+        writer.append(keys, [base * scale[j] for j in range(len(LAYERS))])
     writer.commit()
     return FeatureStore.open(store.path)
 
 
-def _timed_read(files: list[Path], rows: int) -> dict:
-    """Read every byte of ``files`` sequentially, unbuffered; samples/s and MB/s."""
-    t0 = time.perf_counter()
-    nbytes = 0
+# -- before: the target stage of issue 12, verbatim --------------------------------------------
+def legacy_shard_read(reader, start: int, stop: int) -> np.ndarray:
+    """``ShardReader.read`` before issue 13: a fresh zeroed block, one span read per shard, each chunk copied in."""
+    import google_crc32c
+
+    from sak.pipeline.store.shards import _ABSENT, chunk_codec
+
+    coder, s = chunk_codec(reader.codec), reader.shard_samples
+    sample_shape = reader.shape[1:]
+    little = reader.dtype.newbyteorder("<")
+    out = np.zeros((stop - start, *sample_shape), dtype=reader.dtype)
+    index_bytes = 16 * s
+    for k in range(start // s, (stop - 1) // s + 1 if stop > start else start // s):
+        path = reader.shard_file(k)
+        lo, hi = max(start, k * s), min(stop, (k + 1) * s)
+        with path.open_ranges() as fh:
+            tail = fh.tail(index_bytes + 4)
+            assert np.frombuffer(tail[-4:], "<u4")[0] == google_crc32c.value(tail[:-4])
+            sel = np.frombuffer(tail[:-4], "<u8").reshape(s, 2)[lo - k * s : hi - k * s]
+            present = sel[:, 0] != _ABSENT
+            begin = int(sel[present, 0].min())
+            buf = fh.span(begin, int((sel[present, 0] + sel[present, 1]).max()))
+        for j, (off, nbytes) in enumerate(sel):
+            enc = buf[int(off) - begin : int(off) - begin + int(nbytes)]
+            raw = enc if coder is None else coder.decode(enc)
+            out[lo - start + j] = np.frombuffer(raw, dtype=little).reshape(sample_shape)
+    return out
+
+
+def legacy_read_window(data, window) -> dict:
+    """``CachedTargets.read_window`` before issue 13: one ``read_rows`` per block (first store) / per segment."""
+    from sak.pipeline.store.arrays import read_rows_contiguous
+
+    def read_rows(store, seg, rows):
+        out = {}
+        for layer in store.spec.layers:
+            arr = store.array(seg, f"layer_{layer}", fast=True)
+            rows = list(rows)
+            if hasattr(arr, "read_into") and rows == list(range(rows[0], rows[0] + len(rows))):
+                out[layer] = legacy_shard_read(arr, rows[0], rows[-1] + 1)
+            else:
+                out[layer] = read_rows_contiguous(arr, rows)
+        return out
+
+    out: dict[int, dict] = {}
+    for block in window.blocks:
+        first, *others = data.stores
+        got = read_rows(first, block.segment_id, range(block.start, block.stop))
+        for i, r in block.items:
+            out.setdefault(i, {})[data.keys[0]] = [got[layer][r - block.start] for layer in first.spec.layers]
+        for s_idx, store in enumerate(others, start=1):
+            for i, _ in block.items:
+                seg, row = data.items[i].locations[s_idx]
+                got_o = read_rows(store, seg, [row])
+                out[i][data.keys[s_idx]] = [got_o[layer][0] for layer in store.spec.layers]
+    return out
+
+
+def before_stage(data, sampler, workers: int, files: list[Path] | None) -> dict:
+    from sak.student.data.prefetch import ordered_map
+
+    if files:
+        evict(files)
+    n, c0, t0 = 0, os.times(), time.perf_counter()
+    with ThreadPoolExecutor(workers, thread_name_prefix="bench-before") as pool:
+        for epoch, win, _ in ordered_map(pool, lambda e: (e[0], e[2], legacy_read_window(data, e[2])),
+                                         sampler.windows_from(0, 0), ahead=2):
+            if epoch:
+                break
+            n += len(win.order)
+    return _rates(n, t0, c0)
+
+
+# -- after: the loader's target stage ---------------------------------------------------------
+def loader_stage(data, sampler, batch_size: int, workers: int, files: list[Path] | None, source=None) -> dict:
+    """One epoch of exactly what ``Loader`` does for targets: plans -> ``source.batch`` on the pool -> release."""
+    from sak.student.data.cached import Loader
+    from sak.student.data.prefetch import ordered_map
+    from sak.student.data.targets import StreamTargets
+
+    if source is None:
+        source = _stream_source(data, batch_size, workers)
+    plans = Loader(data, batch_size, sampler, (0, 0), 0, 1, False, True, source).plans()
+    if files:
+        evict(files)
+    n, c0, t0 = 0, os.times(), time.perf_counter()
+    with ThreadPoolExecutor(workers, thread_name_prefix="bench-after") as pool:
+        for got in ordered_map(pool, lambda p: source.batch(p.items, p.flips), plans, ahead=workers):
+            n += next(iter(got.values())).batch_size
+            for tb in got.values():
+                tb.release()
+    del StreamTargets
+    return _rates(n, t0, c0)
+
+
+_SOURCES: dict = {}
+
+
+def _stream_source(data, batch_size: int, workers: int):
+    from sak.student.data.targets import StreamTargets
+
+    key = (id(data), batch_size, workers)
+    if key not in _SOURCES:  # one ring per data set, as one Loader keeps for a run
+        _SOURCES[key] = StreamTargets(data.stores, data.keys, data.items, batch_size, ring=2 * workers + 3,
+                                      gathers=data.gathers)
+    return _SOURCES[key]
+
+
+def _rates(n: int, t0: float, c0) -> dict:
+    s = time.perf_counter() - t0
+    c1 = os.times()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    return {"samples_s": n / s, "samples": n, "cpu_s": cpu}
+
+
+def per_cpu_s(runs: list[dict]) -> float:
+    """Samples per CPU-second over all rounds (os.times ticks are 10 ms: sum before dividing)."""
+    return sum(r["samples"] for r in runs) / max(0.01, sum(r["cpu_s"] for r in runs))
+
+
+def cat(files: list[Path], rows: int, cold: bool, buf: bytearray) -> dict:
+    """``cat`` of the files into one reused buffer (``readinto``), after dropping them from the page cache when cold."""
+    if cold:
+        evict(files)
+    view = memoryview(buf)
+    t0, nbytes = time.perf_counter(), 0
     for f in files:
         with open(f, "rb", buffering=0) as fh:
             while True:
-                block = fh.read(16 << 20)
-                if not block:
+                got = fh.readinto(view)
+                if not got:
                     break
-                nbytes += len(block)
+                nbytes += got
     s = time.perf_counter() - t0
     return {"samples_s": rows / s, "MB_s": nbytes / s / 1e6}
 
 
-def raw_read(files: list[Path], rows: int) -> dict:
-    """Plain reads after dropping the files from the page cache."""
-    evict(files)
-    return _timed_read(files, rows)
+def resident_vs_memcpy(resident, plans) -> dict:
+    """Gather every planned batch from resident memory vs memcpy of the same bytes into a reused buffer."""
+    import torch
+
+    arrays = [a for per_store in resident.arrays for a in per_store]
+    bufs = [torch.empty_like(a[: resident.batch_size]) for a in arrays]
+
+    def gather() -> dict:
+        t0, n = time.perf_counter(), 0
+        for p in plans:
+            for tb in resident.batch(p.items, p.flips).values():
+                tb.release()
+            n += len(p.items)
+        return {"samples_s": n / (time.perf_counter() - t0)}
+
+    def memcpy() -> dict:
+        t0, n, lo = time.perf_counter(), 0, 0
+        total = arrays[0].shape[0]
+        for p in plans:
+            k = len(p.items)
+            lo = 0 if lo + k > total else lo
+            for a, b in zip(arrays, bufs, strict=True):
+                b[:k].copy_(a[lo : lo + k])
+            lo += k
+            n += k
+        return {"samples_s": n / (time.perf_counter() - t0)}
+
+    return {"gather": gather, "memcpy": memcpy}
 
 
-def target_epoch(data, sampler, workers: int, files: list[Path] | None) -> dict:
-    """One epoch of the loader's target stage (what ``Loader._positions`` does), optionally from a cold cache."""
-    from sak.student.data.prefetch import ordered_map
-
-    if files:
-        evict(files)
-    def read(entry):  # (epoch, offset, window) -> (epoch, window, {item: targets})
-        return entry[0], entry[2], data.read_window(entry[2])
-
-    n = 0
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers, thread_name_prefix="bench-read") as pool:
-        for epoch, window, _targets in ordered_map(pool, read, sampler.windows_from(0, 0), ahead=2):
-            if epoch:
-                break
-            n += len(window.order)
-    s = time.perf_counter() - t0
-    return {"samples_s": n / s, "samples": n}
-
-
-def direct_read(array_dir: Path, start: int, stop: int, shard: int, shape: tuple, dtype) -> np.ndarray:
-    """WHAT-IF (not the store's reader): rows [start, stop) of a sharded layer array read straight from its
-    shard files (one ranged read per shard, the index at the end, zstd per chunk into the output)."""
-    import numpy as np
-    from numcodecs import Zstd
-
-    codec, out = Zstd(), np.empty((stop - start, *shape), dtype=dtype)
-    item = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    for s in range(start // shard, (stop - 1) // shard + 1):
-        lo, hi = max(start, s * shard) - s * shard, min(stop, (s + 1) * shard) - s * shard
-        with open(array_dir / "c" / str(s) / "0" / "0" / "0", "rb") as fh:
-            fh.seek(-(16 * shard + 4), os.SEEK_END)
-            index = np.frombuffer(fh.read(16 * shard), dtype="<u8").reshape(shard, 2)[lo:hi]
-            first, end = int(index[0, 0]), int(index[-1, 0] + index[-1, 1])
-            fh.seek(first)
-            blob = memoryview(fh.read(end - first))
-        for k, (off, n) in enumerate(index):
-            row = out[s * shard + lo + k - start]
-            codec.decode(blob[int(off) - first : int(off + n) - first], out=row.reshape(-1).view(np.uint8)[:item])
+def measure(name: str, bench: Bench, data, store_paths: list[Path], rows: int, cfg: dict, *, before: bool) -> dict:
+    """Warm and cold loader/cat (and before/cat) of one data set; RATIO lines named ``<ratio>_<name>``."""
+    files = [f for p in store_paths for f in files_under(p / "segments") if "/c/" in str(f)]
+    buf = bytearray(64 << 20)
+    bs, win, w = cfg["batch_size"], cfg["window"], cfg["workers"]
+    sampler = data.sampler(block_size=cfg["block_size"], window=win, seed=0)
+    sides = {
+        "cat": lambda cold: cat(files, rows, cold, buf),
+        "loader": lambda cold: loader_stage(data, sampler, bs, w, files if cold else None),
+    }
+    if before:
+        sides["before"] = lambda cold: before_stage(data, sampler, w, files if cold else None)
+    out = {}
+    for mode in ("warm", "cold"):
+        cold = mode == "cold"
+        res = alternate({k: (lambda f=f, cold=cold: f(cold)) for k, f in sides.items()}, cfg["rounds"], warmup=0 if cold else 1)
+        med = {k: median(r["samples_s"] for r in v) for k, v in res.items()}
+        parts = {"loader_samples_s": med["loader"], "cat_samples_s": med["cat"],
+                 "cat_MB_s": median(r["MB_s"] for r in res["cat"]),
+                 "loader_samples_per_cpu_s": per_cpu_s(res["loader"])}
+        if before:
+            parts.update(before_samples_s=med["before"], before_vs_cat=med["before"] / med["cat"],
+                         before_samples_per_cpu_s=per_cpu_s(res["before"]))
+        parts.update(rows=rows, batch=bs, threads=w, files=len(files))
+        bench.ratio(f"loader_vs_cat_{mode}_{name}", med["loader"] / med["cat"], 0.8, parts)
+        out[mode] = {"parts": parts, "rounds": res}
     return out
-
-
-def direct_epoch(data, store, sampler, workers: int, files: list[Path] | None) -> dict:
-    """The target stage with :func:`direct_read` instead of ``read_rows`` (single store): the proposed fix, measured."""
-    import json
-
-    import numpy as np
-
-    from sak.student.data.prefetch import ordered_map
-
-    if files:
-        evict(files)
-    meta = {}
-
-    def read(entry):
-        win = entry[2]
-        for block in win.blocks:
-            seg_dir = store.path / "segments" / block.segment_id
-            for layer in store.spec.layers:
-                d = seg_dir / f"layer_{layer}"
-                if d not in meta:
-                    m = json.loads((d / "zarr.json").read_text())
-                    meta[d] = (m["chunk_grid"]["configuration"]["chunk_shape"][0], tuple(m["shape"][1:]))
-                shard, shape = meta[d]
-                direct_read(d, block.start, block.stop, shard, shape, np.float16)
-        return entry[0], win
-
-    n = 0
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers, thread_name_prefix="bench-read") as pool:
-        for epoch, window in ordered_map(pool, read, sampler.windows_from(0, 0), ahead=2):
-            if epoch:
-                break
-            n += len(window.order)
-    return {"samples_s": n / (time.perf_counter() - t0), "samples": n}
-
-
-def full_loader(data, sampler, batch_size: int, workers: int) -> dict:
-    t0 = time.perf_counter()
-    n = 0
-    with data.batches(batch_size, sampler, workers=workers, prefetch=4, drop_last_epoch=True) as loader:
-        for batch in loader:
-            n += batch.image.shape[0]
-    return {"samples_s": n / (time.perf_counter() - t0)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=None)
-    p.add_argument("--block-size", dest="block_size", type=int, default=None)
-    p.add_argument("--window", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="samples of the 224-px data set")
+    p.add_argument("--paper-samples", dest="paper_samples", type=int, default=None, help="samples at paper size")
     p.add_argument("--workers", type=int, default=None, help="loader threads")
+    p.add_argument("--no-before", dest="before", action="store_false", help="skip the issue-12 target stage")
     args = p.parse_args(argv)
     setup(args)
     cfg = pick(SIZES, args)
     bench = Bench("loader", args)
 
-    import torch
-
     from sak.pipeline.data.datasets import open_dataset
     from sak.student.data.cached import CachedTargets
-    from sak.student.runs.config import TrainConfig
-    from sak.student.train.setup import prepare
+    from sak.student.data.resident import ResidentTargets
 
-    from .cached_vs_online import first_batch, student_step_timer
-
-    root = demo_dataset(args.workdir, cfg["samples"], tuple(cfg["image_size"]))
-    index = indexed(args.workdir, root, "nyud")
+    img = (32, 40)  # the target stage never decodes images
     scratch = Scratch(args.workdir, keep=args.keep)
     try:
+        # -- 224 px ----------------------------------------------------------------------------
+        index = indexed(args.workdir, demo_dataset(args.workdir, cfg["samples"], img), "nyud")
         cache = scratch.fresh_cache(index, "nyud")
-        dataset = open_dataset(cache, "nyud")
-        t0 = time.perf_counter()
-        store = synthetic_store(cache, dataset, tuple(cfg["grid"]), cfg["width"])
-        write_s = time.perf_counter() - t0
-        files = files_under(store.path / "segments")
-        rows = store.commits().num_rows
-        disk = dir_bytes(store.path / "segments")
-        raw_fp16 = rows * len(LAYERS) * cfg["grid"][0] * cfg["grid"][1] * cfg["width"] * 2
-        bench.detail("store", {"rows": rows, "files": len(files), "disk_MB": disk / 1e6, "raw_fp16_MB": raw_fp16 / 1e6,
-                               "write_s": write_s, "setup": cfg})
-        img = tuple(cfg["image_size"])
-        data = CachedTargets(dataset, [store], "train", img, seed=0)
-        bs, win, w = cfg["block_size"], cfg["window"], cfg["workers"]
-        shuffled = data.sampler(block_size=bs, window=win, seed=0)
-        in_order = data.sampler(block_size=bs, window=win, seed=0, shuffle=False)
-        per_row = data.sampler(block_size=1, window=win * bs, seed=0)
+        ds = open_dataset(cache, "nyud")
+        store = synthetic_store(cache, ds, "vitb14", cfg["vit_grid"], cfg["width"])
+        data = CachedTargets(ds, [store], "train", img)
+        bench.detail("store_224", {"rows": store.commits().num_rows, "MB_per_sample": data.gathers[0].sample_bytes() / 1e6,
+                                   "train_items": len(data)})
+        measure("224", bench, data, [store.path], store.commits().num_rows, cfg, before=args.before)
+        _SOURCES.clear()
 
-        cold = alternate({
-            "raw_read": lambda: raw_read(files, rows),
-            "targets_block_shuffle": lambda: target_epoch(data, shuffled, w, files),
-            "targets_sequential": lambda: target_epoch(data, in_order, w, files),
-            "targets_per_row_random": lambda: target_epoch(data, per_row, w, files),
-            "whatif_direct_shard_read": lambda: direct_epoch(data, store, shuffled, w, files),
-        }, cfg["rounds"], warmup=1)
-        warm = alternate({
-            "raw_read_warm": lambda: _warm_raw(files, rows),
-            "targets_block_shuffle_warm": lambda: target_epoch(data, shuffled, w, None),
-            "whatif_direct_shard_read_warm": lambda: direct_epoch(data, store, shuffled, w, None),
-        }, cfg["rounds"], warmup=1)
+        # -- paper size ------------------------------------------------------------------------
+        index = indexed(args.workdir, demo_dataset(args.workdir, cfg["paper_samples"], img), "nyud")
+        paper: dict[str, dict] = {}
+        for dtype in ("float16", "int8"):
+            cache = scratch.fresh_cache(index, "nyud")
+            ds = open_dataset(cache, "nyud")
+            t0 = time.perf_counter()
+            try:
+                stores = [synthetic_store(cache, ds, name, grid, cfg["width"], dtype, seed=k)
+                          for k, ((name, _), grid) in enumerate(zip(PAPER, cfg["paper_grids"], strict=True))]
+            except Exception as exc:  # the writer of this checkout has no int8 yet
+                say(f"#   {dtype} paper-size store not written ({type(exc).__name__}: {exc}); skipped")
+                continue
+            data = CachedTargets(ds, stores, "train", img)
+            sample_mb = sum(g.sample_bytes() for g in data.gathers) / 1e6
+            bench.detail(f"store_paper_{dtype}", {"rows": stores[0].commits().num_rows, "MB_per_sample": sample_mb,
+                                                  "train_items": len(data), "write_s": time.perf_counter() - t0})
+            suffix = "paper" if dtype == "float16" else "paper_int8"
+            paper[dtype] = measure(suffix, bench, data, [s.path for s in stores], stores[0].commits().num_rows, cfg,
+                                   before=args.before and dtype == "float16")
+            resident = ResidentTargets(data, "cpu", cfg["batch_size"], workers=cfg["workers"])
+            from sak.student.data.cached import Loader
 
-        train = TrainConfig(cache=str(cache), dataset="nyud", backbone=cfg["student"], img_size=img,
-                            batch_size=cfg["batch_size"], block_size=bs, window=win, workers=w, val_split="none",
-                            device=args.device, out=str(scratch.new("run")))
-        run_setup = prepare(train, device=torch.device(args.device))
-        step = student_step_timer(run_setup, first_batch(run_setup))
-        rates = alternate({
-            "full_loader": lambda: full_loader(data, shuffled, cfg["batch_size"], w),
-            "student_step": lambda: {"samples_s": cfg["batch_size"] / step()},
-        }, cfg["rounds"], warmup=1)
+            sampler = data.sampler(block_size=cfg["block_size"], window=cfg["window"], seed=0)
+            plans = list(Loader(data, cfg["batch_size"], sampler, (0, 0), 0, 1, False, True, resident).plans())
+            res = alternate(resident_vs_memcpy(resident, plans), cfg["rounds"] + 2, warmup=1)
+            g, m = median(r["samples_s"] for r in res["gather"]), median(r["samples_s"] for r in res["memcpy"])
+            bench.ratio(f"resident_gather_vs_memcpy_{suffix}", g / m, 0.8, {
+                "gather_samples_s": g, "memcpy_samples_s": m, "gather_GB_s": g * sample_mb / 1e3,
+                "memcpy_GB_s": m * sample_mb / 1e3, "resident_GB": resident.nbytes / 1e9})
+            del resident
+            _SOURCES.clear()
     finally:
         scratch.close()
 
-    med = lambda res, name, key="samples_s": median(r[key] for r in res[name])
-    raw_s, raw_mb = med(cold, "raw_read"), med(cold, "raw_read", "MB_s")
-    shuf = med(cold, "targets_block_shuffle")
-    mb_per_sample = disk / rows / 1e6
-    bench.detail("rounds", {**cold, **warm, **rates})
-    bench.ratio("loader_targets_vs_raw_read_cold", shuf / raw_s, 0.8, {
-        "targets_samples_s": shuf, "raw_samples_s": raw_s, "raw_MB_s": raw_mb,
-        "targets_MB_s": shuf * mb_per_sample, "sequential_samples_s": med(cold, "targets_sequential"),
-        "per_row_random_samples_s": med(cold, "targets_per_row_random"), "MB_per_sample_disk": mb_per_sample,
-        "whatif_direct_shard_read_samples_s": med(cold, "whatif_direct_shard_read"),
-        "block": bs, "window": win, "threads": w,
-    })
-    warm_raw, warm_t = med(warm, "raw_read_warm"), med(warm, "targets_block_shuffle_warm")
-    bench.ratio("loader_targets_vs_raw_read_warm", warm_t / warm_raw, 0.8, {
-        "targets_samples_s": warm_t, "raw_samples_s": warm_raw, "raw_MB_s": med(warm, "raw_read_warm", "MB_s"),
-        "targets_MB_s": warm_t * mb_per_sample, "raw_fp16_MB_per_sample": raw_fp16 / rows / 1e6,
-        "whatif_direct_shard_read_samples_s": med(warm, "whatif_direct_shard_read_warm"),
-    })
-    loader_s, step_s = med(rates, "full_loader"), med(rates, "student_step")
-    bench.ratio("full_loader_vs_step_consumption", loader_s / step_s, 1.0, {
-        "full_loader_samples_s": loader_s, "step_samples_s": step_s, "student": cfg["student"],
-        "img": "x".join(map(str, img)), "batch": cfg["batch_size"], "device": args.device,
-    })
-    say("#   whatif_direct_shard_read: NOT the store's reader; the same rows read straight from the shard files"
-        " (index + one ranged read per shard + zstd into the output), to size the fix for zarr's per-chunk overhead")
-    say("#   cold = store files dropped from the page cache before each read; warm = read again from the page cache")
+    warm = paper["float16"]["warm"]["parts"]
+    per_cpu = warm["loader_samples_per_cpu_s"]
+    parts = {"after_samples_per_cpu_s": per_cpu, "cores_for_520_samples_s": GPU_SAMPLES_S / per_cpu,
+             "note": "warm (page cache), process user+sys over all threads"}
+    if "before_samples_per_cpu_s" in warm:
+        before = warm["before_samples_per_cpu_s"]
+        parts.update(before_samples_per_cpu_s=before, before_cores_for_520_samples_s=GPU_SAMPLES_S / before)
+        bench.ratio("target_stage_cpu_efficiency_vs_before_paper", per_cpu / before, 1.0, parts)
+    else:
+        bench.detail("target_stage_cpu_paper", parts)
+    say(f"#   paper size: {per_cpu:.1f} samples per CPU-second -> {GPU_SAMPLES_S / per_cpu:.1f} cores for "
+        f"{GPU_SAMPLES_S} samples/s (ViT-B 448x576 on an H100-class GPU)")
+    say("#   cold = files dropped from the page cache before each run; warm = read again from the page cache")
     return bench.finish()
-
-
-def _warm_raw(files: list[Path], rows: int) -> dict:
-    """Plain reads of files already in the page cache (read once first)."""
-    for f in files:
-        with open(f, "rb") as fh:
-            while fh.read(16 << 20):
-                pass
-    return _timed_read(files, rows)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
         workers: int = typer.Option(D("workers"), "--workers", "-w", min=0, help="Reader/decoder threads (0: read in the training thread)."),
         block_size: int = typer.Option(D("block_size"), "--block-size", min=1, help="Rows per contiguous store read."),
+        targets: str = typer.Option(D("targets"), "--targets", help="Where the teacher targets live: auto (gpu if they fit in half the free GPU memory, else ram if in half of MemAvailable, else stream; the log says why) | ram (loaded once into pinned host memory) | gpu (loaded once onto the GPU) | stream (read per batch)."),
+        targets_budget: float | None = typer.Option(D("targets_budget"), "--targets-budget", min=0.0, help="auto: resident targets may take at most this many GB."),
         amp: str = typer.Option(D("amp"), "--amp", help="Training: auto (bf16 autocast on cuda) | bf16 | off. Evaluation runs in float32 unless bf16."),
         sync_bn: bool = typer.Option(D("sync_bn"), "--sync-bn/--no-sync-bn", help="SyncBatchNorm in the heads under torchrun on cuda (official)."),
     ) -> None:
@@ -210,7 +212,8 @@ def register(app: typer.Typer) -> None:
             init=str(init) if init else None, online=online, teacher_weights=parse_str_list(teacher_weights) or (),
             aug=aug, standardize=standardize, feature_flip=feature_flip, allow_missing=allow_missing,
             eval_every=eval_every, eval_samples=eval_samples, log_every=log_every, ckpt_every=ckpt_every, device=device,
-            workers=workers, block_size=block_size, amp=amp, sync_bn=sync_bn,
+            workers=workers, block_size=block_size, amp=amp, sync_bn=sync_bn, targets=targets,
+            targets_budget=targets_budget,
         )
         cfg = _with_recipe(ctx, recipe, given) if recipe else TrainConfig(**given)
         _run_fit(cfg, resume)

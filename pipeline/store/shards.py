@@ -14,13 +14,18 @@ through zarr. ``sak-cache verify`` always reads through zarr, an independent dec
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import google_crc32c
 import numpy as np
 from numcodecs import Blosc, Zstd
 
 from ...manifests.errors import StoreCorrupt
-from ..storage import Location
+from ..storage import LocalLocation, Location
+from .gather import local_tail as _local_tail
+from .gather import preadv_full, scratch
+
+_IOV_MAX = 1024  # POSIX minimum of IOV_MAX on Linux: buffers per preadv
 
 ZSTD_LEVEL = 3
 LZ4_LEVEL = 5
@@ -41,7 +46,8 @@ def compressors_for(codec: str, itemsize: int) -> list:
 
 
 def _inner_codec_json(codec: str, itemsize: int) -> list[dict]:
-    inner = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    # zarr writes no endianness for one-byte dtypes (int8 codes)
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}} if itemsize > 1 else {"name": "bytes"}]
     if codec == "lz4":
         inner.append({"name": "blosc", "configuration": {"typesize": itemsize, "cname": "lz4", "clevel": LZ4_LEVEL,
                                                         "shuffle": "shuffle", "blocksize": 0}})
@@ -121,11 +127,16 @@ def encode_shard(block: np.ndarray, shard_samples: int, codec: str = "zstd") -> 
 
 
 class ShardReader:
-    """Slice reads of a segment array written by :func:`encode_shard`, without zarr's per-chunk overhead.
+    """Row reads of a segment array written by :func:`encode_shard`, without zarr's per-chunk overhead.
 
-    Reads only the shard index (checked with its crc32c) and the byte span of the wanted
-    chunks; absent chunks or shards read as the fill value 0, as in zarr. Use it only for
-    arrays whose metadata :func:`fast_shards_supported` accepts.
+    Reads the shard index once per shard file (checked with its crc32c, then cached: committed
+    shards never change) and only the byte spans of the wanted chunks. :meth:`read_into` puts
+    rows straight into slots of a caller's buffer: codec ``none`` reads each run of chunks that
+    lie back to back in the file with ONE ``os.preadv`` into the slots (a single copy, like
+    ``cat``), lz4/zstd read the run once and decode each chunk into its slot (numcodecs ``out=``).
+    Local files stay open in a small shared cache (:mod:`.gather`); fsspec locations use ranged
+    reads. Absent chunks or shards read as the fill value 0, as in zarr. Use it only for arrays
+    whose metadata :func:`fast_shards_supported` accepts.
     """
 
     def __init__(self, path: Location, array) -> None:
@@ -138,6 +149,10 @@ class ShardReader:
         if codec is None:
             raise ValueError(f"{path}: not a layout ShardReader reads (check fast_shards_supported first)")
         self.codec = codec
+        self._coder = chunk_codec(codec)
+        self._local = isinstance(path, LocalLocation)
+        self._index: dict[int, np.ndarray | None] = {}  # shard -> (s, 2) (offset, nbytes); None: no shard file
+        self._chunk_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
     def __getitem__(self, key: slice) -> np.ndarray:
         start, stop, step = key.indices(self.shape[0])
@@ -146,34 +161,106 @@ class ShardReader:
         return self.read(start, max(start, stop))
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        coder, s = chunk_codec(self.codec), self.shard_samples
-        sample_shape = self.shape[1:]
-        little = self.dtype.newbyteorder("<")
-        out = np.zeros((stop - start, *sample_shape), dtype=self.dtype)
-        index_bytes = 16 * s
-        for k in range(start // s, (stop - 1) // s + 1 if stop > start else start // s):
-            path = self._dir.joinpath("c", str(k), *(["0"] * len(sample_shape)))
-            lo, hi = max(start, k * s), min(stop, (k + 1) * s)
-            try:
-                fh = path.open_ranges()  # local: one open file; remote: ranged GETs
-            except FileNotFoundError:
-                continue
-            with fh:
-                tail = fh.tail(index_bytes + 4)
-                if np.frombuffer(tail[-4:], "<u4")[0] != google_crc32c.value(tail[:-4]):
-                    raise StoreCorrupt(
-                        f"{path}: shard index checksum mismatch (the file is damaged); run `sak-cache verify` on the store"
-                    )
-                sel = np.frombuffer(tail[:-4], "<u8").reshape(s, 2)[lo - k * s : hi - k * s]
-                present = sel[:, 0] != _ABSENT
-                if not present.any():
-                    continue
-                begin = int(sel[present, 0].min())
-                buf = fh.span(begin, int((sel[present, 0] + sel[present, 1]).max()))
-            for j, (off, nbytes) in enumerate(sel):
-                if off == _ABSENT:
-                    continue
-                enc = buf[int(off) - begin : int(off) - begin + int(nbytes)]
-                raw = enc if coder is None else coder.decode(enc)
-                out[lo - start + j] = np.frombuffer(raw, dtype=little).reshape(sample_shape)
+        """Rows ``[start, stop)`` as a new array (see :meth:`read_into` for reads into your own buffer)."""
+        out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
+        self.read_into(range(start, stop), out)
         return out
+
+    def shard_file(self, k: int) -> Location:
+        return self._dir.joinpath("c", str(k), *(["0"] * (len(self.shape) - 1)))
+
+    def shard_index(self, k: int) -> np.ndarray | None:
+        """(offset, nbytes) per chunk of shard ``k`` (uint64, 2**64-1 = absent), or None when the shard is absent."""
+        if k in self._index:
+            return self._index[k]
+        index_bytes = 16 * self.shard_samples
+        path = self.shard_file(k)
+        try:
+            if self._local:
+                tail = _local_tail(path, index_bytes + 4)
+            else:
+                with path.open_ranges() as fh:
+                    tail = fh.tail(index_bytes + 4)
+        except FileNotFoundError:
+            self._index[k] = None
+            return None
+        if len(tail) != index_bytes + 4 or np.frombuffer(tail[-4:], "<u4")[0] != google_crc32c.value(tail[:-4]):
+            raise StoreCorrupt(
+                f"{path}: shard index checksum mismatch (the file is damaged); run `sak-cache verify` on the store"
+            )
+        index = np.frombuffer(tail[:-4], "<u8").reshape(self.shard_samples, 2).copy()
+        self._index[k] = index
+        return index
+
+    def read_into(self, rows: Sequence[int], out: np.ndarray, slots: Sequence[int] | None = None) -> None:
+        """Row ``rows[j]`` into ``out[slots[j]]`` (``slots`` default: ``0..len(rows)-1``), no other copy.
+
+        ``out`` is a C-contiguous array of this array's dtype and per-row shape; rows may repeat
+        and come in any order.
+        """
+        if out.dtype != self.dtype or tuple(out.shape[1:]) != self.shape[1:] or not out.flags.c_contiguous:
+            raise ValueError(f"{self.path}: out must be a C-contiguous {self.dtype} array of rows {self.shape[1:]}, "
+                             f"got {out.dtype} {out.shape}")
+        slot_list = list(range(len(rows))) if slots is None else [int(j) for j in slots]
+        n, s = self.shape[0], self.shard_samples
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for r, j in zip(rows, slot_list, strict=True):
+            r = int(r)
+            if not 0 <= r < n:
+                raise IndexError(f"row {r} is outside 0..{n - 1} of {self.path}")
+            by_shard.setdefault(r // s, []).append((r - (r // s) * s, j))
+        flat = out.reshape(out.shape[0], -1).view(np.uint8) if out.size else out.reshape(out.shape[0], 0)
+        for k, members in by_shard.items():
+            index = self.shard_index(k)
+            if index is None:
+                for _, j in members:
+                    out[j] = 0
+                continue
+            chunks = []
+            for local, j in members:
+                off, nbytes = index[local]
+                if off == _ABSENT:
+                    out[j] = 0
+                elif self._coder is None and int(nbytes) != self._chunk_bytes:
+                    raise StoreCorrupt(f"{self.shard_file(k)}: chunk {local} holds {int(nbytes)} bytes, expected "
+                                       f"{self._chunk_bytes}; run `sak-cache verify` on the store")
+                else:
+                    chunks.append((int(off), int(nbytes), j))
+            chunks.sort()
+            self._read_chunks(k, chunks, flat)
+
+    def _read_chunks(self, k: int, chunks: list[tuple[int, int, int]], flat: np.ndarray) -> None:
+        """Chunks (offset, nbytes, slot) of shard ``k``, sorted by offset, into rows of ``flat`` (uint8 view)."""
+        runs: list[list[tuple[int, int, int]]] = []
+        for c in chunks:  # back-to-back chunks form one read
+            if runs and runs[-1][-1][0] + runs[-1][-1][1] == c[0] and len(runs[-1]) < _IOV_MAX:
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        path = self.shard_file(k)
+        for run in runs:
+            begin, end = run[0][0], run[-1][0] + run[-1][1]
+            if self._coder is None:
+                views = [memoryview(flat[j]) for _, _, j in run]
+                if self._local:
+                    preadv_full(path, views, begin)
+                else:
+                    data = path.read_range(begin, end)
+                    _check_length(path, data, end - begin)
+                    for (off, nbytes, _), view in zip(run, views, strict=True):
+                        view[:] = data[off - begin : off - begin + nbytes]
+                continue
+            if self._local:
+                buf = scratch(end - begin)
+                preadv_full(path, [buf], begin)
+            else:
+                buf = memoryview(path.read_range(begin, end))
+                _check_length(path, buf, end - begin)
+            for off, nbytes, j in run:
+                self._coder.decode(buf[off - begin : off - begin + nbytes], out=flat[j])
+
+
+def _check_length(path: Location, data, want: int) -> None:
+    if len(data) != want:
+        raise StoreCorrupt(f"{path}: short read ({len(data)} of {want} bytes; the shard is truncated); "
+                           "run `sak-cache verify` on the store")

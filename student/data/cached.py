@@ -31,7 +31,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,12 +40,14 @@ import torch.nn.functional as F
 from ...manifests.errors import ConfigError
 from ...pipeline.data.augment import pad_eval_image, pad_eval_label
 from ...pipeline.data.images import decode_rgb
+from ...pipeline.store.gather import StoreGather
 from ...pipeline.tasks import get_task
 from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 from . import views
 from .prefetch import BackgroundIterator, ordered_map
-from .sampler import Block, BlockShuffleSampler, Window, make_blocks
+from .sampler import Block, BlockShuffleSampler, make_blocks
 from .stores import Item, StoreJoin, teacher_key
+from .targets import StreamTargets, TargetBatch, decode_item
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +57,47 @@ FITS = ("pad", "resize")
 
 @dataclass
 class Batch:
-    """A collated batch; ``position`` is the sampler position after its last sample."""
+    """A collated batch; ``position`` is the sampler position after its last sample.
+
+    ``targets`` hold each teacher's maps as stored (:class:`~.targets.TargetBatch`: ``.decode()`` gives
+    ``(B, C, h, w)`` float maps on their device). :meth:`release` hands the target buffers back to the
+    loader for reuse once nothing uses the batch any more (the trainer does, after its step).
+    """
 
     image: torch.Tensor  # (B, 3, H, W)
     labels: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]  # task -> (B,) bool
-    targets: dict[str, list[torch.Tensor]]  # teacher key -> [(B, C, h, w)]
+    targets: dict[str, TargetBatch]  # teacher key -> stored parts
     sample_ids: list[str]
     position: tuple[int, int] = (0, 0)
     teacher_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # online mode: key -> (B, 3, h, w)
 
-    def _map(self, fn, *, masks: bool = True) -> Batch:
+    def _map(self, fn, targets, *, masks: bool = True) -> Batch:
         return Batch(
             image=fn(self.image),
             labels={k: fn(v) for k, v in self.labels.items()},
             masks={k: fn(v) for k, v in self.masks.items()} if masks else self.masks,
-            targets={k: [fn(t) for t in v] for k, v in self.targets.items()},
+            targets={k: targets(v) for k, v in self.targets.items()},
             sample_ids=self.sample_ids,
             position=self.position,
             teacher_inputs={k: fn(v) for k, v in self.teacher_inputs.items()},
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking),
+                         lambda v: v.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
-        return self._map(lambda t: t.pin_memory(), masks=False)
+        return self._map(lambda t: t.pin_memory(), lambda v: v.pin_memory(), masks=False)
+
+    def decoded_targets(self, dtype: torch.dtype = torch.float32) -> dict[str, list[torch.Tensor]]:
+        """Teacher key -> per layer ``(B, C, h, w)`` maps in ``dtype``, on the batch's device."""
+        return {k: v.decode(dtype) for k, v in self.targets.items()}
+
+    def release(self) -> None:
+        """Give the target buffers back for reuse (after the batch and its device copies are consumed)."""
+        for v in self.targets.values():
+            v.release()
 
 
 def _resize(x_chw: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -159,6 +176,11 @@ class CachedTargets:
         self.keys = tuple(teacher_key(s, self.stores) for s in self.stores)
         self.items: list[Item] = self.join.items
         self.coverage = self.join.coverage
+        self.gathers = [StoreGather(s) for s in self.stores]
+
+    def target_bytes(self) -> int:
+        """On-disk bytes of every item's targets (what resident targets hold)."""
+        return len(self.items) * sum(g.sample_bytes() for g in self.gathers)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -207,13 +229,10 @@ class CachedTargets:
         return sample
 
     def read_item(self, index: int) -> dict[str, list[np.ndarray]]:
-        """Targets of one item, one small read per store (tests, debugging; the loader reads blocks)."""
+        """Targets of one item as float32 (h, w, c) maps, one small read per store (tests, debugging)."""
         item = self.items[index]
-        out = {}
-        for key, store, (seg, row) in zip(self.keys, self.stores, item.locations, strict=True):
-            got = store.read_rows(seg, [row])
-            out[key] = [got[layer][0] for layer in store.spec.layers]
-        return out
+        return {key: decode_item(gather, store, seg, row) for key, store, gather, (seg, row)
+                in zip(self.keys, self.stores, self.gathers, item.locations, strict=True)}
 
     def __getitem__(self, index: int) -> dict:
         return self.build(self.items[index], self.read_item(index) if self.read_targets else None)
@@ -231,62 +250,66 @@ class CachedTargets:
         return BlockShuffleSampler(self.blocks(block_size), seed=seed, rank=rank, world=world, window=window,
                                    shuffle=shuffle)
 
-    def read_window(self, window: Window) -> dict[int, dict[str, list[np.ndarray]]]:
-        """Targets of every wanted item of a window: one contiguous read per block for the first store,
-        one read per (block, segment) for the others."""
-        out: dict[int, dict[str, list[np.ndarray]]] = {}
-        if not self.read_targets:
-            return out
-        for block in window.blocks:
-            ids = [i for i, _ in block.items]
-            first, *others = self.stores
-            got = first.read_rows(block.segment_id, range(block.start, block.stop))
-            for i, r in block.items:
-                out.setdefault(i, {})[self.keys[0]] = [got[layer][r - block.start] for layer in first.spec.layers]
-            for s_idx, store in enumerate(others, start=1):
-                by_seg: dict[str, list[int]] = {}
-                for i in ids:
-                    by_seg.setdefault(self.items[i].locations[s_idx][0], []).append(i)
-                for seg, members in by_seg.items():
-                    rows = sorted(self.items[i].locations[s_idx][1] for i in members)
-                    got = store.read_rows(seg, rows)
-                    pos = {r: k for k, r in enumerate(rows)}
-                    for i in members:
-                        k = pos[self.items[i].locations[s_idx][1]]
-                        out[i][self.keys[s_idx]] = [got[layer][k] for layer in store.spec.layers]
-        return out
-
     def batches(self, batch_size: int, sampler: BlockShuffleSampler, *, start: tuple[int, int] = (0, 0),
                 workers: int = 4, prefetch: int = 4, pin_memory: bool = False,
-                drop_last_epoch: bool = False) -> Loader:
-        """Endless batches from sampler position ``start`` (``drop_last_epoch``: stop after one epoch)."""
-        return Loader(self, batch_size, sampler, start, workers, prefetch, pin_memory, drop_last_epoch)
+                drop_last_epoch: bool = False, targets: TargetSource | None = None) -> Loader:
+        """Endless batches from sampler position ``start`` (``drop_last_epoch``: stop after one epoch).
+
+        ``targets``: where the batches' targets come from (default: read from the stores per batch,
+        :class:`~.targets.StreamTargets`; or :class:`~.resident.ResidentTargets`).
+        """
+        return Loader(self, batch_size, sampler, start, workers, prefetch, pin_memory, drop_last_epoch, targets)
 
 
-def collate(samples: Sequence[dict], position: tuple[int, int] = (0, 0)) -> Batch:
+class TargetSource(Protocol):
+    """What a :class:`Loader` takes a batch's targets from (stream reads or resident memory)."""
+
+    mode: str
+
+    def batch(self, indices: Sequence[int], flips: Sequence[bool]) -> dict[str, TargetBatch]: ...
+
+
+def collate(samples: Sequence[dict], position: tuple[int, int] = (0, 0),
+            targets: dict[str, TargetBatch] | None = None) -> Batch:
+    """Stack samples (images, labels) into a batch; ``targets`` are already batched (see :class:`~.targets.TargetBatch`)."""
     first = samples[0]
     return Batch(
         image=torch.stack([s["image"] for s in samples]),
         labels={t: torch.stack([s["labels"][t] for s in samples]) for t in first["labels"]},
         masks={t: torch.tensor([s["masks"][t] for s in samples], dtype=torch.bool) for t in first["masks"]},
-        targets={k: [torch.stack([s["targets"][k][j] for s in samples]) for j in range(len(v))]
-                 for k, v in first["targets"].items()},
+        targets=dict(targets or {}),
         sample_ids=[s["sample_id"] for s in samples],
         position=position,
         teacher_inputs={k: torch.stack([s["teacher_inputs"][k] for s in samples]) for k in first.get("teacher_inputs", {})},
     )
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one batch holds: item indices and flips in serving order, and the sampler position after it."""
+
+    items: tuple[int, ...]
+    flips: tuple[bool, ...]
+    position: tuple[int, int]
+
+
 class Loader(Iterator[Batch]):
-    """Batches in the sampler's order: window reads and sample decoding on a thread pool,
-    collation on a background thread, ``prefetch`` batches ahead. Deterministic for any ``workers``."""
+    """Batches in the sampler's order, ``workers`` batches built at once on a thread pool (targets gathered
+    into reusable buffers, images and labels decoded), ``prefetch`` ready ahead. Deterministic for any ``workers``."""
 
     def __init__(self, data: CachedTargets, batch_size: int, sampler: BlockShuffleSampler, start: tuple[int, int],
-                 workers: int, prefetch: int, pin_memory: bool, one_epoch: bool) -> None:
+                 workers: int, prefetch: int, pin_memory: bool, one_epoch: bool,
+                 targets: TargetSource | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.sampler = data, batch_size, sampler
         self.start, self.pin_memory, self.one_epoch = start, pin_memory, one_epoch
+        self.workers = workers
+        if targets is None and data.read_targets:
+            # enough released buffer sets for every batch in flight, queued and held by the trainer
+            targets = StreamTargets(data.stores, data.keys, data.items, batch_size, pin_memory=pin_memory,
+                                    ring=workers + prefetch + 3, gathers=data.gathers)
+        self.targets = targets if data.read_targets else None
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sak-read") if workers > 0 else None
         self._iter: Iterator[Batch] = (
             BackgroundIterator(self._generate(), prefetch) if workers > 0 else self._generate()
@@ -296,37 +319,39 @@ class Loader(Iterator[Batch]):
     def wait_seconds(self) -> float:
         return getattr(self._iter, "wait_seconds", 0.0)
 
-    def _positions(self) -> Iterator[tuple[int, int, int, dict]]:
-        """(epoch, offset after the item, item index, its targets) in serving order."""
+    def plans(self) -> Iterator[BatchPlan]:
+        """The batches from the start position, without reading anything (pure function of the sampler)."""
         first_epoch = self.start[0]
-
-        def read(entry: tuple[int, int, Window]):
-            return entry, self.data.read_window(entry[2])
-
         windows = self.sampler.windows_from(*self.start)
         if self.one_epoch:
             windows = itertools.takewhile(lambda entry: entry[0] == first_epoch, windows)
-        for (epoch, offset, win), targets in ordered_map(self._pool, read, windows, ahead=2):
+        lengths: dict[int, int] = {}
+        items: list[int] = []
+        flips: list[bool] = []
+        position = self.start
+        for epoch, offset, win in windows:
+            if epoch not in lengths:
+                lengths = {epoch: self.sampler.epoch_len(epoch)}
             for k, i in enumerate(win.order):
-                yield epoch, offset + k + 1, i, targets.get(i)
+                after = offset + k + 1
+                items.append(i)
+                flips.append(self.data.flip_of(epoch, i))
+                position = (epoch + 1, 0) if after >= lengths[epoch] else (epoch, after)
+                if len(items) == self.batch_size:
+                    yield BatchPlan(tuple(items), tuple(flips), position)
+                    items, flips = [], []
+        if items:  # one_epoch: the last, short batch
+            yield BatchPlan(tuple(items), tuple(flips), position)
+
+    def make(self, plan: BatchPlan) -> Batch:
+        """Build one planned batch: its targets from the target source, its images and labels decoded."""
+        targets = self.targets.batch(plan.items, plan.flips) if self.targets is not None else None
+        samples = [self.data.build(self.data.items[i], None, f) for i, f in zip(plan.items, plan.flips, strict=True)]
+        batch = collate(samples, plan.position, targets)
+        return batch.pin_memory() if self.pin_memory and torch.cuda.is_available() else batch
 
     def _generate(self) -> Iterator[Batch]:
-        def build(entry):
-            epoch, after, i, targets = entry
-            return (epoch, after), self.data.build(self.data.items[i], targets, self.data.flip_of(epoch, i))
-
-        buf: list[dict] = []
-        for (epoch, after), sample in ordered_map(self._pool, build, self._positions(), ahead=2 * self.batch_size):
-            buf.append(sample)
-            if after >= self.sampler.epoch_len(epoch):
-                epoch, after = epoch + 1, 0
-            if len(buf) == self.batch_size:
-                batch = collate(buf, (epoch, after))
-                yield batch.pin_memory() if self.pin_memory else batch
-                buf = []
-        if buf:  # one_epoch: the last, short batch
-            batch = collate(buf, (epoch, after))
-            yield batch.pin_memory() if self.pin_memory else batch
+        yield from ordered_map(self._pool, self.make, self.plans(), ahead=max(1, self.workers))
 
     def __next__(self) -> Batch:
         return next(self._iter)

@@ -41,6 +41,7 @@ from ...manifests.config import Config
 from ...manifests.errors import ConfigError
 from ...manifests.sizes import parse_hw
 from ...pipeline.tasks.metrics import check_miou
+from ..data.resident import TARGET_MODES
 
 STAGES = ("auto", "distill", "multitask")  # auto: multitask when the dataset has labels, else distill
 AUG_MODES = ("auto", "none")
@@ -214,11 +215,22 @@ class LoaderConfig(Config):
     """Rows per contiguous store read."""
     window: int = 4
     """Blocks shuffled together."""
+    targets: str = "auto"
+    """Where the teacher targets live: ram / gpu (every selected item's stored targets loaded once into pinned
+    host memory / GPU memory, batches gathered there), stream (read from the stores per batch) or auto (gpu if
+    they fit in half the free GPU memory, else ram if they fit in half of MemAvailable, else stream).
+    Batches are bit-identical in every mode."""
+    targets_budget: float | None = None
+    """auto: resident targets may take at most this many GB (None: no cap beyond the free memory)."""
 
     def __post_init__(self) -> None:
         _at_least(self, ("batch_size", "block_size", "window"), 1)
         if self.workers < 0 or self.prefetch < 1:
             raise ConfigError(f"workers must be >= 0 and prefetch >= 1, got {self.workers}, {self.prefetch}")
+        if self.targets not in TARGET_MODES:
+            raise ConfigError(f"targets must be one of {TARGET_MODES}, got {self.targets!r}")
+        if self.targets_budget is not None and self.targets_budget < 0:
+            raise ConfigError(f"targets_budget must be >= 0 GB, got {self.targets_budget}")
 
 
 @dataclass(frozen=True, kw_only=True)

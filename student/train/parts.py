@@ -54,7 +54,8 @@ def build_loader(setup: RunSetup, *, rank: int, world: int, start: Position) -> 
     sampler = setup.train.sampler(block_size=loader.block_size, window=loader.window, seed=cfg.runtime.seed,
                                   rank=rank, world=world)
     return setup.train.batches(loader.batch_size, sampler, start=start, workers=loader.workers,
-                               prefetch=loader.prefetch, pin_memory=setup.device.type == "cuda")
+                               prefetch=loader.prefetch, pin_memory=setup.device.type == "cuda",
+                               targets=setup.target_source(world))
 
 
 class Checkpointer:

@@ -9,6 +9,7 @@ mismatch before training (no store, wrong levels, missing samples, ...). The pro
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from ...pipeline.data.datasets import list_datasets, open_dataset
 from ..data import views
 from ..data.cached import CachedTargets
 from ..data.online import OnlineTeachers
+from ..data.resident import ResidentTargets, TargetsChoice, choose_targets, gpu_free, mem_available
 from ..data.stores import check_input_size, describe, select_stores, teacher_key
 from ..model.config import StudentConfig, TaskSpec, TeacherTarget
 from ..model.student import SAKStudent
@@ -72,6 +74,20 @@ class RunSetup:
     online: OnlineTeachers | None
     device: torch.device
     start: dict[str, Any] = field(default_factory=dict)  # the starting weights (see start_weights)
+    targets_choice: TargetsChoice | None = None  # where the targets live (None: online, or no stores)
+    _resident: ResidentTargets | None = None
+
+    def target_source(self, world: int = 1) -> ResidentTargets | None:
+        """The resident targets of ``targets_choice`` (loaded on first use), or None: read them per batch."""
+        choice = self.targets_choice
+        if choice is None or choice.mode == "stream":
+            return None
+        if self._resident is None:
+            loader = self.cfg.loader
+            self._resident = ResidentTargets(self.train, self.device if choice.mode == "gpu" else "cpu",
+                                             loader.batch_size, workers=loader.workers,
+                                             ring=loader.workers + loader.prefetch + 3)
+        return self._resident
 
     @property
     def run(self) -> RunDir:
@@ -82,7 +98,7 @@ class RunSetup:
 
     def targets(self, batch: Any) -> dict[str, list[torch.Tensor]]:
         """Teacher targets of a batch: read from the stores, or computed by the online teachers."""
-        return self.online(batch) if self.online is not None else batch.targets
+        return self.online(batch) if self.online is not None else batch.decoded_targets()
 
     def record(self) -> dict[str, Any]:
         """The experiment record written to config.json."""
@@ -95,6 +111,7 @@ class RunSetup:
                         "spec": s.spec.to_dict()} for k, s in zip(self.keys, self.stores, strict=True)],
             "coverage": self.train.coverage.__dict__,
             "start": self.start,
+            "targets": self.targets_choice.to_dict() if self.targets_choice is not None else None,
         }
 
 
@@ -213,6 +230,13 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
         log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", name, val_split, dataset.splits())
 
     stats = _target_stats(keys, stores, device) if data.standardize else None
+    choice = None
+    if train.read_targets:
+        choice = choose_targets(cfg.loader.targets, train.target_bytes(), device=device, gpu_free_bytes=gpu_free(device),
+                                ram_available=mem_available(), budget_gb=cfg.loader.targets_budget,
+                                ranks_per_node=ranks_per_node(world))
+        if rank == 0:
+            log.info("targets: %s (%s)", choice.mode, choice.reason)
     seed_everything(seed)
     model = SAKStudent(student_cfg)
     start = {"resumed": True} if resuming else start_weights(model, cfg, main=rank == 0)
@@ -220,4 +244,10 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     if rank == 0:
         log.info("%s; teachers %s; student %s at %dx%d; stage %s", train.coverage.summary(), ", ".join(keys),
                  cfg.model.backbone, img[0], img[1], stage)
-    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device, start)
+    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device, start, choice)
+
+
+def ranks_per_node(world: int) -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; else all of them): each holds its own resident copy."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(local) if local and local.isdigit() else world

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[..., None]
 
 #: Fields that may differ between a run and its --resume (they do not change what is computed).
-RESUME_FREE = ("iters", "log_every", "eval_every", "eval_samples", "ckpt_every", "workers", "prefetch", "device", "out")
+RESUME_FREE = ("iters", "log_every", "eval_every", "eval_samples", "ckpt_every", "workers", "prefetch", "device", "out",
+               "targets", "targets_budget")
 
 
 @dataclass
@@ -179,11 +180,12 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
     try:
         while step < cfg.optim.iters:
             t0 = time.perf_counter()
-            batch = next(loader)
+            host = next(loader)
             t_data = time.perf_counter() - t0
-            batch = batch.to(device, non_blocking=True)
+            batch = host.to(device, non_blocking=True)
             lr = sched(step)
             losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr)
+            host.release()  # train_step synchronized (its losses are on the host): the loader may reuse the buffers
             if not math.isfinite(losses["total"]):
                 raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")
             step, position = step + 1, batch.position

@@ -21,7 +21,8 @@ from benchmarks.common import Ratio, parse_ratio_lines
 EXPECTED = {
     "extract_overhead": {"extract_vs_bare_forward", "extract_vs_bare_forward_paper_maps"},
     "cached_vs_online": {"cached_speedup", "cached_speedup_vs_ideal"},
-    "loader": {"loader_targets_vs_raw_read_cold", "loader_targets_vs_raw_read_warm", "full_loader_vs_step_consumption"},
+    "loader": {"loader_vs_cat_warm_224", "loader_vs_cat_cold_224", "loader_vs_cat_warm_paper", "loader_vs_cat_cold_paper",
+               "resident_gather_vs_memcpy_paper", "target_stage_cpu_efficiency_vs_before_paper"},
     "storage": {"storage_fp16_zstd_vs_raw_fp16", "storage_bf16_zstd_vs_raw_fp16", "fidelity_fp16_cosine_distance",
                 "fidelity_bf16_cosine_distance", "fidelity_fp32_cosine_distance", "storage_int8_token_estimate_zstd_vs_raw_fp16"},
     "scaling": {"extract_2_vs_1_dask_workers", "open_2000_rows_within_1s", "open_2000_vs_200_rows_time",

@@ -64,6 +64,7 @@ def test_run_dir_is_a_complete_record(trained) -> None:
     assert (cfg.optim.stage, cfg.data.dataset, cfg.model.img_size, cfg.optim.schedule, cfg.optim.grad_clip) == (
         "multitask", "nyud", (64, 80), "poly", 10.0)
     assert record["stores"][0]["key"] == "tiny" and record["student"]["teachers"][0]["width"] == 32
+    assert record["targets"]["mode"] == "ram" and "MemAvailable" in record["targets"]["reason"]  # auto, on cpu
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["step_0.json", "step_24.json"]
     assert json.loads((run / "eval" / "step_24.json").read_text())["metrics"] == trained.metrics
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,146 @@
+"""Gather reads: rows of a store's on-disk layer parts straight into slots of caller-provided buffers.
+
+The read path at memory speed (issue 13): a batch's targets are read into preallocated batch
+buffers (reused by the loader, pinned on CUDA), not into fresh arrays that are then copied.
+
+* :class:`StoreGather` reads, for one segment, the rows of every on-disk part of the store's
+  layers (:func:`.quant.stored_parts`: one float array, or int8 codes then float32 scales) into
+  ``outs[p][slots[j]]``. Layouts :class:`.shards.ShardReader` reads go through its
+  :meth:`~.shards.ShardReader.read_into` (codec ``none``: one ``os.preadv`` per run of back-to-back
+  chunks into the slots; lz4/zstd: decode into the slot); anything else is read through zarr and
+  copied (correct, slower).
+* Local shard files stay open in a bounded, reference-counted cache shared by every reader
+  (:func:`preadv_full`, :func:`local_tail`), so a batch costs no ``open``/``close`` calls;
+  committed shards never change, so their indexes are cached by the readers themselves.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ...manifests.errors import StoreCorrupt
+from .arrays import read_rows_contiguous
+from .quant import stored_parts
+
+#: Local shard files kept open at once (LRU; a file in use is never closed).
+MAX_OPEN_FILES = 256
+
+
+class _FileCache:
+    """Open read-only descriptors of local files, LRU-bounded and reference-counted (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._fds: collections.OrderedDict[str, list[int]] = collections.OrderedDict()  # path -> [fd, users]
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def open(self, path: str) -> Iterator[int]:
+        with self._lock:
+            entry = self._fds.get(path)
+            if entry is None:
+                entry = [os.open(path, os.O_RDONLY), 0]  # FileNotFoundError goes to the caller
+                self._fds[path] = entry
+            self._fds.move_to_end(path)
+            entry[1] += 1
+            self._trim()
+        try:
+            yield entry[0]
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                self._trim()
+
+    def _trim(self) -> None:
+        while len(self._fds) > self.limit:
+            idle = next((p for p, (_, users) in self._fds.items() if users == 0), None)
+            if idle is None:
+                return
+            os.close(self._fds.pop(idle)[0])
+
+    def close_all(self) -> None:
+        """Close every idle descriptor (tests; files in use stay open until released)."""
+        with self._lock:
+            for path in [p for p, (_, users) in self._fds.items() if users == 0]:
+                os.close(self._fds.pop(path)[0])
+
+
+FILES = _FileCache(MAX_OPEN_FILES)
+_scratch = threading.local()
+
+
+def scratch(n: int) -> memoryview:
+    """A per-thread reusable byte buffer of at least ``n`` bytes (the encoded span of lz4/zstd reads)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = bytearray(max(n, 1 << 20))
+        _scratch.buf = buf
+    return memoryview(buf)[:n]
+
+
+def preadv_full(path: Any, views: Sequence[memoryview], offset: int) -> None:
+    """Fill ``views`` (writable byte buffers, in order) from the local file ``path`` at ``offset``."""
+    want = sum(v.nbytes for v in views)
+    pending = [v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in views]
+    with FILES.open(os.fspath(path)) as fd:
+        done = 0
+        while pending:
+            got = os.preadv(fd, pending[:1024], offset + done)
+            if got <= 0:
+                raise StoreCorrupt(f"{path}: short read ({done} of {want} bytes at offset {offset}; the shard is "
+                                   "truncated); run `sak-cache verify` on the store")
+            done += got
+            while pending and got >= pending[0].nbytes:  # drop the filled buffers, cut a partly filled one
+                got -= pending[0].nbytes
+                pending.pop(0)
+            if got:
+                pending[0] = pending[0][got:]
+
+
+def local_tail(path: Any, n: int) -> bytes:
+    """The last ``n`` bytes of a local file (fewer when the file is shorter)."""
+    with FILES.open(os.fspath(path)) as fd:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, min(n, size), max(0, size - n))
+
+
+class StoreGather:
+    """Gather reads of a :class:`.feature_store.FeatureStore`'s layers; see the module docstring.
+
+    ``parts`` lists (array name, per-sample shape, on-disk dtype) of every on-disk array of the
+    store's layers, layer by layer in spec order (:func:`.quant.stored_parts`); a caller allocates
+    one buffer per part, e.g. with :meth:`empty`.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.layer_parts = [stored_parts(store.spec, layer) for layer in store.spec.layers]
+        self.parts = [p for layer in self.layer_parts for p in layer]
+
+    def empty(self, n: int) -> list[np.ndarray]:
+        """Uninitialised (n, *shape) numpy buffers, one per part."""
+        return [np.empty((n, *shape), dtype=dtype) for _, shape, dtype in self.parts]
+
+    def sample_bytes(self) -> int:
+        """On-disk bytes of one sample's parts (all layers)."""
+        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.parts)
+
+    def gather(self, segment_id: str, rows: Sequence[int], outs: Sequence[np.ndarray],
+               slots: Sequence[int] | None = None) -> None:
+        """Rows ``rows[j]`` of ``segment_id`` into ``outs[p][slots[j]]`` for every part ``p``."""
+        if len(outs) != len(self.parts):
+            raise ValueError(f"expected {len(self.parts)} buffers (one per stored part), got {len(outs)}")
+        slot_list = list(range(len(rows))) if slots is None else list(slots)
+        for (name, _, _), out in zip(self.parts, outs, strict=True):
+            arr = self.store.array(segment_id, name, fast=True)
+            if hasattr(arr, "read_into"):
+                arr.read_into(rows, out, slot_list)
+            elif len(rows):  # a layout only zarr reads
+                out[slot_list] = read_rows_contiguous(arr, rows)
