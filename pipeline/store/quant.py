@@ -155,13 +155,13 @@ def dequantize(q: torch.Tensor, scale_token: torch.Tensor | None = None, scale_c
 def dequantize_numpy(q: np.ndarray, scale_token: np.ndarray | None = None,
                      scale_channel: np.ndarray | None = None, offset_channel: np.ndarray | None = None) -> np.ndarray:
     """The numpy twin of :func:`dequantize` (bit-identical float32)."""
-    out = q.astype(np.float32)
+    out = q.astype(np.float32)  # a fresh array: the products below are taken in place (same rounding, no copies)
     if scale_token is not None:
-        out = out * scale_token.astype(np.float32, copy=False)
+        np.multiply(out, scale_token.astype(np.float32, copy=False), out=out)
     if scale_channel is not None:
-        out = out * scale_channel.astype(np.float32, copy=False)
+        np.multiply(out, scale_channel.astype(np.float32, copy=False), out=out)
     if offset_channel is not None:
-        out = out + offset_channel.astype(np.float32, copy=False)
+        np.add(out, offset_channel.astype(np.float32, copy=False), out=out)
     return out
 
 
