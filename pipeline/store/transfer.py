@@ -91,13 +91,15 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
     spec = src.spec
     prefix_names = [prefix_array_name(i) for i in spec.layers] if spec.keep_prefix else []
     new_ids: list[str] = []
+    carried: set[str] = set()
     groups = [ok.slice(s, segment_rows) for s in range(0, ok.num_rows, segment_rows)] or [ok]
     for g, group in enumerate(groups):
         if group.num_rows == 0 and (g or failed.num_rows == 0):
             continue
         writer = dest.writer(max(1, group.num_rows), segment_id=make_id() if make_id else None)
         with writer:
-            sources = sorted(set(group.column("segment_id").to_pylist()))
+            sources = sorted(set(group.column("segment_id").to_pylist()) - carried)  # each source's fidelity once
+            carried.update(sources)
             for layer, kinds in merge_fidelity(src.segment_fidelity(seg) for seg in sources).items():
                 for kind, f in kinds.items():
                     writer.add_fidelity(layer, kind, f.count, f.total, f.minimum)

@@ -217,3 +217,28 @@ def test_a_failing_write_surfaces_on_the_next_call(tmp_path, st, monkeypatch):
     with pytest.raises(SakError, match="disk full|already committed"):
         w.commit()
     w.abort()
+
+
+def test_stats_drop_duplicate_rows_of_int8_segments(tmp_path, st):
+    store = _int8_store(tmp_path, st)
+    first, _, _ = st.write_segment(store, SHAS[:4], seed=1)
+    second, _, _ = st.write_segment(store, SHAS[2:], seed=2)  # SHAS[2:4] twice: dedup keeps the first segment's rows
+    kept = np.concatenate([store.read_rows(first.segment_id, range(4))[3], store.read_rows(second.segment_id, [2, 3, 4])[3]])
+    want = LayerStats.from_values(kept)
+    got = store.stats()[3]
+    assert got.count == want.count == 7 * 64
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.m2, want.m2, rtol=1e-9)
+
+
+def test_compact_counts_a_split_segments_fidelity_once(tmp_path, st):
+    store = _int8_store(tmp_path, st)
+    st.write_segment(store, SHAS[:3])
+    layers, prefix = st.random_features(store.spec, 2)
+    w = store.writer(2)
+    w.append([SampleKey(s, s, "src") for s in SHAS[3:5]], layers, prefix)
+    w.add_fidelity(1, "raw", 128, 127.0, 0.97)
+    w.commit()
+    report = compact_store(store, target_rows=4)  # 3 + 2 rows -> new segments of 4 + 1: the second one is split
+    assert len(report.new_segments) == 2
+    assert store.fidelity() == {1: {"raw": {"mean": 127.0 / 128, "min": 0.97, "count": 128}}}
