@@ -102,12 +102,13 @@ class EncodePool:
 
 
 class ShardEncoder:
-    """The job of one segment's shards: ``(start row, {array name: block}, rows needing stats)`` -> files.
+    """The jobs of one segment's shards, given ``(start row, {array name: block}, rows needing stats)``.
 
-    Each call computes the samples' checksums (arrays in ``names`` order), the statistics of the
-    rows whose stats the caller did not give (of what readers get: dequantized int8, widened bf16),
-    encodes every array with its codec and writes the shard files (or, for layouts it does not
-    write itself, hands the block to zarr). Results are kept per shard and merged in row order.
+    :meth:`jobs` splits one shard into independent jobs, so the pool's threads share even a single
+    shard: the samples' checksums (every array, in ``names`` order), then per layer its statistics
+    (of the rows whose stats the caller did not give; of what readers get: dequantized int8, widened
+    bf16) and the encoding and writing of its arrays, then the prefix arrays. Layouts the encoder does
+    not write itself go through zarr. Results are kept per shard and merged in row order.
     """
 
     def __init__(self, spec, segment_path: Location, shard_samples: int, names: list[str], codecs: Mapping[str, str],
@@ -115,10 +116,24 @@ class ShardEncoder:
         self.spec, self.segment_path, self.shard_samples = spec, segment_path, shard_samples
         self.names, self.codecs, self.arrays, self.fast = list(names), dict(codecs), arrays, fast
         self.layer_parts = {i: [n for n, _, _ in stored_parts(spec, i)] for i in spec.layers}
+        owned = {n for parts in self.layer_parts.values() for n in parts}
+        self.other_arrays = [n for n in self.names if n not in owned]  # prefix tokens
         self.checksums: dict[int, str] = {}
-        self.shard_stats: dict[int, dict[int, LayerStats]] = {}
+        self.shard_stats: dict[tuple[int, int], LayerStats] = {}  # (shard start, layer) -> stats
         self._totals = [0.0, 0, 0]  # encode seconds, raw bytes, encoded bytes
         self._lock = threading.Lock()
+
+    @property
+    def jobs_per_shard(self) -> int:
+        return 1 + len(self.layer_parts) + (1 if self.other_arrays else 0)
+
+    def jobs(self, start: int, block: Mapping[str, np.ndarray], need: np.ndarray) -> list[tuple]:
+        """The pool items of one shard (each one call of this encoder)."""
+        out: list[tuple] = [("checksums", start, block, None, None)]
+        out += [("layer", start, block, need, layer) for layer in self.layer_parts]
+        if self.other_arrays:
+            out.append(("other", start, block, None, None))
+        return out
 
     def totals(self) -> tuple[float, int, int]:
         """(encode seconds summed over threads, stored bytes before encoding, bytes of the encoded shards)."""
@@ -131,30 +146,36 @@ class ShardEncoder:
             return dequantize_block(block_from_parts(self.spec.quant or "", parts))
         return decode_stored(parts[0], self.spec.dtype)
 
-    def stats(self, block: Mapping[str, np.ndarray], need: np.ndarray) -> dict[int, LayerStats]:
+    def stats(self, block: Mapping[str, np.ndarray], need: np.ndarray, layer: int) -> LayerStats:
         rows = np.flatnonzero(need)
-        if not len(rows):
-            return {}
         h, w = self.spec.grid
         step = max(1, (1 << 22) // (h * w * self.spec.width))  # float64 pieces of at most 4M values
-        out = {}
-        for layer in self.spec.layers:
-            st = LayerStats.empty(self.spec.width)
-            for k in range(0, len(rows), step):
-                sel = rows[k : k + step]
-                lo, hi = int(sel[0]), int(sel[-1]) + 1
-                st = st.merge(LayerStats.from_values(self.values(block, layer, lo, hi)[sel - lo]))
-            out[layer] = st
-        return out
+        st = LayerStats.empty(self.spec.width)
+        for k in range(0, len(rows), step):
+            sel = rows[k : k + step]
+            lo, hi = int(sel[0]), int(sel[-1]) + 1
+            st = st.merge(LayerStats.from_values(self.values(block, layer, lo, hi)[sel - lo]))
+        return st
 
     def __call__(self, item) -> None:
-        start, block, need = item
-        ordered = [block[n] for n in self.names]
-        sums = {start + i: sample_checksum([a[i] for a in ordered]) for i in range(ordered[0].shape[0])}
-        stats = self.stats(block, need)
+        kind, start, block, need, layer = item
+        if kind == "checksums":
+            ordered = [block[n] for n in self.names]
+            sums = {start + i: sample_checksum([a[i] for a in ordered]) for i in range(ordered[0].shape[0])}
+            with self._lock:
+                self.checksums.update(sums)
+            return
+        if kind == "layer":
+            st = self.stats(block, need, layer)
+            with self._lock:
+                self.shard_stats[(start, layer)] = st
+        self.write(start, block, self.layer_parts[layer] if kind == "layer" else self.other_arrays)
+
+    def write(self, start: int, block: Mapping[str, np.ndarray], names: list[str]) -> None:
+        """Encode and write the shard of each named array (one whole file each; object stores: one PUT each)."""
         encode_s, raw, encoded = 0.0, 0, 0
         s = self.shard_samples
-        for name in self.names:
+        for name in names:
             arr = block[name]
             raw += arr.nbytes
             t0 = time.perf_counter()
@@ -167,11 +188,8 @@ class ShardEncoder:
             data = encode_shard(arr, s, self.codecs[name])
             encode_s += time.perf_counter() - t0
             encoded += len(data)
-            key = "/".join(["c", str(start // s)] + ["0"] * (arr.ndim - 1))
-            (self.segment_path / name / key).put_bytes(data)  # one whole shard file; object stores: one PUT
+            (self.segment_path / name / "/".join(["c", str(start // s)] + ["0"] * (arr.ndim - 1))).put_bytes(data)
         with self._lock:
-            self.checksums.update(sums)
-            self.shard_stats[start] = stats
             self._totals[0] += encode_s
             self._totals[1] += raw
             self._totals[2] += encoded
@@ -179,7 +197,6 @@ class ShardEncoder:
     def merged_stats(self, given: Mapping[int, LayerStats]) -> dict[int, LayerStats]:
         """Shard statistics merged in row order, then ``given`` (the caller's): the same for any thread count."""
         total = {i: LayerStats.empty(self.spec.width) for i in self.spec.layers}
-        for start in sorted(self.shard_stats):
-            for layer, st in self.shard_stats[start].items():
-                total[layer] = total[layer].merge(st)
+        for start, layer in sorted(self.shard_stats):
+            total[layer] = total[layer].merge(self.shard_stats[(start, layer)])
         return {i: total[i].merge(given[i]) for i in self.spec.layers}

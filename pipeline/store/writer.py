@@ -5,9 +5,11 @@ random), so writers never share a shard and any number of them may write one sto
 Arrays are preallocated to the segment capacity with one chunk per sample, grouped in
 shards of ``shard_samples`` samples; the writer buffers samples until a whole shard is
 ready and hands it to a small pool of threads (:mod:`.encode_pool`, ``encode_threads``)
-that compute its checksums and statistics, encode it and write its files, so the caller's
-compute does not wait on I/O. The queue is bounded (about two shards per thread), and
-results are merged in row order at commit, so the segment does not depend on the threads.
+that compute its checksums and statistics, encode it and write its files (one job for the
+checksums and one per layer, so threads share even one shard), so the caller's compute does
+not wait on I/O. At most ``queue_size`` shards (default: one per thread) wait beside those
+being encoded, and results are merged in row order at commit, so the segment's bytes and
+statistics do not depend on the number of threads.
 
 int8 stores: ``append`` takes each layer either as float values (quantized here, on the host,
 with :func:`.quant.quantize`) or as a :class:`.quant.QuantizedBlock` already quantized on the
@@ -384,7 +386,8 @@ class SegmentWriter:
         fast = all(fast_shards_supported(a) for a in arrays.values())
         ACTIVE_SEGMENTS.add(self.segment_id)
         self._encoder = ShardEncoder(self.spec, self.segment_path, self.shard_samples, self._names, codecs, arrays, fast=fast)
-        self._pool = EncodePool(self._encoder, threads=self.encode_threads, queue_size=self.queue_size,
+        waiting = self.queue_size * self._encoder.jobs_per_shard  # queue_size counts shards, the pool counts jobs
+        self._pool = EncodePool(self._encoder, threads=self.encode_threads, queue_size=waiting,
                                 name=f"sak-writer-{self.segment_id[-8:]}")
 
     def _flush(self, n: int) -> None:
@@ -399,8 +402,10 @@ class SegmentWriter:
         self._buffered -= n
         self._flushed += n
         assert self._pool is not None  # _create_arrays started it
+        assert self._encoder is not None
         try:
-            self._pool.submit((start, block, need[:n]))
+            for job in self._encoder.jobs(start, block, need[:n]):
+                self._pool.submit(job)
         except PoolFailed:
             self._check_open()
             raise
