@@ -203,6 +203,8 @@ class SegmentWriter:
         (numpy or torch) already quantized; its parts are stored as given. ``stats``: the batch's own
         per-layer statistics (a sequence in ``spec.layers`` order, or {layer: stats}), e.g. computed on
         the device; without it they are computed from the stored (for int8: dequantized) values.
+        Arrays already in the on-disk dtype are kept by reference until their shard is written: do not
+        reuse their memory (e.g. a pinned staging buffer) before :meth:`commit`.
         """
         self._check_open()
         b = len(keys)
