@@ -35,6 +35,29 @@ def _created(store) -> str:
     return f"{rec.get('created_by', '?')} {rec.get('created_at', '')}".strip() if rec else "-"
 
 
+def _dtype(spec) -> str:
+    return f"{spec.dtype} ({spec.quant})" if spec.quant else spec.dtype
+
+
+def _fidelity_table(s) -> Table | None:
+    """Per-layer fidelity measured at extraction (mean/min token cosine, raw and standardized), or None."""
+    fid = s.fidelity()
+    if not fid:
+        return None
+    table = Table(title="per-layer fidelity to the teacher's values (cosine per token, measured at extraction)", title_justify="left")
+    for col in ("layer", "tokens", "raw mean", "raw min", "standardized mean", "standardized min"):
+        table.add_column(col, justify="right")
+    for layer, kinds in fid.items():
+        raw, std = kinds.get("raw", {}), kinds.get("std", {})
+
+        def cell(d: dict, key: str) -> str:
+            return f"{d[key]:.6f}" if key in d else "-"
+
+        count = int(max(raw.get("count", 0), std.get("count", 0)))
+        table.add_row(str(layer), f"{count:,}", cell(raw, "mean"), cell(raw, "min"), cell(std, "mean"), cell(std, "min"))
+    return table
+
+
 def ls(cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a directory or an fsspec URL (s3://bucket/cache).")) -> None:
     """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size."""
     stores = list_stores(cache)
@@ -42,14 +65,14 @@ def ls(cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a
         console.print(f"no feature stores in {cache}/features; create one with `sak-cache extract --cache {cache}`")
         return
     table = Table(title=f"feature stores in {cache}", title_justify="left")
-    for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "views", "rows ok", "failed", "size", "created"):
+    for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "codec", "views", "rows ok", "failed", "size", "created"):
         table.add_column(col, justify="right" if col in ("rows ok", "failed", "size", "views") else "left")
     for s in stores:
         spec = s.spec
         ok, failed = s.commits("ok").num_rows, s.commits("failed").num_rows
         table.add_row(
             s.name, spec.teacher, _weights(spec), ",".join(map(str, spec.layers)),
-            f"{spec.grid[0]}x{spec.grid[1]} x {spec.width}", spec.dtype, f"{spec.views} ({spec.aug})",
+            f"{spec.grid[0]}x{spec.grid[1]} x {spec.width}", _dtype(spec), spec.codec, f"{spec.views} ({spec.aug})",
             str(ok), f"[red]{failed}[/]" if failed else "0", _mb(s.size_bytes()), _created(s),
         )
     out.print(table)
@@ -61,7 +84,7 @@ def info(
     store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
 ) -> None:
-    """Show a store's spec, per-layer feature statistics and its failed samples with their errors."""
+    """Show a store's spec (dtype, quant, codec, ...), per-layer statistics and fidelity, and its failed samples."""
     s = resolve_store(store, cache)
     spec_table = Table(title=f"{s.path}", show_header=False, title_justify="left")
     spec_table.add_column(style="bold")
@@ -87,6 +110,13 @@ def info(
             f"{std.max():.4g}", f"{np.abs(st.mean).max():.4g}",
         )
     out.print(st_table)
+    fid_table = _fidelity_table(s)
+    if fid_table is not None:
+        out.print(fid_table)
+    elif s.spec.dtype == "int8":
+        out.print("fidelity: none recorded (segments written without a fidelity measurement)")
+    else:
+        out.print(f"fidelity: none recorded ({s.spec.dtype} store: values are the teacher's, rounded to {s.spec.dtype})")
 
     ok, failed = s.commits("ok"), s.commits("failed")
     out.print(f"rows: {ok.num_rows} ok, {failed.num_rows} failed")

@@ -65,7 +65,7 @@ class ExtractConfig(Config):
     img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W); default: aug_crop, else the images' max
     resolution: int | None = None  # native protocol: square input size; default: each teacher's native size
     dtype: str = "float16"
-    quant: str | None = None  # dtype int8: "token" | "channel" | "token-channel" (default DEFAULT_QUANT)
+    quant: str | None = None  # dtype int8: one of quant.QUANT_MODES (default DEFAULT_QUANT, token-channel-offset)
     codec: str = "none"  # feature-array compression of new segments: none | lz4 | zstd
     min_cosine: float = DEFAULT_MIN_COSINE  # int8: stop when a layer's standardized mean cosine on a batch is below
     force_quant: bool = False  # int8: keep going below min_cosine (warn; the fidelity is recorded)

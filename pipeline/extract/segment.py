@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import math
 import os
@@ -246,15 +245,6 @@ def encode_threads_for(cfg, spec: FeatureSpec, history: dict | None) -> int:
     return max(1, min(top, math.ceil(ENCODE_HEADROOM * history["out_bps"] / history["per_thread_bps"])))
 
 
-def store_writer(store: FeatureStore, capacity: int, threads: int):
-    """``store.writer(capacity)`` with ``encode_threads`` when this writer has the pool (store format of issue 13)."""
-    # TODO(merge fmt): SegmentWriter/FeatureStore.writer gain encode_threads there; then pass it unconditionally.
-    make: Any = store.writer
-    if "encode_threads" in inspect.signature(make).parameters:
-        return make(capacity, encode_threads=threads)
-    return store.writer(capacity)
-
-
 def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None] | None = None) -> SegmentResult:
     """Extract one segment for every teacher; commit one part per teacher store. Worker entry point."""
     cfg, specs = ctx.cfg, ctx.specs
@@ -279,7 +269,7 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
     teachers = [_teacher(ctx, t) if counts[t] else None for t in range(len(specs))]
     device = _worker_device(ctx.device)
     threads = [encode_threads_for(cfg, spec, worker_cached(("encode-rate", spec.spec_id), dict)) for spec in specs]
-    writers = [store_writer(stores[t], counts[t], threads[t]) if counts[t] else None for t in range(len(specs))]
+    writers = [stores[t].writer(counts[t], encode_threads=threads[t]) if counts[t] else None for t in range(len(specs))]
     t_start = time.perf_counter()
     try:
         for batch in _prepared_batches(samples, teachers, cfg):

@@ -7,10 +7,16 @@ across chunks ran at 15 MB/s against 1.2 GB/s for contiguous slices):
   one ``array[a:b]`` slice; the result is put back into the requested order;
 * bf16 stores keep uint16 bit patterns (attribute ``sak_dtype = "bfloat16"``) and
   are widened to float32 here;
-* a sample's checksum is sha256 over its stored bytes (little-endian, C order,
-  the on-disk dtype: float16, uint16 bf16 bits or float32), for ``layer_<i>`` in the
-  spec's layer order, then ``prefix_<i>`` in the same order when the spec keeps
-  prefix tokens. Any plain-zarr reader can recompute it.
+* int8 stores keep each layer as int8 codes ``layer_<i>`` plus float32 ``scale_token_<i>`` /
+  ``scale_channel_<i>`` / ``offset_channel_<i>`` arrays (:func:`.quant.stored_parts`; attribute
+  ``sak_dtype = "int8"`` on the codes), and their prefix tokens as float16 (a few tokens per
+  sample: not worth a scale);
+* a sample's checksum is sha256 over its stored bytes (little-endian, C order, the on-disk
+  dtype: float16, uint16 bf16 bits, float32, or int8 codes and float32 scales), for every
+  array of every layer in the spec's layer order (:func:`sample_arrays`: ``layer_<i>``, then,
+  in int8 stores, that layer's scale and offset arrays in :func:`.quant.stored_parts` order),
+  then ``prefix_<i>`` in the same layer order when the spec keeps prefix tokens. Any
+  plain-zarr reader can recompute it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from .quant import stored_parts
 
 BF16_ATTR = "sak_dtype"
 BF16 = "bfloat16"
@@ -81,12 +89,28 @@ def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
 
 
 def storage_numpy_dtype(spec_dtype: str) -> np.dtype:
-    """The dtype an array of a store of ``spec_dtype`` has on disk."""
-    return np.dtype({"float16": "float16", "bfloat16": "uint16", "float32": "float32"}[spec_dtype])
+    """The dtype a layer array of a store of ``spec_dtype`` has on disk (int8: its codes)."""
+    return np.dtype({"float16": "float16", "bfloat16": "uint16", "float32": "float32", "int8": "int8"}[spec_dtype])
+
+
+def prefix_dtype(spec_dtype: str) -> str:
+    """The dtype prefix tokens are stored in: the store's, except float16 for int8 stores."""
+    return "float16" if spec_dtype == "int8" else spec_dtype
+
+
+def sample_arrays(spec) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """(name, per-sample shape, on-disk dtype) of every array that holds a sample, in checksum order."""
+    out = [part for layer in spec.layers for part in stored_parts(spec, layer)]
+    if spec.keep_prefix:
+        pre = storage_numpy_dtype(prefix_dtype(spec.dtype))
+        out += [(prefix_array_name(i), (spec.num_prefix_tokens, spec.width), pre) for i in spec.layers]
+    return out
 
 
 def to_storage(values: np.ndarray, spec_dtype: str) -> np.ndarray:
-    """Convert float values to the on-disk dtype; arrays already in it pass through unchanged."""
+    """Convert float values to the on-disk dtype of a float store; arrays already in it pass through unchanged."""
+    if spec_dtype == "int8":
+        raise ValueError("int8 values are quantized with scales: use quant.quantize, not to_storage")
     target = storage_numpy_dtype(spec_dtype)
     values = np.asarray(values)
     if values.dtype == target:

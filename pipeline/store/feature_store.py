@@ -4,10 +4,11 @@ Layout (see DESIGN.md "Feature store")::
 
     <cache>/features/<teacher>-<spec_id>/
       spec.json                              canonical FeatureSpec, written atomically, read first
-      segments/<segment_id>/layer_<i>        (n, h, w, c), one chunk per sample, sharded, zstd
-      segments/<segment_id>/prefix_<i>       (n, p, c) when the spec keeps prefix tokens
+      segments/<segment_id>/layer_<i>        (n, h, w, c), one chunk per sample, sharded, spec.codec
+      segments/<segment_id>/scale_*_<i>      int8 stores: float32 scales (and offset_channel_<i>), see quant.py
+      segments/<segment_id>/prefix_<i>       (n, p, c) when the spec keeps prefix tokens (float16 in int8 stores)
       manifest/part-<segment_id>.parquet     commit record (COMMIT_SCHEMA), written last
-      stats/<segment_id>.json                per-layer count/mean/M2 (float64)
+      stats/<segment_id>.json                per-layer count/mean/M2 (float64), int8: measured fidelity
 
 Only rows of committed parts exist. Concurrent writers never share files; if two of
 them extract the same image and view, **read-time dedup** decides deterministically:
@@ -43,12 +44,13 @@ from ...manifests.config import canonical_json
 from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
-from .arrays import decode_stored, layer_array_name, prefix_array_name, read_rows_contiguous
+from .arrays import decode_stored, layer_array_name, prefix_array_name, prefix_dtype, read_rows_contiguous
 from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
 from .maintenance import VerifyReport, gc_store, verify_store
+from .quant import block_from_parts, dequantize_block, stored_parts
 from .shards import ShardReader, fast_shards_supported
 from .spec import ABSENT_CODEC, FORMAT_VERSION, UNHASHED, FeatureSpec
-from .stats import LayerStats, stats_from_json
+from .stats import LayerStats, fidelity_from_json, fidelity_summary, merge_fidelity, stats_from_json
 from .writer import SegmentWriter, write_text_atomic
 
 if TYPE_CHECKING:
@@ -135,6 +137,8 @@ class FeatureStore:
             diffs = spec_differences(store.spec, spec)
             if diffs:
                 raise SpecMismatch(_mismatch_message(str(path), diffs))
+            if store.spec.codec != spec.codec:  # not hashed: the store's own codec wins
+                log.info("store %s writes codec %r (its spec.json); keeping it instead of %r", path, store.spec.codec, spec.codec)
             return store
         for sub in ("segments", "manifest", "stats"):
             (path / sub).mkdir(parents=True, exist_ok=True)
@@ -288,21 +292,36 @@ class FeatureStore:
     def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
         """{layer: (n, h, w, c)} for ``rows`` of one segment, in the given order; contiguous slice reads only.
 
-        float16 stores return float16, bfloat16 and float32 stores return float32.
+        float16 stores return float16; bfloat16, float32 and int8 (dequantized) stores return float32.
         """
-        return {
-            i: decode_stored(read_rows_contiguous(self.array(segment_id, layer_array_name(i), fast=True), rows), self.spec.dtype)
-            for i in self._layers(layers)
-        }
+        out = {}
+        for i in self._layers(layers):
+            if self.spec.dtype == "int8":
+                out[i] = dequantize_block(block_from_parts(self.spec.quant or "", self.read_parts(segment_id, rows, i)))
+            else:
+                out[i] = decode_stored(read_rows_contiguous(self.array(segment_id, layer_array_name(i), fast=True), rows),
+                                       self.spec.dtype)
+        return out
+
+    def read_parts(self, segment_id: str, rows: Sequence[int], layer: int) -> tuple[np.ndarray, ...]:
+        """The on-disk arrays of ``layer`` for ``rows`` as stored, in :func:`.quant.stored_parts` order.
+
+        int8: (codes int8, then float32 scales/offset); float16/float32: (values,); bfloat16: (uint16 bits,).
+        """
+        (layer,) = self._layers([layer])
+        return tuple(read_rows_contiguous(self.array(segment_id, name, fast=True), rows)
+                     for name, _, _ in stored_parts(self.spec, layer))
 
     def read_prefix(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
         """{layer: (n, p, c)} prefix (CLS/register) tokens; only for stores whose spec keeps them."""
         if not self.spec.keep_prefix:
             raise SpecMismatch(f"store {self.path} was extracted without prefix tokens; extract again with --keep-prefix.")
-        return {
-            i: decode_stored(read_rows_contiguous(self.array(segment_id, prefix_array_name(i), fast=True), rows), self.spec.dtype)
+        as_read = prefix_dtype(self.spec.dtype)  # float16 in int8 stores: returned as float32 like their layers
+        out = {
+            i: decode_stored(read_rows_contiguous(self.array(segment_id, prefix_array_name(i), fast=True), rows), as_read)
             for i in self._layers(layers)
         }
+        return {i: v.astype(np.float32) for i, v in out.items()} if self.spec.dtype == "int8" else out
 
     def read_sample(self, image_sha256: str, view: int = 0, layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
         """{layer: (h, w, c)} of one committed sample by content hash (convenience; slow for many samples)."""
@@ -347,11 +366,30 @@ class FeatureStore:
                         totals[layer] = totals[layer].subtract(LayerStats.from_values(v))
         return totals
 
+    def fidelity(self) -> dict[int, dict[str, dict[str, float]]]:
+        """Fidelity measured at extraction, merged over committed segments: {layer: {"raw"|"std": {"mean", "min", "count"}}}.
+
+        Cosines per token between stored and teacher values (see :func:`.quant.token_cosines`); {} when no
+        segment recorded any (float stores, stores written before issue 13).
+        """
+        return fidelity_summary(merge_fidelity(self.segment_fidelity(seg) for seg in self.committed_segments()))
+
+    def segment_fidelity(self, segment_id: str):
+        """The fidelity record of one segment's statistics file ({} when it has none or no file)."""
+        path = self.path / "stats" / f"{segment_id}.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        return fidelity_from_json(text, str(path))
+
     # -- writing ------------------------------------------------------------------
-    def writer(self, capacity: int, *, segment_id: str | None = None, durable: bool = True) -> SegmentWriter:
+    def writer(self, capacity: int, *, segment_id: str | None = None, durable: bool = True,
+               encode_threads: int | None = None) -> SegmentWriter:
         if self.read_only:
             raise SakError(f"store {self.path} is open read-only; open it with read_only=False to write")
-        return SegmentWriter(spec=self.spec, store_path=self.path, capacity=capacity, segment_id=segment_id, durable=durable)
+        return SegmentWriter(spec=self.spec, store_path=self.path, capacity=capacity, segment_id=segment_id, durable=durable,
+                             encode_threads=encode_threads)
 
     # -- maintenance --------------------------------------------------------------
     def size_bytes(self) -> int:

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from ...manifests.errors import SakError
 from ...manifests.schemas import STATUS_OK
 from ..storage import Location
-from .arrays import layer_array_name, prefix_array_name, sample_checksum
+from .arrays import sample_arrays, sample_checksum
 from .commits import rows_by_segment
 from .writer import ACTIVE_SEGMENTS, parse_segment_id, this_host
 
@@ -37,9 +37,7 @@ def verify_store(store, progress: Callable[..., None] | None = None) -> VerifyRe
     report = VerifyReport()
     raw = store.raw_commits()
     ok = raw.filter(pc.equal(raw.column("status"), STATUS_OK))
-    names = [layer_array_name(i) for i in store.spec.layers]
-    if store.spec.keep_prefix:
-        names += [prefix_array_name(i) for i in store.spec.layers]
+    names = [name for name, _, _ in sample_arrays(store.spec)]  # checksum order: every part of every layer, then prefix
     for seg, rows in rows_by_segment(ok, with_meta=True).items():
         if not (store.path / "segments" / seg).exists():
             report.corrupt += [(seg, r, sha, f"segment unreadable: {seg} is missing on disk (its commit part names it)") for r, sha, _ in rows]

@@ -46,8 +46,8 @@ def compressors_for(codec: str, itemsize: int) -> list:
 
 
 def _inner_codec_json(codec: str, itemsize: int) -> list[dict]:
-    # zarr writes no endianness for one-byte dtypes (int8 codes)
-    inner = [{"name": "bytes", "configuration": {"endian": "little"}} if itemsize > 1 else {"name": "bytes"}]
+    # zarr writes no endianness for 1-byte dtypes (int8 codes)
+    inner: list[dict] = [{"name": "bytes", "configuration": {"endian": "little"}}] if itemsize > 1 else [{"name": "bytes"}]
     if codec == "lz4":
         inner.append({"name": "blosc", "configuration": {"typesize": itemsize, "cname": "lz4", "clevel": LZ4_LEVEL,
                                                         "shuffle": "shuffle", "blocksize": 0}})

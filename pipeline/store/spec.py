@@ -21,7 +21,7 @@ version 1, so an old store is never extended with views of the other policy (eac
 records its policy in its JSON, which is what replay reads).
 
 Store dtype (``dtype``/``quant``): float16 (default), bfloat16, float32, or int8 codes with float32
-scales (``quant``: ``token``, ``channel`` or ``token-channel``; see :mod:`.quant`). ``codec`` says how
+scales (``quant``: one of :data:`.quant.QUANT_MODES`; see :mod:`.quant`). ``codec`` says how
 new segments compress their feature arrays (``none``, ``lz4``, ``zstd``); it is recorded but not
 hashed (:data:`UNHASHED`): each array's zarr metadata says how it was written, readers follow it, and
 a store may hold segments of several codecs. ``spec.json`` files without it mean ``zstd``
@@ -98,7 +98,7 @@ class FeatureSpec(Config):
     input_protocol: str = "native"  # "student" (official; new extractions) or "native"; absent in older spec.json
     img_size: tuple[int, int] | None = None  # student protocol: the student's (H, W) input the teacher was fed
     aug_version: int = 1  # with aug "sak": 1 = sak's first policy (older stores), 2 = the official pipeline
-    quant: str | None = None  # dtype int8: "token" | "channel" | "token-channel" scales (see store/quant.py)
+    quant: str | None = None  # dtype int8: one of quant.QUANT_MODES (see store/quant.py)
     codec: str = "none"  # feature-array compression of new segments; not hashed (UNHASHED); absent = "zstd"
 
     def __post_init__(self) -> None:

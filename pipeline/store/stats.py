@@ -8,13 +8,20 @@ which equals the mean/variance over all committed rows computed in one pass.
 
 The JSON file is plain: ``{"format": 1, "segment_id": ..., "layers": {"<i>": {"count": n,
 "mean": [...], "m2": [...]}}}``; Python writes floats with ``repr`` so float64 values
-round-trip exactly.
+round-trip exactly. Statistics of an int8 store are those of the dequantized values (what
+training reads).
+
+Segments of quantized stores also record the fidelity measured when they were written
+(optional key, absent in float stores and older files; readers of format 1 ignore it):
+``"fidelity": {"<i>": {"raw": {"count": n, "total": sum of per-token cosines, "min": ...},
+"std": {...}}}``: cosine between the stored and the teacher's values per token, raw and after
+standardizing channels (see :func:`.quant.token_cosines`). Sums merge across segments exactly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,11 +119,64 @@ def merge_all(items: list[LayerStats], channels: int) -> LayerStats:
     return total
 
 
-def stats_to_json(segment_id: str, layers: Mapping[int, LayerStats]) -> str:
-    return json.dumps(
-        {"format": STATS_FORMAT, "segment_id": segment_id, "layers": {str(k): v.to_dict() for k, v in sorted(layers.items())}},
-        sort_keys=True,
-    )
+@dataclass(frozen=True)
+class FidelitySum:
+    """Sum, count and minimum of per-token cosines of one layer and kind (``raw`` or ``std``)."""
+
+    count: int
+    total: float
+    minimum: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    def merge(self, other: FidelitySum) -> FidelitySum:
+        return FidelitySum(self.count + other.count, self.total + other.total, min(self.minimum, other.minimum))
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "total": float(self.total), "min": float(self.minimum)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FidelitySum:
+        return cls(int(data["count"]), float(data["total"]), float(data["min"]))
+
+
+#: {layer: {"raw" | "std": FidelitySum}}
+Fidelity = dict[int, dict[str, FidelitySum]]
+FIDELITY_KINDS = ("raw", "std")
+
+
+def merge_fidelity(items: Iterable[Fidelity]) -> Fidelity:
+    total: Fidelity = {}
+    for item in items:
+        for layer, kinds in item.items():
+            mine = total.setdefault(layer, {})
+            for kind, f in kinds.items():
+                mine[kind] = mine[kind].merge(f) if kind in mine else f
+    return total
+
+
+def fidelity_summary(fidelity: Fidelity) -> dict[int, dict[str, dict[str, float]]]:
+    """{layer: {kind: {"mean", "min", "count"}}} in layer order."""
+    return {layer: {k: {"mean": f.mean, "min": f.minimum, "count": f.count} for k, f in sorted(kinds.items())}
+            for layer, kinds in sorted(fidelity.items())}
+
+
+def stats_to_json(segment_id: str, layers: Mapping[int, LayerStats], fidelity: Fidelity | None = None) -> str:
+    data: dict = {"format": STATS_FORMAT, "segment_id": segment_id, "layers": {str(k): v.to_dict() for k, v in sorted(layers.items())}}
+    if fidelity:
+        data["fidelity"] = {str(k): {kind: f.to_dict() for kind, f in v.items()} for k, v in sorted(fidelity.items())}
+    return json.dumps(data, sort_keys=True)
+
+
+def fidelity_from_json(text: str, where: str) -> Fidelity:
+    """The fidelity record of one segment's statistics file ({} when it has none)."""
+    try:
+        data = json.loads(text).get("fidelity") or {}
+        return {int(k): {kind: FidelitySum.from_dict(f) for kind, f in v.items()} for k, v in data.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreCorrupt(f"{where}: unreadable fidelity record ({exc}). Run `sak-cache verify` on the store.") from exc
 
 
 def stats_from_json(text: str, where: str) -> dict[int, LayerStats]:

@@ -1,9 +1,12 @@
 """Moving committed rows between segments and stores: ``compact`` (many small segments -> few large
 ones, in place) and ``export`` (a store, or a subset of its samples, into another cache).
 
-Both copy the **stored bytes** (float16, bf16 bits or float32 exactly as written), through the
-ordinary :class:`.writer.SegmentWriter`, and check that every copied sample's checksum
-equals its original before anything old is removed.
+Both copy the **stored bytes** (float16, bf16 bits, float32, or int8 codes with their float32
+scales, exactly as written: never re-quantized), through the ordinary
+:class:`.writer.SegmentWriter`, and check that every copied sample's checksum equals its
+original before anything old is removed. A new segment records the merged fidelity of the
+segments its rows came from (all of them for ``compact``; for a subset ``export`` that is
+the fidelity measured over those whole source segments).
 
 Compaction order, so readers never see a gap:
 
@@ -32,8 +35,10 @@ import pyarrow.compute as pc
 
 from ...manifests.errors import SakError, StoreCorrupt
 from ...manifests.schemas import STATUS_FAILED, STATUS_OK
-from .arrays import layer_array_name, prefix_array_name, read_rows_contiguous
+from .arrays import prefix_array_name, read_rows_contiguous
 from .feature_store import FeatureStore
+from .quant import block_from_parts
+from .stats import merge_fidelity
 from .writer import SampleKey, this_host
 
 log = logging.getLogger(__name__)
@@ -84,18 +89,24 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
     ok = table.filter(pc.equal(table.column("status"), STATUS_OK)).sort_by([("segment_id", "ascending"), ("row", "ascending")])
     failed = table.filter(pc.equal(table.column("status"), STATUS_FAILED))
     spec = src.spec
-    names = [layer_array_name(i) for i in spec.layers]
     prefix_names = [prefix_array_name(i) for i in spec.layers] if spec.keep_prefix else []
     new_ids: list[str] = []
+    carried: set[str] = set()
     groups = [ok.slice(s, segment_rows) for s in range(0, ok.num_rows, segment_rows)] or [ok]
     for g, group in enumerate(groups):
         if group.num_rows == 0 and (g or failed.num_rows == 0):
             continue
         writer = dest.writer(max(1, group.num_rows), segment_id=make_id() if make_id else None)
         with writer:
+            sources = sorted(set(group.column("segment_id").to_pylist()) - carried)  # each source's fidelity once
+            carried.update(sources)
+            for layer, kinds in merge_fidelity(src.segment_fidelity(seg) for seg in sources).items():
+                for kind, f in kinds.items():
+                    writer.add_fidelity(layer, kind, f.count, f.total, f.minimum)
             for seg, piece in _blocks(group):
                 rows = piece.column("row").to_pylist()
-                layers = [read_rows_contiguous(src.array(seg, n, fast=True), rows) for n in names]
+                parts = [src.read_parts(seg, rows, i) for i in spec.layers]
+                layers = [block_from_parts(spec.quant, p) if spec.dtype == "int8" else p[0] for p in parts]
                 prefix = [read_rows_contiguous(src.array(seg, n, fast=True), rows) for n in prefix_names] or None
                 writer.append(_keys(piece), layers, prefix)
                 if progress is not None:

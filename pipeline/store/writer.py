@@ -4,9 +4,19 @@ A writer owns ``segments/<segment_id>/`` alone (``segment_id`` = UTC time, host,
 random), so writers never share a shard and any number of them may write one store.
 Arrays are preallocated to the segment capacity with one chunk per sample, grouped in
 shards of ``shard_samples`` samples; the writer buffers samples until a whole shard is
-ready and hands it to a background thread that computes checksums and statistics and
-writes it (compression happens there), so the caller's compute does not wait on I/O.
-The queue is bounded, so memory stays at a couple of shards.
+ready and hands it to a small pool of threads (:mod:`.encode_pool`, ``encode_threads``)
+that compute its checksums and statistics, encode it and write its files (one job for the
+checksums and one per layer, so threads share even one shard), so the caller's compute does
+not wait on I/O. At most ``queue_size`` shards (default: one per thread) wait beside those
+being encoded, and results are merged in row order at commit, so the segment's bytes and
+statistics do not depend on the number of threads.
+
+int8 stores: ``append`` takes each layer either as float values (quantized here, on the host,
+with :func:`.quant.quantize`) or as a :class:`.quant.QuantizedBlock` already quantized on the
+teacher's device; codes use the spec's codec, scale and offset arrays none (float32 scales do
+not compress); prefix tokens are stored as float16. Statistics are those of the dequantized
+values unless the caller passes the batch's own (``stats=``), and :meth:`SegmentWriter.add_fidelity`
+records the fidelity the caller measured (written to the segment's statistics file).
 
 Commit order, which makes a kill at any point safe:
 1. the last partial shard is written, the arrays are shrunk to the rows written,
@@ -20,19 +30,17 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import secrets
 import socket
-import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from ...manifests.errors import SakError
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, table_from_rows
@@ -41,16 +49,16 @@ from .arrays import (
     BF16_ATTR,
     PREFIX_AXES,
     SAMPLE_AXES,
-    decode_stored,
-    layer_array_name,
-    prefix_array_name,
-    sample_checksum,
+    prefix_dtype,
+    sample_arrays,
     storage_numpy_dtype,
     to_storage,
 )
-from .shards import compressors_for, encode_shard, fast_shards_supported
+from .encode_pool import DEFAULT_ENCODE_THREADS, EncodePool, PoolFailed, ShardEncoder
+from .quant import QuantizedBlock, quantize, stored_parts
+from .shards import compressors_for, fast_shards_supported
 from .spec import FeatureSpec
-from .stats import LayerStats, stats_to_json
+from .stats import FIDELITY_KINDS, Fidelity, FidelitySum, LayerStats, stats_to_json
 
 if TYPE_CHECKING:
     import zarr
@@ -119,8 +127,15 @@ class WriteReport:
     n_ok: int = 0
     n_failed: int = 0
     bytes_written: int = 0
-    write_seconds: float = 0.0  # time the background thread spent checksumming, reducing and writing
+    write_seconds: float = 0.0  # time the encode threads spent checksumming, reducing and writing (summed over threads)
+    encode_seconds: float = 0.0  # of which encoding shards (compression; summed over threads)
+    raw_bytes: int = 0  # stored bytes handed to the encoder (before compression)
+    encoded_bytes: int = 0  # bytes of the shard files it wrote
+    encode_threads: int = 1
     table: pa.Table = field(default_factory=COMMIT_SCHEMA.empty_table)
+
+
+StatsArg = Sequence[LayerStats] | Mapping[int, LayerStats] | None
 
 
 class SegmentWriter:
@@ -133,8 +148,9 @@ class SegmentWriter:
         store_path: Location | str | os.PathLike[str],
         capacity: int,
         segment_id: str | None = None,
-        queue_size: int = 2,
+        queue_size: int | None = None,
         durable: bool = True,
+        encode_threads: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"segment capacity must be >= 1, got {capacity}")
@@ -147,22 +163,22 @@ class SegmentWriter:
         self.capacity = capacity
         self.shard_samples = shard_samples_for(spec, capacity)
         self.durable = durable
-        self._names = [layer_array_name(i) for i in spec.layers]
-        if spec.keep_prefix:
-            self._names += [prefix_array_name(i) for i in spec.layers]
+        self.encode_threads = encode_threads or DEFAULT_ENCODE_THREADS
+        self.queue_size = queue_size if queue_size is not None else self.encode_threads
+        self._layout = sample_arrays(spec)  # (name, per-sample shape, dtype) in checksum order
+        self._names = [n for n, _, _ in self._layout]
         self._arrays: dict[str, zarr.Array] | None = None
-        self._fast_shards = False
         self._rows: list[dict] = []
         self._failed: list[dict] = []
         self._buf: dict[str, list[np.ndarray]] = {n: [] for n in self._names}
+        self._need_stats: list[np.ndarray] = []  # per buffered batch: rows whose stats the caller did not give
         self._buffered = 0
-        self._flushed = 0  # rows handed to the background thread
-        self._checksums: dict[int, str] = {}
-        self._stats = {i: LayerStats.empty(spec.width) for i in spec.layers}
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._error: BaseException | None = None
+        self._flushed = 0  # rows handed to the encode pool
+        self._given_stats = {i: LayerStats.empty(spec.width) for i in spec.layers}
+        self._fidelity: Fidelity = {}
+        self._encoder: ShardEncoder | None = None
+        self._pool: EncodePool | None = None
         self._busy = 0.0
-        self._thread: threading.Thread | None = None
         self._closed = False
 
     # -- public -----------------------------------------------------------------
@@ -178,10 +194,17 @@ class SegmentWriter:
     def free(self) -> int:
         return self.capacity - self.n_ok
 
-    def append(self, keys: Sequence[SampleKey], layers: Sequence[np.ndarray], prefix: Sequence[np.ndarray] | None = None) -> None:
+    def append(self, keys: Sequence[SampleKey], layers: Sequence, prefix: Sequence[np.ndarray] | None = None, *,
+               stats: StatsArg = None) -> None:
         """Add a batch: ``layers[j]`` is (B, h, w, C) for ``spec.layers[j]``; ``prefix[j]`` (B, p, C) when kept.
 
-        Values may be float32 (converted here) or already in the store's on-disk dtype.
+        Float stores: values may be float32 (converted here) or already in the store's on-disk dtype.
+        int8 stores: each ``layers[j]`` is float values (quantized here) or a :class:`.quant.QuantizedBlock`
+        (numpy or torch) already quantized; its parts are stored as given. ``stats``: the batch's own
+        per-layer statistics (a sequence in ``spec.layers`` order, or {layer: stats}), e.g. computed on
+        the device; without it they are computed from the stored (for int8: dequantized) values.
+        Arrays already in the on-disk dtype are kept by reference until their shard is written: do not
+        reuse their memory (e.g. a pinned staging buffer) before :meth:`commit`.
         """
         self._check_open()
         b = len(keys)
@@ -189,18 +212,24 @@ class SegmentWriter:
             return
         if self.n_ok + b > self.capacity:
             raise ValueError(f"segment {self.segment_id} holds {self.capacity} samples; {self.n_ok} + {b} do not fit")
-        h, w = self.spec.grid
-        blocks = self._validate(layers, (b, h, w, self.spec.width), "layer")
+        if len(layers) != len(self.spec.layers):
+            raise ValueError(f"expected {len(self.spec.layers)} layer arrays (layers {self.spec.layers}), got {len(layers)}")
+        blocks = [part for layer, arr in zip(self.spec.layers, layers, strict=True) for part in self._layer_blocks(layer, arr, b)]
         if self.spec.keep_prefix:
             if prefix is None:
                 raise ValueError("the spec keeps prefix tokens; pass prefix arrays")
             blocks += self._validate(prefix, (b, self.spec.num_prefix_tokens, self.spec.width), "prefix")
+        given = self._given(stats) if stats is not None else None
         if self._arrays is None:
             self._create_arrays()
         for k in keys:
             self._rows.append({**k.__dict__, "row": len(self._rows)})
         for name, block in zip(self._names, blocks, strict=True):
             self._buf[name].append(block)
+        if given is not None:
+            for layer, st in given.items():
+                self._given_stats[layer] = self._given_stats[layer].merge(st)
+        self._need_stats.append(np.full(b, given is None))
         self._buffered += b
         while self._buffered >= self.shard_samples:
             self._flush(self.shard_samples)
@@ -209,6 +238,20 @@ class SegmentWriter:
         self._check_open()
         self._failed.append({**key.__dict__, "row": None, "checksum": None, "status": STATUS_FAILED, "error": error})
 
+    def add_fidelity(self, layer: int, kind: str, count: int, total: float, minimum: float) -> None:
+        """Record measured fidelity of ``count`` tokens of ``layer``: ``total`` = sum of their cosines, ``minimum`` the lowest.
+
+        ``kind``: ``raw`` or ``std`` (channels standardized, see :func:`.quant.token_cosines`). Accumulated over
+        the segment and written to ``stats/<segment_id>.json``; ``FeatureStore.fidelity()`` merges segments.
+        """
+        self._check_open()
+        if layer not in self.spec.layers or kind not in FIDELITY_KINDS:
+            raise ValueError(f"fidelity of layer {layer} kind {kind!r}: layer must be one of {self.spec.layers}, "
+                             f"kind one of {FIDELITY_KINDS}")
+        item = FidelitySum(int(count), float(total), float(minimum))
+        kinds = self._fidelity.setdefault(layer, {})
+        kinds[kind] = kinds[kind].merge(item) if kind in kinds else item
+
     def commit(self) -> WriteReport:
         """Write what is left, then stats, then the commit record (last). Returns what was committed."""
         self._check_open()
@@ -216,26 +259,34 @@ class SegmentWriter:
             if self._buffered:
                 self._flush(self._buffered)
             self._drain()
-            report = WriteReport(self.segment_id, n_ok=self.n_ok, n_failed=self.n_failed)
+            report = WriteReport(self.segment_id, n_ok=self.n_ok, n_failed=self.n_failed, encode_threads=self.encode_threads)
             if not self._rows and not self._failed:
                 return report
             if self._rows:
                 self._finish_arrays()
-                write_text_atomic(self.stats_path, stats_to_json(self.segment_id, self._stats))
+                assert self._encoder is not None
+                stats = self._encoder.merged_stats(self._given_stats)
+                write_text_atomic(self.stats_path, stats_to_json(self.segment_id, stats, self._fidelity))
+            sums = self._encoder.checksums if self._encoder is not None else {}
             rows = [
-                {**r, "segment_id": self.segment_id, "checksum": self._checksums[r["row"]], "status": STATUS_OK, "error": None}
+                {**r, "segment_id": self.segment_id, "checksum": sums[r["row"]], "status": STATUS_OK, "error": None}
                 for r in self._rows
             ] + [{**r, "segment_id": self.segment_id} for r in self._failed]
             table = table_from_rows(rows, COMMIT_SCHEMA)
             write_parquet_atomic(table, self.part_path, COMMIT_SCHEMA)  # last: makes the segment exist
             report.table = table
             report.write_seconds = self._busy
+            if self._encoder is not None:  # None: only failed rows
+                report.encode_seconds, report.raw_bytes, report.encoded_bytes = self._encoder.totals()
             report.bytes_written = self.segment_path.tree_bytes() + self.part_path.stat().st_size + (
                 self.stats_path.stat().st_size if self._rows else 0
             )
             log.debug("committed segment %s: %d ok, %d failed", self.segment_id, self.n_ok, self.n_failed)
             return report
         finally:
+            if self._pool is not None:  # a failed commit: stop the threads
+                self._pool.abort()
+                self._pool = None
             self._closed = True
             ACTIVE_SEGMENTS.discard(self.segment_id)
 
@@ -244,9 +295,9 @@ class SegmentWriter:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
+        if self._pool is not None:
+            self._pool.abort()
+            self._pool = None
         ACTIVE_SEGMENTS.discard(self.segment_id)
 
     def __enter__(self) -> SegmentWriter:
@@ -260,18 +311,49 @@ class SegmentWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise SakError(f"segment writer {self.segment_id} is already committed or aborted; start a new one")
-        if self._error is not None:
-            raise SakError(f"writing segment {self.segment_id} failed: {self._error}") from self._error
+        error = self._pool.error if self._pool is not None else None
+        if error is not None:
+            raise SakError(f"writing segment {self.segment_id} failed: {error}") from error
 
     def _validate(self, arrays: Sequence[np.ndarray], shape: tuple[int, ...], what: str) -> list[np.ndarray]:
         if len(arrays) != len(self.spec.layers):
             raise ValueError(f"expected {len(self.spec.layers)} {what} arrays (layers {self.spec.layers}), got {len(arrays)}")
         out = []
+        dtype = prefix_dtype(self.spec.dtype) if what == "prefix" else self.spec.dtype
         for layer, arr in zip(self.spec.layers, arrays, strict=True):
             if tuple(arr.shape) != shape:
                 raise ValueError(f"{what} {layer}: expected shape {shape}, got {tuple(arr.shape)}")
-            out.append(to_storage(arr, self.spec.dtype))
+            out.append(to_storage(arr, dtype))
         return out
+
+    def _layer_blocks(self, layer: int, arr, b: int) -> list[np.ndarray]:
+        """One layer of a batch -> its on-disk arrays (stored_parts order), shapes checked."""
+        parts = stored_parts(self.spec, layer)
+        if self.spec.dtype != "int8":
+            return self._validate_one(layer, [to_storage(np.asarray(arr), self.spec.dtype)], parts, b)
+        if isinstance(arr, QuantizedBlock):
+            block = arr.cpu_numpy()
+        else:
+            values = arr.detach().cpu() if isinstance(arr, torch.Tensor) else torch.from_numpy(np.asarray(arr, dtype=np.float32))
+            block = quantize(values, self.spec.quant or "").cpu_numpy()
+        if len(block.parts) != len(parts):
+            raise ValueError(f"layer {layer}: a block of {len(block.parts)} parts for quant {self.spec.quant!r}, which stores "
+                             f"{[n for n, _, _ in parts]}; quantize with the store's mode")
+        return self._validate_one(layer, [np.ascontiguousarray(p) for p in block.parts], parts, b)
+
+    @staticmethod
+    def _validate_one(layer: int, got: list[np.ndarray], parts, b: int) -> list[np.ndarray]:
+        for arr, (name, shape, dtype) in zip(got, parts, strict=True):
+            if tuple(arr.shape) != (b, *shape) or arr.dtype != dtype:
+                raise ValueError(f"layer {layer}: {name}: expected shape {(b, *shape)} of {dtype}, "
+                                 f"got {tuple(arr.shape)} of {arr.dtype}")
+        return got
+
+    def _given(self, stats) -> dict[int, LayerStats]:
+        given = dict(stats) if isinstance(stats, Mapping) else dict(zip(self.spec.layers, stats, strict=True))
+        if sorted(given) != sorted(self.spec.layers) or any(st.channels != self.spec.width for st in given.values()):
+            raise ValueError(f"stats must hold one LayerStats of {self.spec.width} channels per layer {self.spec.layers}")
+        return given
 
     def _create_arrays(self) -> None:
         import zarr
@@ -281,29 +363,34 @@ class SegmentWriter:
             mode="w-",
             attributes={"sak_segment_id": self.segment_id, "sak_spec_id": self.spec.spec_id, "sak_capacity": self.capacity},
         )
-        dtype = storage_numpy_dtype(self.spec.dtype)
-        attrs: dict[str, JSON] = {BF16_ATTR: self.spec.dtype}
-        h, w = self.spec.grid
-        c, p, s = self.spec.width, self.spec.num_prefix_tokens, self.shard_samples
+        s = self.shard_samples
         arrays = {}
-        for name in self._names:
-            inner = (1, h, w, c) if name.startswith("layer_") else (1, p, c)
+        codecs = {}
+        for name, shape, dtype in self._layout:
+            is_layer = name.startswith("layer_")
+            scale = not is_layer and not name.startswith("prefix_")  # int8 scales and offsets: float32, never compressed
+            attrs: dict[str, JSON] = {BF16_ATTR: self.spec.dtype if is_layer else ("float32" if scale else prefix_dtype(self.spec.dtype))}
+            if is_layer and self.spec.quant is not None:
+                attrs["sak_quant"] = self.spec.quant
+            codecs[name] = "none" if scale else self.spec.codec
             arrays[name] = group.create_array(
                 name,
-                shape=(self.capacity, *inner[1:]),
-                chunks=inner,
-                shards=(s, *inner[1:]),
+                shape=(self.capacity, *shape),
+                chunks=(1, *shape),
+                shards=(s, *shape),
                 dtype=dtype,
-                compressors=compressors_for(self.spec.codec, dtype.itemsize),
+                compressors=compressors_for(codecs[name], dtype.itemsize),
                 fill_value=0,
-                dimension_names=SAMPLE_AXES if name.startswith("layer_") else PREFIX_AXES,
+                dimension_names=PREFIX_AXES if name.startswith("prefix_") else SAMPLE_AXES,
                 attributes=attrs,
             )
         self._arrays = arrays
-        self._fast_shards = all(fast_shards_supported(a) for a in arrays.values())
+        fast = all(fast_shards_supported(a) for a in arrays.values())
         ACTIVE_SEGMENTS.add(self.segment_id)
-        self._thread = threading.Thread(target=self._worker, name=f"sak-writer-{self.segment_id[-8:]}", daemon=True)
-        self._thread.start()
+        self._encoder = ShardEncoder(self.spec, self.segment_path, self.shard_samples, self._names, codecs, arrays, fast=fast)
+        waiting = self.queue_size * self._encoder.jobs_per_shard  # queue_size counts shards, the pool counts jobs
+        self._pool = EncodePool(self._encoder, threads=self.encode_threads, queue_size=waiting,
+                                name=f"sak-writer-{self.segment_id[-8:]}")
 
     def _flush(self, n: int) -> None:
         start = self._flushed
@@ -312,61 +399,29 @@ class SegmentWriter:
             joined = np.concatenate(self._buf[name], axis=0) if len(self._buf[name]) > 1 else self._buf[name][0]
             block[name] = joined[:n]
             self._buf[name] = [joined[n:]] if joined.shape[0] > n else []
+        need = np.concatenate(self._need_stats) if len(self._need_stats) > 1 else self._need_stats[0]
+        self._need_stats = [need[n:]] if need.shape[0] > n else []
         self._buffered -= n
         self._flushed += n
-        while True:  # bounded: wait for the writer, but wake up to notice its failure
-            if self._error is not None:
-                self._check_open()
-            try:
-                self._queue.put((start, block), timeout=0.5)
-                break
-            except queue.Full:
-                continue
+        assert self._pool is not None  # _create_arrays started it
+        assert self._encoder is not None
+        try:
+            for job in self._encoder.jobs(start, block, need[:n]):
+                self._pool.submit(job)
+        except PoolFailed:
+            self._check_open()
+            raise
 
     def _drain(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise SakError(f"writing segment {self.segment_id} failed: {self._error}") from self._error
-
-    def _worker(self) -> None:
-        arrays = self._arrays
-        assert arrays is not None  # _create_arrays sets them before it starts this thread
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue
-            t0 = time.perf_counter()
+        if self._pool is not None:
+            busy = self._pool.busy_seconds
             try:
-                start, block = item
-                ordered = [block[n] for n in self._names]
-                for i in range(ordered[0].shape[0]):
-                    self._checksums[start + i] = sample_checksum([a[i] for a in ordered])
-                for layer in self.spec.layers:
-                    values = decode_stored(block[layer_array_name(layer)], self.spec.dtype)
-                    self._stats[layer] = self._stats[layer].merge(LayerStats.from_blocks(values))
-                for name, arr in block.items():
-                    if self._fast_shards:
-                        self._write_shard(name, start, arr)
-                    else:
-                        arrays[name][start : start + arr.shape[0]] = arr
-            except BaseException as exc:  # surfaced to the caller on its next call
-                self._error = exc
+                self._pool.close()
+            except PoolFailed as exc:
+                raise SakError(f"writing segment {self.segment_id} failed: {exc}") from exc.__cause__
             finally:
-                self._busy += time.perf_counter() - t0
-
-    def _write_shard(self, name: str, start: int, block: np.ndarray) -> None:
-        """Write one whole shard file (blocks always start on a shard boundary)."""
-        s = self.shard_samples
-        if start % s or block.shape[0] > s:
-            raise AssertionError(f"block at row {start} of {block.shape[0]} rows is not one shard of {s}")
-        key = "/".join(["c", str(start // s)] + ["0"] * (block.ndim - 1))
-        path = self.segment_path / name / key
-        path.put_bytes(encode_shard(block, s, self.spec.codec))  # local: a plain write; object stores: one PUT
+                self._busy = max(busy, self._pool.busy_seconds)
+                self._pool = None
 
     def _finish_arrays(self) -> None:
         assert self._arrays is not None

@@ -23,8 +23,9 @@ EXPECTED = {
     "cached_vs_online": {"cached_speedup", "cached_speedup_vs_ideal"},
     "loader": {"loader_vs_cat_warm_224", "loader_vs_cat_cold_224", "loader_vs_cat_warm_paper", "loader_vs_cat_cold_paper",
                "resident_gather_vs_memcpy_paper", "target_stage_cpu_efficiency_vs_before_paper"},
-    "storage": {"storage_fp16_zstd_vs_raw_fp16", "storage_bf16_zstd_vs_raw_fp16", "fidelity_fp16_cosine_distance",
-                "fidelity_bf16_cosine_distance", "fidelity_fp32_cosine_distance", "storage_int8_token_estimate_zstd_vs_raw_fp16"},
+    "storage": {"storage_fp16_none_vs_raw_fp16", "storage_fp16_zstd_vs_raw_fp16", "storage_int8_token-channel-offset_vs_raw_fp16",
+                "fidelity_int8_token-channel-offset_worst_layer_std_cosine", "fidelity_int8_token_worst_layer_std_cosine",
+                "storage_int8_default_lz4_vs_raw_fp16", "encode_int8_vs_fp16", "decode_int8_vs_fp16"},
     "scaling": {"extract_2_vs_1_dask_workers", "open_2000_rows_within_1s", "open_2000_vs_200_rows_time",
                 "open_2000_rows_before_vs_after", "ls_2000_rows_within_1s"},
 }

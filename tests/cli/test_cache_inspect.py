@@ -47,7 +47,7 @@ def test_ls_lists_stores_and_flags_random_init(app, store) -> None:
     res = _run(app, "ls", "--cache", store.path.parent.parent)
     assert res.exit_code == 0, res.output
     text = _flat(res.output)
-    assert re.search(rf"{store.name} test:tiny random-init:0 \(RANDOM-INIT\) 1,3 8x10 x 32 float16 1 \(none\) 9 1 ", text), text
+    assert re.search(rf"{store.name} test:tiny random-init:0 \(RANDOM-INIT\) 1,3 8x10 x 32 float16 none 1 \(none\) 9 1 ", text), text
     assert "RANDOM-INIT teacher features" in text
 
 
@@ -58,6 +58,30 @@ def test_info_shows_spec_stats_and_failures(app, store) -> None:
     assert f"spec_id {store.spec.spec_id}" in text and "layers [1, 3]" in text
     assert re.search(r" 1 720 ", text) and re.search(r" 3 720 ", text)  # 9 rows x 80 positions (8x10: student protocol, 64x80)
     assert "rows: 9 ok, 1 failed" in text and "broken_one nyud 0 BadImage: broken_one.png: cannot decode" in text
+    assert "fidelity: none recorded (float16 store" in text
+
+
+def test_info_and_ls_show_int8_quant_codec_and_fidelity(app, tmp_path) -> None:
+    import numpy as np
+
+    from sak.pipeline.store.spec import FeatureSpec
+
+    spec = FeatureSpec(teacher="test:tiny", weights="random-init:0", layers=(1, 3), resolution=(64, 64), resize="squash",
+                       mean=(0.5,) * 3, std=(0.5,) * 3, patch_size=8, width=32, grid=(8, 8), dtype="int8",
+                       quant="token-channel-offset", codec="lz4")
+    s = FeatureStore.create(tmp_path / "cache", spec)
+    w = s.writer(2)
+    layers = [np.random.default_rng(0).standard_normal((2, 8, 8, 32)).astype(np.float32) for _ in spec.layers]
+    w.append([SampleKey(c * 64, c, "src") for c in "ab"], layers)
+    w.add_fidelity(1, "raw", 128, 127.9936, 0.99987)
+    w.add_fidelity(1, "std", 128, 127.99872, 0.99991)
+    w.commit()
+    text = _flat(_run(app, "info", s.path).output)
+    assert "dtype int8" in text and "quant token-channel-offset" in text and "codec lz4" in text
+    assert "per-layer fidelity" in text and " 1 128 0.999950 0.999870 0.999990 0.999910 " in text, text
+    assert " 3 0 - - - - " not in text  # layers without a record are left out
+    text = _flat(_run(app, "ls", "--cache", tmp_path / "cache").output)
+    assert "int8 (token-channel-offset) lz4" in text
 
 
 def test_verify_passes_then_finds_a_flipped_shard(app, store) -> None:

@@ -10,6 +10,7 @@ from sak.pipeline.store.quant import (
     QUANT_MODES,
     decode_parts,
     dequantize,
+    dequantize_block,
     dequantize_numpy,
     quantize,
     scale_names,
@@ -64,11 +65,32 @@ def test_token_channel_equalizes_outlier_channel():
 def test_torch_and_numpy_dequantize_bit_identical(mode):
     x = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(1)) * 3
     qb = quantize(x, mode)
-    t = dequantize(qb.q, qb.scale_token, qb.scale_channel)
+    t = dequantize(qb.q, qb.scale_token, qb.scale_channel, offset_channel=qb.offset_channel)
     h = qb.cpu_numpy()
-    n = dequantize_numpy(h.q, h.scale_token, h.scale_channel)
+    n = dequantize_numpy(h.q, h.scale_token, h.scale_channel, h.offset_channel)
     assert np.array_equal(t.numpy().view(np.uint32), n.view(np.uint32))
-    assert (t - x).abs().max() <= (x.abs().amax() / 127 / 2) * 1.0001
+    assert np.array_equal(dequantize_block(h).view(np.uint32), n.view(np.uint32))
+    assert torch.equal(decode_parts("int8", mode, qb.parts), t)
+    # half a step of the coarsest scale a code can have: the token's absmax (after centering) / 127
+    centered = x - (qb.offset_channel if qb.offset_channel is not None else 0)
+    assert (t - x).abs().max() <= (centered.abs().amax() / 127 / 2) * 1.0001
+
+
+def test_token_channel_offset_standardizes_each_channel():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 8, 8, 128, generator=g)
+    x[..., 3] = x[..., 3] * 0.01 + 50.0  # a constant-offset channel: its variation is 1/5000 of its value
+    x[:, 0, 0] *= 10.0  # a high-norm token
+    qb = quantize(x, "token-channel-offset")
+    assert qb.offset_channel.shape == (2, 1, 1, 128) and qb.scale_channel.shape == (2, 1, 1, 128)
+    assert torch.allclose(qb.offset_channel, x.mean(dim=(1, 2), keepdim=True))
+    assert torch.allclose(qb.scale_channel, x.std(dim=(1, 2), unbiased=False, keepdim=True))
+    assert (qb.q.abs().amax(dim=3) == 127).all()  # every token uses the full code range
+    y = dequantize(qb.q, qb.scale_token, qb.scale_channel, offset_channel=qb.offset_channel)
+    assert token_cosines(x, y, standardize=True).mean().item() > 0.9999
+    other = quantize(x, "token-channel")
+    y2 = dequantize(other.q, other.scale_token, other.scale_channel)
+    assert token_cosines(x, y2, standardize=True).mean().item() < 0.9999
 
 
 def test_stored_parts_and_decode():
@@ -76,6 +98,8 @@ def test_stored_parts_and_decode():
     assert [(n, s, d.name) for n, s, d in stored_parts(spec, 2)] == [
         ("layer_2", (2, 3, 4), "int8"), ("scale_token_2", (2, 3, 1), "float32"), ("scale_channel_2", (1, 1, 4), "float32")]
     assert scale_names("token") == ("token",)
+    assert [n for n, _, _ in stored_parts(_spec(dtype="int8", quant="token-channel-offset"), 2)] == [
+        "layer_2", "scale_token_2", "scale_channel_2", "offset_channel_2"]
     x = torch.randn(2, 2, 3, 4)
     qb = quantize(x, "token-channel")
     assert torch.equal(decode_parts("int8", "token-channel", qb.parts),
