@@ -86,14 +86,15 @@ def _nbytes(block) -> int:
     return sum(p.nbytes for p in block.parts) if isinstance(block, quant.QuantizedBlock) else int(block.nbytes)
 
 
-def _parts3(block: quant.QuantizedBlock) -> tuple[Any, Any, Any]:
-    return block.q, block.scale_token, block.scale_channel
+def _fields(block: quant.QuantizedBlock) -> tuple[Any, Any, Any, Any]:
+    """Every field of a block in constructor order (codes, token scales, channel scales, channel offsets)."""
+    return block.q, block.scale_token, block.scale_channel, block.offset_channel
 
 
 def _take(block, keep):
     """The samples of ``block`` (array or QuantizedBlock, numpy or torch) where ``keep`` is True."""
     if isinstance(block, quant.QuantizedBlock):
-        return quant.QuantizedBlock(*(None if p is None else p[keep] for p in _parts3(block)))
+        return quant.QuantizedBlock(*(None if p is None else p[keep] for p in _fields(block)))
     return block[keep]
 
 
@@ -125,7 +126,7 @@ def measure(layer: int, maps: torch.Tensor, block: quant.QuantizedBlock, finite:
         maps, block = maps[finite], _take(block, finite)
     if maps.shape[0] == 0:
         return Fidelity(layer=layer, count=0, raw_sum=0.0, raw_min=1.0, std_sum=0.0, std_min=1.0)
-    approx = quant.dequantize(*_parts3(block))
+    approx = quant.dequantize(*_fields(block))
     raw = quant.token_cosines(maps, approx)
     std = quant.token_cosines(maps, approx, standardize=True)
     raw_sum, raw_min, std_sum, std_min = torch.stack([raw.sum(), raw.min(), std.sum(), std.min()]).tolist()
@@ -172,10 +173,7 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
     layers: list[Any] = []
     for b in device_layers:
         if isinstance(b, quant.QuantizedBlock):
-            q = next(it)
-            st = next(it) if b.scale_token is not None else None
-            sc = next(it) if b.scale_channel is not None else None
-            layers.append(quant.QuantizedBlock(q, st, sc))
+            layers.append(quant.block_from_parts(spec.quant or quant.DEFAULT_QUANT, [next(it) for _ in b.parts]))
         else:
             arr = next(it)
             layers.append(arr.view(np.uint16) if spec.dtype == "bfloat16" else arr)

@@ -140,7 +140,7 @@ def quantize(x: torch.Tensor, quant: str) -> QuantizedBlock:
 
 
 def dequantize(q: torch.Tensor, scale_token: torch.Tensor | None = None, scale_channel: torch.Tensor | None = None,
-               dtype: torch.dtype = torch.float32, offset_channel: torch.Tensor | None = None) -> torch.Tensor:
+               offset_channel: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``q.float32 * s_t * s_c + o_c`` (torch, any device), then cast to ``dtype``."""
     out = q.to(torch.float32)
     if scale_token is not None:
@@ -186,7 +186,7 @@ def decode_parts(spec_dtype: str, quant: str | None, parts: Sequence[torch.Tenso
     """
     if spec_dtype == "int8":
         b = block_from_parts(quant or "", parts)
-        return dequantize(b.q, b.scale_token, b.scale_channel, dtype, b.offset_channel)  # type: ignore[arg-type]
+        return dequantize(b.q, b.scale_token, b.scale_channel, b.offset_channel, dtype=dtype)  # type: ignore[arg-type]
     (values,) = parts
     if spec_dtype == "bfloat16" and values.dtype != torch.bfloat16:
         values = values.view(torch.bfloat16)

@@ -67,15 +67,16 @@ def test_int8_batches_reach_the_writer_as_codes_and_scales_with_fidelity(demo_ca
     assert prefix is None and len(layers) == 2
     for block in layers:
         assert isinstance(block, quant.QuantizedBlock) and block.q.dtype == np.int8 and isinstance(block.q, np.ndarray)
-        assert block.scale_token.dtype == np.float32 and block.scale_channel.dtype == np.float32  # token-channel default
+        # the default token-channel-offset: float32 token scales, channel scales and channel offsets
+        assert block.scale_token.dtype == block.scale_channel.dtype == block.offset_channel.dtype == np.float32
         assert block.q.shape[0] == n
     kinds = {(layer, kind) for layer, kind, *_ in fake_writer["fidelity"]}
     assert kinds == {(1, "raw"), (1, "std"), (3, "raw"), (3, "std")}
     for _, _, count, total, minimum in fake_writer["fidelity"]:
         assert count > 0 and 0.9 < total / count <= 1.0 + 1e-9 and minimum <= total / count
     rep = report.teachers[0]
-    fp16_bytes = 12 * 8 * 8 * 32 * 2 * 2  # samples x grid x width x 2 layers x 2 bytes
-    assert 0 < rep.feature_bytes <= 0.6 * fp16_bytes and rep.feature_gb_per_s > 0
+    # per sample and layer: 8x8x32 int8 codes + 8x8 token scales + 32 channel scales + 32 offsets (float32)
+    assert rep.feature_bytes == 12 * 2 * (8 * 8 * 32 + 4 * (8 * 8 + 32 + 32)) and rep.feature_gb_per_s > 0
 
 
 def test_gate_stops_before_the_batch_is_written(demo_cache, fake_writer) -> None:

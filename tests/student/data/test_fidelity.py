@@ -2,7 +2,8 @@
 
 Cases: the native protocol without and with augmented views, and the official protocol ("student":
 teachers built at the student's 64x80 input and fed its own tensor, ``models/mt_distiller.py:72-83``)
-with augmented views replayed exactly.
+with augmented views replayed exactly; and an int8 store (codes + scales of the default quant mode,
+dequantized on the training device), whose losses agree within the same tolerance.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ from pathlib import Path
 import pytest
 from _caches import extract_store, indexed_cache
 
+from sak.pipeline.store import quant
 from sak.student.runs.config import TrainConfig
 from sak.student.train.trainer import fit
 
 STEPS = 3
 
 
-@pytest.fixture(scope="module", params=["none", "views2", "student-views2"])
+@pytest.fixture(scope="module", params=["none", "views2", "student-views2", "int8"])
 def cache(request, tmp_path_factory, demo_nyud) -> Path:
     cache = indexed_cache(tmp_path_factory.mktemp(request.param), demo_nyud)
     if request.param == "none":
         extract_store(cache)
+    elif request.param == "int8":
+        store = extract_store(cache, dtype="int8")
+        assert store.spec.quant == "token-channel-offset" and store.verify().ok
+        assert min(v["std"]["mean"] for v in store.fidelity().values()) >= 0.9999
     elif request.param == "views2":
         extract_store(cache, views=2, aug="sak")
     else:
@@ -76,7 +82,13 @@ def test_online_targets_are_the_cached_ones_before_fp16_rounding(cache) -> None:
     stored_maps = a.targets["tiny"].decode()
     assert len(online) == len(stored_maps) == 4
     for stored, live_map in zip(stored_maps, online, strict=True):
-        assert torch.equal(stored, live_map.half().float())  # the store keeps exactly the fp16 rounding
+        if stores[0].spec.dtype == "int8":  # exactly the codes and scales of the teacher's map (same memory layout: the
+            # channel means are reductions, equal to the last bit only in the same summation order), dequantized
+            block = quant.quantize(live_map.permute(0, 2, 3, 1).contiguous(), stores[0].spec.quant)
+            expected = torch.from_numpy(quant.dequantize_block(block.cpu_numpy())).permute(0, 3, 1, 2)
+            assert torch.equal(stored, expected)
+        else:
+            assert torch.equal(stored, live_map.half().float())  # the store keeps exactly the fp16 rounding
 
 
 def test_online_rebuilds_a_file_weights_teacher_only_from_that_file(tmp_path, demo_nyud) -> None:
