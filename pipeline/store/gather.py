@@ -104,6 +104,17 @@ def preadv_full(path: Any, views: Sequence[memoryview], offset: int) -> None:
                 pending[0] = pending[0][got:]
 
 
+def advise_willneed(path: Any, offset: int, length: int) -> None:
+    """``POSIX_FADV_WILLNEED`` on a byte range of a local file: start reading it into the page cache now."""
+    if not hasattr(os, "posix_fadvise") or length <= 0:
+        return
+    try:
+        with FILES.open(os.fspath(path)) as fd:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+    except OSError:  # a hint only: the read that follows reports real errors
+        pass
+
+
 def local_tail(path: Any, n: int) -> bytes:
     """The last ``n`` bytes of a local file (fewer when the file is shorter)."""
     with FILES.open(os.fspath(path)) as fd:
@@ -131,6 +142,13 @@ class StoreGather:
     def sample_bytes(self) -> int:
         """On-disk bytes of one sample's parts (all layers)."""
         return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.parts)
+
+    def advise(self, segment_id: str, rows: Sequence[int]) -> None:
+        """Hint that ``rows`` of ``segment_id`` (every part) will be gathered soon (see ``ShardReader.advise``)."""
+        for name, _, _ in self.parts:
+            arr = self.store.array(segment_id, name, fast=True)
+            if hasattr(arr, "advise"):
+                arr.advise(rows)
 
     def gather(self, segment_id: str, rows: Sequence[int], outs: Sequence[np.ndarray],
                slots: Sequence[int] | None = None) -> None:

@@ -114,7 +114,7 @@ class FeatureSpec(Config):
         if (self.dtype == "int8") != (self.quant is not None) or (self.quant is not None and self.quant not in QUANT_MODES):
             raise ConfigError(
                 f"dtype int8 needs quant one of {QUANT_MODES} and other dtypes none; got dtype {self.dtype!r}, "
-                f"quant {self.quant!r} (pass --dtype int8 --quant token-channel, or --dtype float16)"
+                f"quant {self.quant!r} (pass --dtype int8 --quant token-channel-offset, or --dtype float16)"
             )
         if self.codec not in CODECS:
             raise ConfigError(f"codec must be one of {CODECS}, got {self.codec!r} (pass --codec none|lz4|zstd)")

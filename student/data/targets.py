@@ -163,18 +163,22 @@ class StreamTargets:
         if n > self.batch_size:
             raise ValueError(f"a batch of {n} items does not fit buffers of {self.batch_size}")
         flip = flip_mask(flips)
-        out = {}
-        for s_idx, (key, store, gather, ring) in enumerate(zip(self.keys, self.stores, self.gathers, self.rings,
-                                                                strict=True)):
-            bufs = ring.take()
+        plans = []
+        for s_idx, gather in enumerate(self.gathers):
             by_seg: dict[str, tuple[list[int], list[int]]] = {}
             for slot, i in enumerate(indices):
                 seg, row = self.items[i].locations[s_idx]
                 rows, slots = by_seg.setdefault(seg, ([], []))
                 rows.append(row)
                 slots.append(slot)
+            plans.append(sorted(by_seg.items()))
+            for seg, (rows, _) in plans[-1]:  # cold pages: every chunk of the batch is requested at once
+                gather.advise(seg, rows)
+        out = {}
+        for key, store, gather, ring, segs in zip(self.keys, self.stores, self.gathers, self.rings, plans, strict=True):
+            bufs = ring.take()
             views = [arr for _, arr in bufs]
-            for seg, (rows, slots) in sorted(by_seg.items()):
+            for seg, (rows, slots) in segs:
                 gather.gather(seg, rows, views, slots)
             parts = split_layers([t[:n] for t, _ in bufs], gather.layer_parts)
             out[key] = TargetBatch(parts, store.spec.dtype, getattr(store.spec, "quant", None), flip,

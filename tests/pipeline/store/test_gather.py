@@ -129,3 +129,23 @@ def test_layouts_shardreader_cannot_read_go_through_zarr(tmp_path) -> None:
     out = gather.empty(4)
     gather.gather("seg", [5, 0, 10, 5], out, [3, 1, 0, 2])
     assert np.array_equal(out[0], values[[10, 0, 5, 5]])
+
+
+def test_advise_requests_each_shards_span_of_the_rows_once(tmp_path, monkeypatch) -> None:
+    """Cold batches: every chunk a batch will read is requested from the kernel (WILLNEED) before any read."""
+    import os
+
+    calls: list[tuple[str, int, int, int]] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: calls.append((os.readlink(f"/proc/self/fd/{fd}"),
+                                                                                       off, n, advice)))
+    loc = as_location(tmp_path / "a")
+    arr = write_array(loc, values_of("float16", (N, 2, 2, 3)), "none")  # raw chunks of 24 bytes, shards of SHARD
+    reader = ShardReader(loc, arr)
+    reader.advise([1, 2, SHARD + 1, 1])
+    chunk = 2 * 2 * 3 * 2
+    assert calls == [(str(reader.shard_file(0)), 1 * chunk, 2 * chunk, os.POSIX_FADV_WILLNEED),
+                     (str(reader.shard_file(1)), 1 * chunk, chunk, os.POSIX_FADV_WILLNEED)]
+    ShardReader(as_location("memory://advise/a"), write_array(as_location("memory://advise/a"),
+                                                              values_of("float16", (N, 2, 2, 3)), "none")).advise([0])
+    assert len(calls) == 2  # remote locations: no hint
+    FILES.close_all()
