@@ -137,6 +137,9 @@ def flip_mask(flips: Sequence[bool]) -> tuple[bool, ...] | None:
 #: Gather rate under which a batch is taken to come from the disk, not the page cache; the next batch then
 #: hints its reads to the kernel first (measured here: warm 3-15 GB/s, cold 0.3-1.2 GB/s).
 COLD_BYTES_S = 2e9
+#: Hint anyway when one hint covers this many bytes: its syscall is then noise beside the read, and a short cold
+#: epoch (whose first batches start before any batch was timed) still gets its reads in flight together.
+HINT_ALWAYS_BYTES = 1 << 20
 
 
 class StreamTargets:
@@ -179,7 +182,8 @@ class StreamTargets:
                 rows.append(row)
                 slots.append(slot)
             plans.append(sorted(by_seg.items()))
-            if self._cold:  # every chunk of the batch requested from the disk at once (a wasted syscall when warm)
+            per_call = n * gather.sample_bytes() / (len(gather.parts) * len(by_seg))
+            if self._cold or per_call >= HINT_ALWAYS_BYTES:  # every chunk of the batch requested at once
                 for seg, (rows, _) in plans[-1]:
                     gather.advise(seg, rows)
         out = {}
