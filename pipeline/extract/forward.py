@@ -10,6 +10,11 @@
   :func:`check_fidelity` gates on the standardized mean: below ``--min-cosine`` the extraction
   stops before the batch is written (:class:`FidelityError`), unless ``--force-quant``.
   Prefix tokens of an int8 store are stored as float16 (quant.py).
+* Per-layer statistics (:class:`..store.stats.LayerStats`) of what readers will get (the store-dtype
+  values; for int8 the dequantized codes) are computed on the device too, over the batch's finite
+  samples (:func:`device_stats`), and handed to the writer (``append(..., stats=)``), so its threads
+  only checksum and write: float32 per-channel sums (torch's cascade summation) around a per-channel
+  shift, reduced to float64 on the host, within ~1e-7 relative of the host's float64 statistics.
 
 Non-finite values (float16 overflow) are found per sample on the device in every dtype; the
 caller records those samples as failed. On CUDA the copies go to pinned host buffers
@@ -29,6 +34,7 @@ import torch
 from ...manifests.errors import SakError
 from ..store import quant
 from ..store.spec import FeatureSpec
+from ..store.stats import LayerStats
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,7 @@ class Forwarded:
     prefix: list | None
     finite: np.ndarray  # (B,) bool
     fidelity: list[Fidelity] = field(default_factory=list)
+    stats: list[LayerStats] | None = None  # per layer, over the finite samples (None: the writer computes them)
 
     @property
     def nbytes(self) -> int:
@@ -77,8 +84,9 @@ class Forwarded:
         return sum(_nbytes(b) for b in self.layers + (self.prefix or []))
 
     def select(self, keep: np.ndarray) -> Forwarded:
-        """Only the samples where ``keep`` is True."""
-        return replace(self, layers=[_take(b, keep) for b in self.layers],
+        """Only the samples where ``keep`` is True (statistics are kept only when ``keep`` is the finite mask: theirs)."""
+        stats = self.stats if np.array_equal(np.asarray(keep, bool), self.finite) else None
+        return replace(self, layers=[_take(b, keep) for b in self.layers], stats=stats,
                        prefix=None if self.prefix is None else [_take(b, keep) for b in self.prefix], finite=self.finite[keep])
 
 
@@ -120,17 +128,48 @@ def _store_tensor(t: torch.Tensor, dtype: str) -> torch.Tensor:
     return conv.view(torch.int16) if dtype == "bfloat16" else conv
 
 
+def device_stats(values: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(count, (3, C) float32 on the device: shift, sum of x - shift, sum of (x - shift)**2) of (..., C) values.
+
+    The shift (the first observation per channel) keeps the squares' sum from cancelling when a
+    channel's mean is large against its spread; :func:`stats_from_sums` finishes on the host in float64.
+    """
+    v = values.reshape(-1, values.shape[-1])
+    if v.shape[0] == 0:
+        return 0, torch.zeros(3, v.shape[-1], dtype=torch.float32, device=v.device)
+    shift = v[0].to(torch.float32)
+    d = v.to(torch.float32) - shift
+    s1 = d.sum(dim=0)
+    s2 = d.square_().sum(dim=0)
+    return int(v.shape[0]), torch.stack([shift, s1, s2])
+
+
+def stats_from_sums(count: int, sums: np.ndarray) -> LayerStats:
+    """:class:`LayerStats` from :func:`device_stats`'s (3, C) host array, in float64."""
+    if count == 0:
+        return LayerStats.empty(sums.shape[-1])
+    shift, s1, s2 = (np.asarray(r, np.float64) for r in sums)
+    dmean = s1 / count
+    return LayerStats(count, shift + dmean, np.maximum(s2 - s1 * dmean, 0.0))
+
+
 def measure(layer: int, maps: torch.Tensor, block: quant.QuantizedBlock, finite: torch.Tensor) -> Fidelity:
     """Fidelity of ``block`` (device tensors) to ``maps`` over the finite samples, computed on their device."""
+    return _measure(layer, maps, block, finite)[0]
+
+
+def _measure(layer: int, maps: torch.Tensor, block: quant.QuantizedBlock, finite: torch.Tensor) -> tuple[Fidelity, torch.Tensor]:
+    """:func:`measure`, and the dequantized values of the finite samples (what readers get: for the statistics)."""
     if not bool(finite.all()):
         maps, block = maps[finite], _take(block, finite)
-    if maps.shape[0] == 0:
-        return Fidelity(layer=layer, count=0, raw_sum=0.0, raw_min=1.0, std_sum=0.0, std_min=1.0)
     approx = quant.dequantize(*_fields(block))
+    if maps.shape[0] == 0:
+        return Fidelity(layer=layer, count=0, raw_sum=0.0, raw_min=1.0, std_sum=0.0, std_min=1.0), approx
     raw = quant.token_cosines(maps, approx)
     std = quant.token_cosines(maps, approx, standardize=True)
     raw_sum, raw_min, std_sum, std_min = torch.stack([raw.sum(), raw.min(), std.sum(), std.min()]).tolist()
-    return Fidelity(layer=layer, count=int(raw.numel()), raw_sum=raw_sum, raw_min=raw_min, std_sum=std_sum, std_min=std_min)
+    return Fidelity(layer=layer, count=int(raw.numel()), raw_sum=raw_sum, raw_min=raw_min, std_sum=std_sum,
+                    std_min=std_min), approx
 
 
 def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
@@ -149,16 +188,20 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
         finite = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         device_layers: list = []
         fidelity = []
+        values = []  # per layer: what readers get, of the samples finite in that layer (for the statistics)
         for layer, m in zip(spec.layers, maps, strict=True):
             if spec.dtype == "int8":
                 ok = _finite(m)
                 block = quant.quantize(m, spec.quant or quant.DEFAULT_QUANT)
-                fidelity.append(measure(layer, m, block, ok))
+                fid, approx = _measure(layer, m, block, ok)
+                fidelity.append(fid)
                 device_layers.append(block)
+                values.append(approx)
             else:
                 conv = m.to(_STORE_TORCH[spec.dtype])
                 ok = _finite(conv)
                 device_layers.append(_store_tensor(conv, spec.dtype))
+                values.append(conv)
             finite &= ok
         device_prefix = None
         if spec.keep_prefix:
@@ -167,8 +210,12 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
             for p in conv_p:
                 finite &= _finite(p)
             device_prefix = [_store_tensor(p, pdtype) for p in conv_p]
+        if not bool(finite.all()):  # statistics of the samples the caller keeps (finite everywhere)
+            values = [quant.dequantize(*_fields(_take(b, finite))) if isinstance(b, quant.QuantizedBlock) else v[finite]
+                      for b, v in zip(device_layers, values, strict=True)]
+        counts, sums = zip(*(device_stats(v) for v in values), strict=True)
         flat = [t for b in device_layers for t in (b.parts if isinstance(b, quant.QuantizedBlock) else (b,))]
-        host = _host(flat + (device_prefix or []) + [finite])
+        host = _host(flat + (device_prefix or []) + [finite, torch.stack(sums)])
     it = iter(host)
     layers: list[Any] = []
     for b in device_layers:
@@ -180,7 +227,9 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
     pre = [next(it) for _ in device_prefix] if device_prefix is not None else None
     if pre is not None and spec.dtype == "bfloat16":
         pre = [p.view(np.uint16) for p in pre]
-    return Forwarded(layers=layers, prefix=pre, finite=next(it).astype(bool), fidelity=fidelity)
+    finite_host = next(it).astype(bool)
+    stats = [stats_from_sums(n, st) for n, st in zip(counts, next(it), strict=True)]
+    return Forwarded(layers=layers, prefix=pre, finite=finite_host, fidelity=fidelity, stats=stats)
 
 
 def check_fidelity(spec: FeatureSpec, fidelity: list[Fidelity], min_cosine: float, force: bool) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from ..storage import Location
 from .arrays import decode_stored, sample_checksum
 from .quant import block_from_parts, dequantize_block, stored_parts
-from .shards import encode_shard
+from .shards import encode_shard_parts, write_parts
 from .stats import LayerStats
 
 #: Threads per writer unless told otherwise: enough to keep up with a GPU's output, few enough for a shared box.
@@ -112,8 +112,8 @@ class ShardEncoder:
     """
 
     def __init__(self, spec, segment_path: Location, shard_samples: int, names: list[str], codecs: Mapping[str, str],
-                 arrays: Mapping, *, fast: bool) -> None:
-        self.spec, self.segment_path, self.shard_samples = spec, segment_path, shard_samples
+                 arrays: Mapping, *, fast: bool, durable: bool = False) -> None:
+        self.spec, self.segment_path, self.shard_samples, self.durable = spec, segment_path, shard_samples, durable
         self.names, self.codecs, self.arrays, self.fast = list(names), dict(codecs), arrays, fast
         self.layer_parts = {i: [n for n, _, _ in stored_parts(spec, i)] for i in spec.layers}
         owned = {n for parts in self.layer_parts.values() for n in parts}
@@ -185,10 +185,10 @@ class ShardEncoder:
                 continue
             if start % s or arr.shape[0] > s:
                 raise AssertionError(f"block at row {start} of {arr.shape[0]} rows is not one shard of {s}")
-            data = encode_shard(arr, s, self.codecs[name])
+            parts = encode_shard_parts(arr, s, self.codecs[name])
             encode_s += time.perf_counter() - t0
-            encoded += len(data)
-            (self.segment_path / name / "/".join(["c", str(start // s)] + ["0"] * (arr.ndim - 1))).put_bytes(data)
+            path = self.segment_path / name / "/".join(["c", str(start // s)] + ["0"] * (arr.ndim - 1))
+            encoded += write_parts(path, parts, fsync=self.durable)  # writev, no joined copy; fsync overlaps compute
         with self._lock:
             self._totals[0] += encode_s
             self._totals[1] += raw

@@ -387,7 +387,8 @@ class SegmentWriter:
         self._arrays = arrays
         fast = all(fast_shards_supported(a) for a in arrays.values())
         ACTIVE_SEGMENTS.add(self.segment_id)
-        self._encoder = ShardEncoder(self.spec, self.segment_path, self.shard_samples, self._names, codecs, arrays, fast=fast)
+        self._encoder = ShardEncoder(self.spec, self.segment_path, self.shard_samples, self._names, codecs, arrays, fast=fast,
+                                     durable=self.durable)
         waiting = self.queue_size * self._encoder.jobs_per_shard  # queue_size counts shards, the pool counts jobs
         self._pool = EncodePool(self._encoder, threads=self.encode_threads, queue_size=waiting,
                                 name=f"sak-writer-{self.segment_id[-8:]}")
