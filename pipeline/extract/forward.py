@@ -12,7 +12,7 @@
   Prefix tokens of an int8 store are stored as float16 (quant.py).
 * Per-layer statistics (:class:`..store.stats.LayerStats`) of what readers will get (the store-dtype
   values; for int8 the dequantized codes) are computed on the device too, over the batch's finite
-  samples (:func:`device_stats`), and handed to the writer (``append(..., stats=)``), so its threads
+  samples (:func:`sample_sums`), and handed to the writer (``append(..., stats=)``), so its threads
   only checksum and write: float32 per-channel sums (torch's cascade summation) around a per-channel
   shift, reduced to float64 on the host, within ~1e-7 relative of the host's float64 statistics.
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 #: Default fidelity gate: standardized per-token cosine of int8 codes to the teacher's maps, per layer and batch.
 DEFAULT_MIN_COSINE = 0.9999
 _STORE_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_STATS_TOKENS = 256  # tokens per slice of sample_sums on the CPU
 _AMP = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float16}
 
 
@@ -128,24 +129,33 @@ def _store_tensor(t: torch.Tensor, dtype: str) -> torch.Tensor:
     return conv.view(torch.int16) if dtype == "bfloat16" else conv
 
 
-def device_stats(values: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """(count, (3, C) float32 on the device: shift, sum of x - shift, sum of (x - shift)**2) of (..., C) values.
+def sample_sums(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift (C,), per-sample sums (B, 2, C)) of (B, ..., C) values, float32 on their device.
 
-    The shift (the first observation per channel) keeps the squares' sum from cancelling when a
-    channel's mean is large against its spread; :func:`stats_from_sums` finishes on the host in float64.
+    Per sample and channel: the sum of ``x - shift`` and of its square. The shift (the first
+    token of the first sample, 0 where it is not finite) keeps the squares' sum from cancelling when a channel's
+    mean is large against its spread; :func:`stats_from_sums` finishes in float64 on the host. A sample
+    with a non-finite value has non-finite sums (float16 values cannot overflow them: a finiteness
+    test for free).
     """
-    v = values.reshape(-1, values.shape[-1])
-    if v.shape[0] == 0:
-        return 0, torch.zeros(3, v.shape[-1], dtype=torch.float32, device=v.device)
-    shift = v[0].to(torch.float32)
-    d = v.to(torch.float32) - shift
-    s1 = d.sum(dim=0)
-    s2 = d.square_().sum(dim=0)
-    return int(v.shape[0]), torch.stack([shift, s1, s2])
+    v = values.reshape(values.shape[0], -1, values.shape[-1])
+    if v.shape[0] == 0 or v.shape[1] == 0:
+        return torch.zeros(v.shape[-1], device=v.device), torch.zeros(v.shape[0], 2, v.shape[-1], device=v.device)
+    shift = v[0, 0].to(torch.float32)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    out = torch.zeros(v.shape[0], 2, v.shape[-1], dtype=torch.float32, device=v.device)
+    # CPU: slices of tokens whose float32 temporaries stay in cache and reuse the allocator's memory
+    # (one 50 MB temporary per layer costs ~10x the arithmetic in page faults); CUDA: one pass
+    step = v.shape[1] if v.device.type == "cuda" else _STATS_TOKENS
+    for i in range(0, v.shape[1], step):
+        d = v[:, i : i + step] - shift  # float32 (type promotion)
+        out[:, 0] += d.sum(dim=1)
+        out[:, 1] += d.square_().sum(dim=1)
+    return shift, out
 
 
 def stats_from_sums(count: int, sums: np.ndarray) -> LayerStats:
-    """:class:`LayerStats` from :func:`device_stats`'s (3, C) host array, in float64."""
+    """:class:`LayerStats` of ``count`` observations from (3, C) = shift and the sums of :func:`sample_sums` over samples."""
     if count == 0:
         return LayerStats.empty(sums.shape[-1])
     shift, s1, s2 = (np.asarray(r, np.float64) for r in sums)
@@ -188,7 +198,7 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
         finite = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         device_layers: list = []
         fidelity = []
-        values = []  # per layer: what readers get, of the samples finite in that layer (for the statistics)
+        sums = []  # per layer: sample_sums of what readers get (int8: of the samples finite in that layer)
         for layer, m in zip(spec.layers, maps, strict=True):
             if spec.dtype == "int8":
                 ok = _finite(m)
@@ -196,12 +206,13 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
                 fid, approx = _measure(layer, m, block, ok)
                 fidelity.append(fid)
                 device_layers.append(block)
-                values.append(approx)
+                sums.append(sample_sums(approx))
             else:
                 conv = m.to(_STORE_TORCH[spec.dtype])
-                ok = _finite(conv)
+                sums.append(sample_sums(conv))
+                # float16: non-finite sums <=> a non-finite value (no separate pass); wider dtypes may overflow the sums
+                ok = torch.isfinite(sums[-1][1]).flatten(1).all(dim=1) if spec.dtype == "float16" else _finite(conv)
                 device_layers.append(_store_tensor(conv, spec.dtype))
-                values.append(conv)
             finite &= ok
         device_prefix = None
         if spec.keep_prefix:
@@ -210,12 +221,19 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
             for p in conv_p:
                 finite &= _finite(p)
             device_prefix = [_store_tensor(p, pdtype) for p in conv_p]
-        if not bool(finite.all()):  # statistics of the samples the caller keeps (finite everywhere)
-            values = [quant.dequantize(*_fields(_take(b, finite))) if isinstance(b, quant.QuantizedBlock) else v[finite]
-                      for b, v in zip(device_layers, values, strict=True)]
-        counts, sums = zip(*(device_stats(v) for v in values), strict=True)
+        all_finite = bool(finite.all())
+        layer_sums = []  # (3, C) per layer over the samples the caller keeps (finite everywhere)
+        for b, (shift, per_sample) in zip(device_layers, sums, strict=True):
+            if all_finite:
+                total = per_sample.sum(dim=0)
+            elif isinstance(b, quant.QuantizedBlock):
+                shift, per_sample = sample_sums(quant.dequantize(*_fields(_take(b, finite))))
+                total = per_sample.sum(dim=0)
+            else:
+                total = per_sample[finite].sum(dim=0)
+            layer_sums.append(torch.cat([shift[None], total]))
         flat = [t for b in device_layers for t in (b.parts if isinstance(b, quant.QuantizedBlock) else (b,))]
-        host = _host(flat + (device_prefix or []) + [finite, torch.stack(sums)])
+        host = _host(flat + (device_prefix or []) + [finite, torch.stack(layer_sums)])
     it = iter(host)
     layers: list[Any] = []
     for b in device_layers:
@@ -228,7 +246,8 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
     if pre is not None and spec.dtype == "bfloat16":
         pre = [p.view(np.uint16) for p in pre]
     finite_host = next(it).astype(bool)
-    stats = [stats_from_sums(n, st) for n, st in zip(counts, next(it), strict=True)]
+    tokens = [m.numel() // max(1, m.shape[0] * m.shape[-1]) for m in maps]  # h * w
+    stats = [stats_from_sums(int(finite_host.sum()) * n, st) for n, st in zip(tokens, next(it), strict=True)]
     return Forwarded(layers=layers, prefix=pre, finite=finite_host, fidelity=fidelity, stats=stats)
 
 

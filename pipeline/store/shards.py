@@ -102,7 +102,7 @@ def chunk_codec(codec: str):
     raise ValueError(f"unknown codec {codec!r}; one of none, lz4, zstd")
 
 
-def encode_shard(block: np.ndarray, shard_samples: int, codec: str = "zstd") -> bytes:
+def encode_shard(block: np.ndarray | Sequence[np.ndarray], shard_samples: int, codec: str = "zstd") -> bytes:
     """A Zarr v3 ``sharding_indexed`` shard of one-sample inner chunks, as zarr would write it.
 
     Layout (Zarr v3 sharding spec): the zstd-compressed inner chunks back to back, then the
@@ -114,19 +114,22 @@ def encode_shard(block: np.ndarray, shard_samples: int, codec: str = "zstd") -> 
     return b"".join(encode_shard_parts(block, shard_samples, codec))
 
 
-def encode_shard_parts(block: np.ndarray, shard_samples: int, codec: str = "zstd") -> list[memoryview | bytes]:
+def encode_shard_parts(block: np.ndarray | Sequence[np.ndarray], shard_samples: int, codec: str = "zstd") -> list[memoryview | bytes]:
     """The buffers of :func:`encode_shard`'s shard in file order, for one ``writev`` (no joined copy).
+
+    ``block``: the shard's rows as one array, or as a sequence of arrays of consecutive rows.
 
     Codec ``none``: each inner chunk is a memoryview of ``block``'s own memory (no copy when the
     block is C-contiguous and little-endian), so the block must not change until they are written.
     """
     coder = chunk_codec(codec)
-    little = block.astype(block.dtype.newbyteorder("<"), copy=False)
+    pieces = [block] if isinstance(block, np.ndarray) else list(block)
     index = np.full((shard_samples, 2), np.iinfo(np.uint64).max, dtype="<u8")
     parts: list[memoryview | bytes] = []
     offset = 0
-    for i in range(little.shape[0]):
-        chunk = np.ascontiguousarray(little[i])
+    chunks = (row for piece in pieces for row in piece.astype(piece.dtype.newbyteorder("<"), copy=False))
+    for i, row in enumerate(chunks):
+        chunk = np.ascontiguousarray(row)
         enc = chunk.data.cast("B") if coder is None else memoryview(coder.encode(chunk)).cast("B")
         index[i] = (offset, enc.nbytes)
         offset += enc.nbytes
