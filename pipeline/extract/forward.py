@@ -24,6 +24,7 @@ caller records those samples as failed. On CUDA the copies go to pinned host buf
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -138,7 +139,7 @@ def sample_sums(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with a non-finite value has non-finite sums (float16 values cannot overflow them: a finiteness
     test for free).
     """
-    v = values.reshape(values.shape[0], -1, values.shape[-1])
+    v = values.reshape(values.shape[0], math.prod(values.shape[1:-1]), values.shape[-1])
     if v.shape[0] == 0 or v.shape[1] == 0:
         return torch.zeros(v.shape[-1], device=v.device), torch.zeros(v.shape[0], 2, v.shape[-1], device=v.device)
     shift = v[0, 0].to(torch.float32)
