@@ -2,8 +2,9 @@
 
 Ours: the library path of ``sak-cache extract`` (``sak.pipeline.extract.job.extract``) into a fresh
 cache each round: JPEG decode and preprocessing in the decode thread pool, batched
-``forward_layers``, conversion to float16 and copy to host, background checksum + statistics +
-zstd + Zarr writes, commit (fsync, stats, Parquet part). It is timed from the moment the run
+``forward_layers``, conversion to the store dtype (or int8 quantization and its fidelity measure) and
+per-layer statistics on the device, copy to host, background sha256 checksums + shard encoding + one
+``writev`` and ``fsync`` per shard file, commit (stats, Parquet part). It is timed from the moment the run
 starts its tasks (its ``progress(total=...)`` call: the teacher is built and the plan made) to
 its return; the setup time before that is reported as a part.
 

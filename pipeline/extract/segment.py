@@ -227,16 +227,23 @@ def _prepared_batches(samples: list[Sample], teachers: list, cfg) -> Iterator[li
         yield batch
 
 
-def encode_threads_for(cfg, spec: FeatureSpec, history: dict | None) -> int:
+def encode_threads_for(cfg, spec: FeatureSpec, history: dict | None, device: str | None = None) -> int:
     """Encode threads of a segment writer, following the output rate.
 
     ``history`` is what the previous segment of this store measured in this process (bytes/s handed
     to the writer, and bytes per busy writer-second per thread); with none yet, a guess by sample size
     (paper-size maps need several threads, 224-px ones one). ``--encode-threads`` overrides.
+    When the teacher runs on the CPU (``device`` cpu), its intra-op threads already take the cores:
+    the writer gets only the cores they leave (at least one thread), since a writer thread that
+    preempts one of torch's threads stalls the whole forward, not just its own share.
     """
     if cfg.encode_threads:
         return int(cfg.encode_threads)
     cores = os.cpu_count() or 1
+    if device is not None and device.startswith("cpu"):
+        import torch
+
+        cores = max(1, cores - torch.get_num_threads())
     top = max(1, min(MAX_ENCODE_THREADS, cores))
     if not history or history.get("per_thread_bps", 0) <= 0:
         h, w = spec.grid
@@ -268,7 +275,7 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
     counts = [sum(t in s.teachers for s in samples) for t in range(len(specs))]
     teachers = [_teacher(ctx, t) if counts[t] else None for t in range(len(specs))]
     device = _worker_device(ctx.device)
-    threads = [encode_threads_for(cfg, spec, worker_cached(("encode-rate", spec.spec_id), dict)) for spec in specs]
+    threads = [encode_threads_for(cfg, spec, worker_cached(("encode-rate", spec.spec_id), dict), device) for spec in specs]
     writers = [stores[t].writer(counts[t], encode_threads=threads[t]) if counts[t] else None for t in range(len(specs))]
     t_start = time.perf_counter()
     try:
@@ -302,7 +309,7 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
                     good = [p for p, ok in zip(good, out.finite, strict=True) if ok]
                     out = out.select(out.finite)
                 if good:
-                    writer.append([_key(p) for p in good], out.layers, out.prefix)
+                    writer.append([_key(p) for p in good], out.layers, out.prefix, stats=out.stats)
                     result.teachers[t].feature_bytes += out.nbytes
                     n_bytes += out.nbytes
             if progress is not None:

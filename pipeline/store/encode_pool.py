@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from ..storage import Location
 from .arrays import decode_stored, sample_checksum
 from .quant import block_from_parts, dequantize_block, stored_parts
-from .shards import encode_shard
+from .shards import encode_shard_parts, write_parts
 from .stats import LayerStats
 
 #: Threads per writer unless told otherwise: enough to keep up with a GPU's output, few enough for a shared box.
@@ -101,8 +101,33 @@ class EncodePool:
                     self.busy_seconds += time.perf_counter() - t0
 
 
+def rows(pieces: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    """The rows of a block given as pieces (consecutive row ranges), in order."""
+    for piece in pieces:
+        yield from piece
+
+
+def row_range(pieces: Sequence[np.ndarray], lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of a block given as pieces (a copy only when they span several pieces)."""
+    out, at = [], 0
+    for piece in pieces:
+        a, b = max(lo - at, 0), min(hi - at, piece.shape[0])
+        if a < b:
+            out.append(piece[a:b])
+        at += piece.shape[0]
+    return joined(out) if out else pieces[0][:0]
+
+
+def joined(pieces: Sequence[np.ndarray]) -> np.ndarray:
+    """A block given as pieces, as one array (a copy only when there are several pieces)."""
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+
 class ShardEncoder:
-    """The jobs of one segment's shards, given ``(start row, {array name: block}, rows needing stats)``.
+    """The jobs of one segment's shards, given ``(start row, {array name: block pieces}, rows needing stats)``.
+
+    A block is a list of arrays holding consecutive rows (the batches as appended: never joined into
+    one copy for writing; chunks are written straight from them).
 
     :meth:`jobs` splits one shard into independent jobs, so the pool's threads share even a single
     shard: the samples' checksums (every array, in ``names`` order), then per layer its statistics
@@ -112,8 +137,8 @@ class ShardEncoder:
     """
 
     def __init__(self, spec, segment_path: Location, shard_samples: int, names: list[str], codecs: Mapping[str, str],
-                 arrays: Mapping, *, fast: bool) -> None:
-        self.spec, self.segment_path, self.shard_samples = spec, segment_path, shard_samples
+                 arrays: Mapping, *, fast: bool, durable: bool = False) -> None:
+        self.spec, self.segment_path, self.shard_samples, self.durable = spec, segment_path, shard_samples, durable
         self.names, self.codecs, self.arrays, self.fast = list(names), dict(codecs), arrays, fast
         self.layer_parts = {i: [n for n, _, _ in stored_parts(spec, i)] for i in spec.layers}
         owned = {n for parts in self.layer_parts.values() for n in parts}
@@ -127,7 +152,7 @@ class ShardEncoder:
     def jobs_per_shard(self) -> int:
         return 1 + len(self.layer_parts) + (1 if self.other_arrays else 0)
 
-    def jobs(self, start: int, block: Mapping[str, np.ndarray], need: np.ndarray) -> list[tuple]:
+    def jobs(self, start: int, block: Mapping[str, Sequence[np.ndarray]], need: np.ndarray) -> list[tuple]:
         """The pool items of one shard (each one call of this encoder)."""
         out: list[tuple] = [("checksums", start, block, None, None)]
         out += [("layer", start, block, need, layer) for layer in self.layer_parts]
@@ -139,14 +164,14 @@ class ShardEncoder:
         """(encode seconds summed over threads, stored bytes before encoding, bytes of the encoded shards)."""
         return float(self._totals[0]), int(self._totals[1]), int(self._totals[2])
 
-    def values(self, block: Mapping[str, np.ndarray], layer: int, lo: int, hi: int) -> np.ndarray:
+    def values(self, block: Mapping[str, Sequence[np.ndarray]], layer: int, lo: int, hi: int) -> np.ndarray:
         """What readers get for rows lo:hi of a block."""
-        parts = [block[n][lo:hi] for n in self.layer_parts[layer]]
+        parts = [row_range(block[n], lo, hi) for n in self.layer_parts[layer]]
         if self.spec.dtype == "int8":
             return dequantize_block(block_from_parts(self.spec.quant or "", parts))
         return decode_stored(parts[0], self.spec.dtype)
 
-    def stats(self, block: Mapping[str, np.ndarray], need: np.ndarray, layer: int) -> LayerStats:
+    def stats(self, block: Mapping[str, Sequence[np.ndarray]], need: np.ndarray, layer: int) -> LayerStats:
         rows = np.flatnonzero(need)
         h, w = self.spec.grid
         step = max(1, (1 << 22) // (h * w * self.spec.width))  # float64 pieces of at most 4M values
@@ -160,8 +185,8 @@ class ShardEncoder:
     def __call__(self, item) -> None:
         kind, start, block, need, layer = item
         if kind == "checksums":
-            ordered = [block[n] for n in self.names]
-            sums = {start + i: sample_checksum([a[i] for a in ordered]) for i in range(ordered[0].shape[0])}
+            ordered = [list(rows(block[n])) for n in self.names]
+            sums = {start + i: sample_checksum(sample) for i, sample in enumerate(zip(*ordered, strict=True))}
             with self._lock:
                 self.checksums.update(sums)
             return
@@ -171,24 +196,25 @@ class ShardEncoder:
                 self.shard_stats[(start, layer)] = st
         self.write(start, block, self.layer_parts[layer] if kind == "layer" else self.other_arrays)
 
-    def write(self, start: int, block: Mapping[str, np.ndarray], names: list[str]) -> None:
+    def write(self, start: int, block: Mapping[str, Sequence[np.ndarray]], names: list[str]) -> None:
         """Encode and write the shard of each named array (one whole file each; object stores: one PUT each)."""
         encode_s, raw, encoded = 0.0, 0, 0
         s = self.shard_samples
         for name in names:
-            arr = block[name]
-            raw += arr.nbytes
+            pieces = block[name]
+            n = sum(p.shape[0] for p in pieces)
+            raw += sum(p.nbytes for p in pieces)
             t0 = time.perf_counter()
             if not self.fast:
-                self.arrays[name][start : start + arr.shape[0]] = arr
+                self.arrays[name][start : start + n] = joined(pieces)
                 encode_s += time.perf_counter() - t0
                 continue
-            if start % s or arr.shape[0] > s:
-                raise AssertionError(f"block at row {start} of {arr.shape[0]} rows is not one shard of {s}")
-            data = encode_shard(arr, s, self.codecs[name])
+            if start % s or n > s:
+                raise AssertionError(f"block at row {start} of {n} rows is not one shard of {s}")
+            parts = encode_shard_parts(pieces, s, self.codecs[name])
             encode_s += time.perf_counter() - t0
-            encoded += len(data)
-            (self.segment_path / name / "/".join(["c", str(start // s)] + ["0"] * (arr.ndim - 1))).put_bytes(data)
+            path = self.segment_path / name / "/".join(["c", str(start // s)] + ["0"] * (pieces[0].ndim - 1))
+            encoded += write_parts(path, parts, fsync=self.durable)  # writev, no joined copy; fsync overlaps compute
         with self._lock:
             self._totals[0] += encode_s
             self._totals[1] += raw

@@ -14,6 +14,7 @@ through zarr. ``sak-cache verify`` always reads through zarr, an independent dec
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 
 import google_crc32c
@@ -101,29 +102,70 @@ def chunk_codec(codec: str):
     raise ValueError(f"unknown codec {codec!r}; one of none, lz4, zstd")
 
 
-def encode_shard(block: np.ndarray, shard_samples: int, codec: str = "zstd") -> bytes:
+def encode_shard(block: np.ndarray | Sequence[np.ndarray], shard_samples: int, codec: str = "zstd") -> bytes:
     """A Zarr v3 ``sharding_indexed`` shard of one-sample inner chunks, as zarr would write it.
 
     Layout (Zarr v3 sharding spec): the zstd-compressed inner chunks back to back, then the
     index, (offset, nbytes) as little-endian uint64 per inner chunk in C order (2**64-1 for
     an absent chunk), then the crc32c of the index. This skips zarr's per-chunk async
     overhead (about 0.3 ms per chunk), which dominates for small feature maps; zarr reads it.
+    The bytes of ``b"".join(encode_shard_parts(...))``.
+    """
+    return b"".join(encode_shard_parts(block, shard_samples, codec))
+
+
+def encode_shard_parts(block: np.ndarray | Sequence[np.ndarray], shard_samples: int, codec: str = "zstd") -> list[memoryview | bytes]:
+    """The buffers of :func:`encode_shard`'s shard in file order, for one ``writev`` (no joined copy).
+
+    ``block``: the shard's rows as one array, or as a sequence of arrays of consecutive rows.
+
+    Codec ``none``: each inner chunk is a memoryview of ``block``'s own memory (no copy when the
+    block is C-contiguous and little-endian), so the block must not change until they are written.
     """
     coder = chunk_codec(codec)
-    little = block.astype(block.dtype.newbyteorder("<"), copy=False)
+    pieces = [block] if isinstance(block, np.ndarray) else list(block)
     index = np.full((shard_samples, 2), np.iinfo(np.uint64).max, dtype="<u8")
-    parts: list = []
+    parts: list[memoryview | bytes] = []
     offset = 0
-    for i in range(little.shape[0]):
-        chunk = np.ascontiguousarray(little[i])
-        enc = chunk.tobytes() if coder is None else coder.encode(chunk)
-        index[i] = (offset, len(enc))
-        offset += len(enc)
+    chunks = (row for piece in pieces for row in piece.astype(piece.dtype.newbyteorder("<"), copy=False))
+    for i, row in enumerate(chunks):
+        chunk = np.ascontiguousarray(row)
+        enc = chunk.data.cast("B") if coder is None else memoryview(coder.encode(chunk)).cast("B")
+        index[i] = (offset, enc.nbytes)
+        offset += enc.nbytes
         parts.append(enc)
     raw_index = index.tobytes()
     parts.append(raw_index)
     parts.append(np.uint32(google_crc32c.value(raw_index)).astype("<u4").tobytes())
-    return b"".join(parts)
+    return parts
+
+
+def write_parts(location: Location, parts: Sequence[memoryview | bytes], *, fsync: bool = False) -> int:
+    """Write ``parts`` back to back as the whole file ``location`` (creating its folders); returns the bytes.
+
+    Local files: ``os.writev`` of the buffers as they are (no joined copy), then ``fsync`` when asked, so the
+    page cache is flushed while the caller computes rather than all at commit. Object stores: one PUT.
+    """
+    total = sum(memoryview(p).nbytes for p in parts)
+    if not isinstance(location, LocalLocation):
+        location.put_bytes(b"".join(parts))
+        return total
+    location.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(location, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        views = [memoryview(p).cast("B") for p in parts]
+        while views:
+            done = os.writev(fd, views[:_IOV_MAX])
+            while views and done >= views[0].nbytes:
+                done -= views[0].nbytes
+                views.pop(0)
+            if done:
+                views[0] = views[0][done:]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return total
 
 
 class ShardReader:

@@ -387,18 +387,26 @@ class SegmentWriter:
         self._arrays = arrays
         fast = all(fast_shards_supported(a) for a in arrays.values())
         ACTIVE_SEGMENTS.add(self.segment_id)
-        self._encoder = ShardEncoder(self.spec, self.segment_path, self.shard_samples, self._names, codecs, arrays, fast=fast)
+        self._encoder = ShardEncoder(self.spec, self.segment_path, self.shard_samples, self._names, codecs, arrays, fast=fast,
+                                     durable=self.durable)
         waiting = self.queue_size * self._encoder.jobs_per_shard  # queue_size counts shards, the pool counts jobs
         self._pool = EncodePool(self._encoder, threads=self.encode_threads, queue_size=waiting,
                                 name=f"sak-writer-{self.segment_id[-8:]}")
 
     def _flush(self, n: int) -> None:
         start = self._flushed
-        block = {}
-        for name in self._names:
-            joined = np.concatenate(self._buf[name], axis=0) if len(self._buf[name]) > 1 else self._buf[name][0]
-            block[name] = joined[:n]
-            self._buf[name] = [joined[n:]] if joined.shape[0] > n else []
+        block: dict[str, list[np.ndarray]] = {}
+        for name in self._names:  # the first n rows as pieces (views of the appended batches, no joined copy)
+            taken: list[np.ndarray] = []
+            rest = self._buf[name]
+            left = n
+            while left:
+                piece = rest.pop(0)
+                taken.append(piece[:left])
+                if piece.shape[0] > left:
+                    rest.insert(0, piece[left:])
+                left -= taken[-1].shape[0]
+            block[name] = taken
         need = np.concatenate(self._need_stats) if len(self._need_stats) > 1 else self._need_stats[0]
         self._need_stats = [need[n:]] if need.shape[0] > n else []
         self._buffered -= n

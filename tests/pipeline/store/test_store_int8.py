@@ -205,7 +205,7 @@ def test_a_failing_write_surfaces_on_the_next_call(tmp_path, st, monkeypatch):
         calls.append(1)
         raise OSError("disk full")
 
-    monkeypatch.setattr(encode_pool, "encode_shard", broken)
+    monkeypatch.setattr(encode_pool, "encode_shard_parts", broken)
     layers, _ = st.random_features(store.spec, 64)
     w = store.writer(64, encode_threads=2)
     keys = [SampleKey(f"{i:064x}", str(i), "src") for i in range(64)]
