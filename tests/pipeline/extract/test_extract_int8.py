@@ -158,3 +158,18 @@ def fwd_cores() -> int:
     import os
 
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def test_fidelity_of_large_maps_is_measured_on_an_even_stride_of_tokens() -> None:
+    from sak.pipeline.extract import forward as fw
+
+    x = torch.randn(2, 64, 64, 16, generator=torch.Generator().manual_seed(0))  # 8192 tokens
+    x[1, :, :, 3] += 50.0  # a large-offset channel in the second sample: the stride must reach it
+    block = quant.quantize(x, "token-channel-offset")
+    f = fw.measure(1, x, block, torch.ones(2, dtype=torch.bool))
+    assert f.count == fw.FIDELITY_TOKENS == 4096
+    tokens = x.reshape(-1, 16)[::2], quant.dequantize(*fw._fields(block)).reshape(-1, 16)[::2]
+    want = quant.token_cosines(*tokens, standardize=True)
+    assert f.std_sum == pytest.approx(want.sum().item(), rel=1e-12) and f.std_min == want.min().item()
+    small = x[:, :8, :8]
+    assert fw.measure(1, small, quant.quantize(small, "token"), torch.ones(2, dtype=torch.bool)).count == 2 * 8 * 8
