@@ -115,6 +115,18 @@ def advise_willneed(path: Any, offset: int, length: int) -> None:
         pass
 
 
+def probe_cached(path: Any, offset: int) -> bool:
+    """Whether the byte at ``offset`` of a local file is in the page cache: a 1-byte ``preadv`` with ``RWF_NOWAIT``."""
+    try:
+        with FILES.open(os.fspath(path)) as fd:
+            os.preadv(fd, [bytearray(1)], offset, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # RWF_NOWAIT unsupported by this filesystem: no hints
+        return True
+
+
 def local_tail(path: Any, n: int) -> bytes:
     """The last ``n`` bytes of a local file (fewer when the file is shorter)."""
     with FILES.open(os.fspath(path)) as fd:
@@ -142,6 +154,11 @@ class StoreGather:
     def sample_bytes(self) -> int:
         """On-disk bytes of one sample's parts (all layers)."""
         return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.parts)
+
+    def in_page_cache(self, segment_id: str, row: int) -> bool:
+        """Whether ``row``'s first part looks resident in the page cache (see ``ShardReader.in_page_cache``)."""
+        arr = self.store.array(segment_id, self.parts[0][0], fast=True)
+        return arr.in_page_cache(row) if hasattr(arr, "in_page_cache") else True
 
     def advise(self, segment_id: str, rows: Sequence[int]) -> None:
         """Hint that ``rows`` of ``segment_id`` (every part) will be gathered soon (see ``ShardReader.advise``)."""

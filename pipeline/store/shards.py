@@ -23,7 +23,7 @@ from numcodecs import Blosc, Zstd
 
 from ...manifests.errors import StoreCorrupt
 from ..storage import LocalLocation, Location
-from .gather import advise_willneed, preadv_full, scratch
+from .gather import advise_willneed, preadv_full, probe_cached, scratch
 from .gather import local_tail as _local_tail
 
 _IOV_MAX = 1024  # POSIX minimum of IOV_MAX on Linux: buffers per preadv
@@ -233,6 +233,19 @@ class ShardReader:
         index = np.frombuffer(tail[:-4], "<u8").reshape(self.shard_samples, 2).copy()
         self._index[k] = index
         return index
+
+    def in_page_cache(self, row: int) -> bool:
+        """Whether the first byte of ``row``'s chunk is in the OS page cache (a ``RWF_NOWAIT`` probe; local files).
+
+        True when it cannot tell (remote, absent, no RWF_NOWAIT): callers then skip read hints.
+        """
+        if not self._local or not hasattr(os, "RWF_NOWAIT"):
+            return True
+        k = int(row) // self.shard_samples
+        index = self.shard_index(k)
+        if index is None or index[int(row) - k * self.shard_samples][0] == _ABSENT:
+            return True
+        return probe_cached(self.shard_file(k), int(index[int(row) - k * self.shard_samples][0]))
 
     def advise(self, rows: Sequence[int]) -> None:
         """Tell the kernel these rows' chunks will be read soon (``POSIX_FADV_WILLNEED``; local files only).

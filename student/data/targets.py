@@ -16,7 +16,6 @@ keep their own buffers, so collecting batches is always safe.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -134,14 +133,6 @@ def flip_mask(flips: Sequence[bool]) -> tuple[bool, ...] | None:
     return tuple(bool(f) for f in flips) if any(flips) else None
 
 
-#: Gather rate under which a batch is taken to come from the disk, not the page cache; the next batch then
-#: hints its reads to the kernel first (measured here: warm 3-15 GB/s, cold 0.3-1.2 GB/s).
-COLD_BYTES_S = 2e9
-#: Hint anyway when one hint covers this many bytes: its syscall is then noise beside the read, and a short cold
-#: epoch (whose first batches start before any batch was timed) still gets its reads in flight together.
-HINT_ALWAYS_BYTES = 1 << 20
-
-
 class StreamTargets:
     """Targets read from the stores for every batch (``--targets stream``); see the module docstring.
 
@@ -158,7 +149,6 @@ class StreamTargets:
         self.gathers = list(gathers) if gathers is not None else [StoreGather(s) for s in self.stores]
         pin = can_pin(pin_memory)
         self.rings = [BufferRing(partial(self._alloc, g, pin), ring) for g in self.gathers]
-        self._cold = True  # until a batch says otherwise (a data race between loader threads is harmless: a hint)
 
     def _alloc(self, gather: StoreGather, pin: bool) -> list[tuple[torch.Tensor, np.ndarray]]:
         bufs = []
@@ -182,12 +172,11 @@ class StreamTargets:
                 rows.append(row)
                 slots.append(slot)
             plans.append(sorted(by_seg.items()))
-            per_call = n * gather.sample_bytes() / (len(gather.parts) * len(by_seg))
-            if self._cold or per_call >= HINT_ALWAYS_BYTES:  # every chunk of the batch requested at once
+            first_seg, (first_rows, _) = plans[-1][0]
+            if not gather.in_page_cache(first_seg, first_rows[0]):  # cold: every chunk of the batch requested at once
                 for seg, (rows, _) in plans[-1]:
                     gather.advise(seg, rows)
         out = {}
-        t0, nbytes = time.perf_counter(), 0
         for key, store, gather, ring, segs in zip(self.keys, self.stores, self.gathers, self.rings, plans, strict=True):
             bufs = ring.take()
             views = [arr for _, arr in bufs]
@@ -196,9 +185,6 @@ class StreamTargets:
             parts = split_layers([t[:n] for t, _ in bufs], gather.layer_parts)
             out[key] = TargetBatch(parts, store.spec.dtype, getattr(store.spec, "quant", None), flip,
                                    _release=partial(ring.give, bufs))
-            nbytes += n * gather.sample_bytes()
-        # page cache or disk? reads from memory run at several GB/s, from a disk or network at well under 1
-        self._cold = nbytes < COLD_BYTES_S * (time.perf_counter() - t0)
         return out
 
 

@@ -149,3 +149,22 @@ def test_advise_requests_each_shards_span_of_the_rows_once(tmp_path, monkeypatch
                                                               values_of("float16", (N, 2, 2, 3)), "none")).advise([0])
     assert len(calls) == 2  # remote locations: no hint
     FILES.close_all()
+
+
+def test_page_cache_probe_tells_cold_from_warm(tmp_path) -> None:
+    import os
+
+    loc = as_location(tmp_path / "a")
+    arr = write_array(loc, values_of("float16", (N, 64, 64, 8)), "none")  # 64 KB chunks: whole pages
+    reader = ShardReader(loc, arr)
+    out = np.empty((1, 64, 64, 8), np.float16)
+    reader.read_into([1], out)
+    assert reader.in_page_cache(1)  # just read
+    with open(reader.shard_file(0), "rb+") as fh:  # written just now: dirty pages are not dropped before fsync
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if reader.in_page_cache(1):
+        pytest.skip("this filesystem keeps the pages (or ignores DONTNEED / RWF_NOWAIT): nothing to tell apart")
+    reader.read_into([1], out)
+    assert reader.in_page_cache(1)
+    FILES.close_all()
