@@ -50,20 +50,24 @@ class _BytesColumn(ProgressColumn):
 
 
 def _summary(report) -> Table:
-    table = Table(title=f"extraction: {report.images} images, {report.samples} samples run, {report.seconds:.1f} s", title_justify="left")
-    for col in ("teacher", "done", "reused", "failed", "MB written", "img/s", "features GB/s", "disk GB/s", "write MB/s",
-                "writer busy", "threads", "store"):
-        table.add_column(col, justify="left" if col in ("teacher", "store") else "right")
+    """One row per teacher, 80 columns wide; the stores are listed under the table."""
+    table = Table(title=f"extraction: {report.images} images, {report.samples} samples run, {report.seconds:.1f} s",
+                  title_justify="left", caption_justify="left")
+    for col in ("teacher", "done", "reused", "failed", "img/s", "GB/s", "MB disk", "writer"):
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+    stores = []
     for t in report.teachers:
         failed = t.failed + t.skipped_failed
         failed_text = f"[red]{failed}[/]" + (f" ({t.skipped_failed} earlier)" if t.skipped_failed else "") if failed else "0"
         busy = t.write_seconds / t.seconds if t.seconds else 0.0
         name = t.teacher + (" [bold red](RANDOM-INIT)[/]" if t.random_init else "")
         table.add_row(
-            name, str(t.done), str(t.skipped_cached), failed_text, f"{t.bytes_written / 1e6:,.1f}",
-            f"{t.images_per_s:,.1f}", f"{t.feature_gb_per_s:,.3f}", f"{t.disk_gb_per_s:,.3f}", f"{t.write_mb_per_s:,.1f}",
-            f"{busy:.0%}", str(t.encode_threads or "-"), str(t.store),
+            name, str(t.done), str(t.skipped_cached), failed_text, f"{t.images_per_s:,.1f}",
+            f"{t.feature_gb_per_s:,.3f}", f"{t.bytes_written / 1e6:,.1f}", f"{busy:.0%} x{t.encode_threads or 1}",
         )
+        stores.append(f"{t.teacher} -> {t.store}")
+    table.caption = ("GB/s: features handed to the writers; writer: busy time x encode threads\n"
+                     + "\n".join(f"store {line}" for line in stores))
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -105,10 +106,21 @@ def test_codec_min_cosine_and_rates_in_the_summary(app, demo_cache) -> None:
                "--batch-size", 4, "--codec", "lz4", "--min-cosine", "0.999", "--encode-threads", 2)
     assert res.exit_code == 0, res.output
     text = _flat(res.output)
-    assert "features GB/s" in text and "disk GB/s" in text and "threads" in text
+    assert "GB/s" in text and "MB disk" in text and "x2" in text  # writer: busy time x the 2 encode threads
     assert [s.spec.codec for s in list_stores(cache)] == ["lz4"]
     bad = _run(app, "extract", "-t", "test:tiny", "--random-init", "--dataset", "nyud", "--cache", cache, "--quant", "token")
     assert bad.exit_code != 0 and "--dtype int8" in _flat(bad.output)
+    from rich.console import Console
+
+    from sak.cli.cache_extract import _summary
+    from sak.pipeline.extract.job import ExtractConfig, extract
+
+    report = extract(ExtractConfig(cache=str(cache), teachers=("test:tiny",), random_init=True, datasets=("nyud",)))
+    narrow = Console(width=80, record=True, file=io.StringIO())
+    narrow.print(_summary(report))
+    lines = narrow.export_text().splitlines()
+    assert lines and all(len(line) <= 80 for line in lines)  # the summary fits 80 columns
+    assert "…" not in "".join(lines[:4]), "\n".join(lines)  # and its header is not truncated
 
 
 def test_help_teaches_int8_and_codecs(app) -> None:
