@@ -176,43 +176,36 @@ def grow_cache(cache: Path, rows: int) -> None:
         write_text_atomic(store.path / "stats" / f"{seg}.json", stats_to_json(seg, st))
 
 
-def open_cache(cache: Path) -> dict:
-    """What sak-train does with a cache before building the model; seconds per stage."""
+def _timed_open(cache: Path, select, join_cls) -> dict:
+    """Open dataset "big", select its stores, join them, merge their stats; seconds per stage."""
     from sak.pipeline.data.datasets import open_dataset
-    from sak.student.data.stores import StoreJoin, select_stores
 
     t = [time.perf_counter()]
     ds = open_dataset(cache, "big")
     t.append(time.perf_counter())
-    stores = select_stores(str(cache), ds, (), "train")
+    stores = select(str(cache), ds)
     t.append(time.perf_counter())
-    join = StoreJoin(ds, stores, "train", cache_hint=str(cache))
+    join = join_cls(ds, stores, "train", cache_hint=str(cache))
     t.append(time.perf_counter())
     for s in stores:
         s.stats()
     t.append(time.perf_counter())
     return {"seconds": t[-1] - t[0], "open_dataset_s": t[1] - t[0], "select_stores_s": t[2] - t[1],
             "join_s": t[3] - t[2], "stats_s": t[4] - t[3], "items": len(join.items)}
+
+
+def open_cache(cache: Path) -> dict:
+    """What sak-train does with a cache before building the model; seconds per stage."""
+    from sak.student.data.stores import StoreJoin, select_stores
+
+    return _timed_open(cache, lambda c, ds: select_stores(c, ds, (), "train"), StoreJoin)
 
 
 def open_cache_before(cache: Path) -> dict:
     """The same stages through the code before issue 13 (benchmarks/legacy_open.py): the baseline."""
-    from sak.pipeline.data.datasets import open_dataset
-
     from .legacy_open import LegacyStoreJoin, select_covering
 
-    t = [time.perf_counter()]
-    ds = open_dataset(cache, "big")
-    t.append(time.perf_counter())
-    stores = select_covering(str(cache), ds, "train")
-    t.append(time.perf_counter())
-    join = LegacyStoreJoin(ds, stores, "train", cache_hint=str(cache))
-    t.append(time.perf_counter())
-    for s in stores:
-        s.stats()
-    t.append(time.perf_counter())
-    return {"seconds": t[-1] - t[0], "open_dataset_s": t[1] - t[0], "select_stores_s": t[2] - t[1],
-            "join_s": t[3] - t[2], "stats_s": t[4] - t[3], "items": len(join.items)}
+    return _timed_open(cache, lambda c, ds: select_covering(c, ds, "train"), LegacyStoreJoin)
 
 
 def ls_cache(cache: Path) -> dict:
