@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Default fidelity gate: standardized per-token cosine of int8 codes to the teacher's maps, per layer and batch.
 DEFAULT_MIN_COSINE = 0.9999
-_STORE_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _STATS_TOKENS = 256  # tokens per slice of sample_sums on the CPU
 _AMP = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float16}
 
@@ -96,15 +95,10 @@ def _nbytes(block) -> int:
     return sum(p.nbytes for p in block.parts) if isinstance(block, quant.QuantizedBlock) else int(block.nbytes)
 
 
-def _fields(block: quant.QuantizedBlock) -> tuple[Any, Any, Any, Any]:
-    """Every field of a block in constructor order (codes, token scales, channel scales, channel offsets)."""
-    return block.q, block.scale_token, block.scale_channel, block.offset_channel
-
-
 def _take(block, keep):
     """The samples of ``block`` (array or QuantizedBlock, numpy or torch) where ``keep`` is True."""
     if isinstance(block, quant.QuantizedBlock):
-        return quant.QuantizedBlock(*(None if p is None else p[keep] for p in _fields(block)))
+        return block.select(keep)
     return block[keep]
 
 
@@ -126,7 +120,7 @@ def _finite(t: torch.Tensor) -> torch.Tensor:
 
 
 def _store_tensor(t: torch.Tensor, dtype: str) -> torch.Tensor:
-    conv = t.to(_STORE_TORCH[dtype])
+    conv = t.to(quant.TORCH_DTYPES[dtype])
     return conv.view(torch.int16) if dtype == "bfloat16" else conv
 
 
@@ -186,7 +180,7 @@ def _measure(layer: int, maps: torch.Tensor, block: quant.QuantizedBlock, finite
     """:func:`measure`, and the dequantized values of the finite samples (what readers get: for the statistics)."""
     if not bool(finite.all()):
         maps, block = maps[finite], _take(block, finite)
-    approx = quant.dequantize(*_fields(block))
+    approx = quant.dequantize(*block.fields)
     if maps.shape[0] == 0:
         return Fidelity(layer=layer, count=0, raw_sum=0.0, raw_min=1.0, std_sum=0.0, std_min=1.0), approx
     ref, got = _token_sample(maps), _token_sample(approx)
@@ -223,7 +217,7 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
                 device_layers.append(block)
                 sums.append(sample_sums(approx))
             else:
-                conv = m.to(_STORE_TORCH[spec.dtype])
+                conv = m.to(quant.TORCH_DTYPES[spec.dtype])
                 sums.append(sample_sums(conv))
                 # float16: non-finite sums <=> a non-finite value (no separate pass); wider dtypes may overflow the sums
                 ok = torch.isfinite(sums[-1][1]).flatten(1).all(dim=1) if spec.dtype == "float16" else _finite(conv)
@@ -232,7 +226,7 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
         device_prefix = None
         if spec.keep_prefix:
             pdtype = "float16" if spec.dtype == "int8" else spec.dtype
-            conv_p = [p.to(_STORE_TORCH[pdtype]) for p in prefix or []]
+            conv_p = [p.to(quant.TORCH_DTYPES[pdtype]) for p in prefix or []]
             for p in conv_p:
                 finite &= _finite(p)
             device_prefix = [_store_tensor(p, pdtype) for p in conv_p]
@@ -242,7 +236,7 @@ def forward(teacher, spec: FeatureSpec, inputs: list, device: str) -> Forwarded:
             if all_finite:
                 total = per_sample.sum(dim=0)
             elif isinstance(b, quant.QuantizedBlock):
-                shift, per_sample = sample_sums(quant.dequantize(*_fields(_take(b, finite))))
+                shift, per_sample = sample_sums(quant.dequantize(*_take(b, finite).fields))
                 total = per_sample.sum(dim=0)
             else:
                 total = per_sample[finite].sum(dim=0)

@@ -45,7 +45,8 @@ QUANT_MODES = ("token", "channel", "token-channel", "token-channel-offset")
 DEFAULT_QUANT = "token-channel-offset"
 QMAX = 127
 
-_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+#: torch dtype of each float store dtype (what a teacher's maps are cast to before the host copy).
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def scale_names(quant: str) -> tuple[str, ...]:
@@ -105,6 +106,15 @@ class QuantizedBlock:
     def parts(self) -> tuple:
         """The arrays in on-disk order (codes, then the scales and offset the mode has)."""
         return tuple(p for p in (self.q, self.scale_token, self.scale_channel, self.offset_channel) if p is not None)
+
+    @property
+    def fields(self) -> tuple:
+        """Every field in constructor order (codes, token scales, channel scales, channel offsets; None where absent)."""
+        return self.q, self.scale_token, self.scale_channel, self.offset_channel
+
+    def select(self, keep) -> QuantizedBlock:
+        """The samples (first axis) picked by ``keep`` (a mask or indices), numpy or torch alike."""
+        return QuantizedBlock(*(None if p is None else p[keep] for p in self.fields))
 
     def cpu_numpy(self) -> QuantizedBlock:
         """A copy on the host as numpy arrays (from torch tensors on any device)."""
@@ -190,7 +200,7 @@ def decode_parts(spec_dtype: str, quant: str | None, parts: Sequence[torch.Tenso
     (values,) = parts
     if spec_dtype == "bfloat16" and values.dtype != torch.bfloat16:
         values = values.view(torch.bfloat16)
-    elif spec_dtype not in _TORCH_DTYPES:
+    elif spec_dtype not in TORCH_DTYPES:
         raise ValueError(f"unknown store dtype {spec_dtype!r}")
     return values.to(dtype)
 

@@ -168,7 +168,7 @@ def test_fidelity_of_large_maps_is_measured_on_an_even_stride_of_tokens() -> Non
     block = quant.quantize(x, "token-channel-offset")
     f = fw.measure(1, x, block, torch.ones(2, dtype=torch.bool))
     assert f.count == fw.FIDELITY_TOKENS == 4096
-    tokens = x.reshape(-1, 16)[::2], quant.dequantize(*fw._fields(block)).reshape(-1, 16)[::2]
+    tokens = x.reshape(-1, 16)[::2], quant.dequantize(*block.fields).reshape(-1, 16)[::2]
     want = quant.token_cosines(*tokens, standardize=True)
     assert f.std_sum == pytest.approx(want.sum().item(), rel=1e-12) and f.std_min == want.min().item()
     small = x[:, :8, :8]
