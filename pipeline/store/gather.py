@@ -87,21 +87,26 @@ def scratch(n: int) -> memoryview:
 
 def preadv_full(path: Any, views: Sequence[memoryview], offset: int) -> None:
     """Fill ``views`` (writable byte buffers, in order) from the local file ``path`` at ``offset``."""
+    with FILES.open(os.fspath(path)) as fd:
+        preadv_fd(fd, path, views, offset)
+
+
+def preadv_fd(fd: int, path: Any, views: Sequence[memoryview], offset: int) -> None:
+    """:func:`preadv_full` on a descriptor already open (``path`` names it in errors)."""
     want = sum(v.nbytes for v in views)
     pending = [v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in views]
-    with FILES.open(os.fspath(path)) as fd:
-        done = 0
-        while pending:
-            got = os.preadv(fd, pending[:1024], offset + done)
-            if got <= 0:
-                raise StoreCorrupt(f"{path}: short read ({done} of {want} bytes at offset {offset}; the shard is "
-                                   "truncated); run `sak-cache verify` on the store")
-            done += got
-            while pending and got >= pending[0].nbytes:  # drop the filled buffers, cut a partly filled one
-                got -= pending[0].nbytes
-                pending.pop(0)
-            if got:
-                pending[0] = pending[0][got:]
+    done = 0
+    while pending:
+        got = os.preadv(fd, pending[:1024], offset + done)
+        if got <= 0:
+            raise StoreCorrupt(f"{path}: short read ({done} of {want} bytes at offset {offset}; the shard is "
+                               "truncated); run `sak-cache verify` on the store")
+        done += got
+        while pending and got >= pending[0].nbytes:  # drop the filled buffers, cut a partly filled one
+            got -= pending[0].nbytes
+            pending.pop(0)
+        if got:
+            pending[0] = pending[0][got:]
 
 
 def advise_willneed(path: Any, offset: int, length: int) -> None:

@@ -23,7 +23,7 @@ from numcodecs import Blosc, Zstd
 
 from ...manifests.errors import StoreCorrupt
 from ..storage import LocalLocation, Location
-from .gather import advise_willneed, preadv_full, probe_cached, scratch
+from .gather import FILES, advise_willneed, preadv_fd, preadv_full, probe_cached, scratch
 from .gather import local_tail as _local_tail
 
 _IOV_MAX = 1024  # POSIX minimum of IOV_MAX on Linux: buffers per preadv
@@ -194,6 +194,7 @@ class ShardReader:
         self._coder = chunk_codec(codec)
         self._local = isinstance(path, LocalLocation)
         self._index: dict[int, np.ndarray | None] = {}  # shard -> (s, 2) (offset, nbytes); None: no shard file
+        self._paths: dict[int, str] = {}  # shard -> its local file path (built once: pathlib costs per read)
         self._chunk_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
     def __getitem__(self, key: slice) -> np.ndarray:
@@ -210,6 +211,12 @@ class ShardReader:
 
     def shard_file(self, k: int) -> Location:
         return self._dir.joinpath("c", str(k), *(["0"] * (len(self.shape) - 1)))
+
+    def _shard_path(self, k: int) -> str:
+        path = self._paths.get(k)
+        if path is None:
+            path = self._paths[k] = str(self.shard_file(k))  # a LocalLocation: a pathlib path
+        return path
 
     def shard_index(self, k: int) -> np.ndarray | None:
         """(offset, nbytes) per chunk of shard ``k`` (uint64, 2**64-1 = absent), or None when the shard is absent."""
@@ -314,6 +321,12 @@ class ShardReader:
                 runs[-1].append(c)
             else:
                 runs.append([c])
+        if self._coder is None and self._local:  # the hot path: one descriptor for every run of the shard
+            local = self._shard_path(k)
+            with FILES.open(local) as fd:
+                for run in runs:
+                    preadv_fd(fd, local, [memoryview(flat[j]) for _, _, j in run], run[0][0])
+            return
         path = self.shard_file(k)
         for run in runs:
             begin, end = run[0][0], run[-1][0] + run[-1][1]
