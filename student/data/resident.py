@@ -26,7 +26,16 @@ from typing import Any
 import torch
 
 from ...manifests.errors import ConfigError
-from .targets import BufferRing, TargetBatch, can_pin, flip_mask, host_view, split_layers, torch_dtype
+from .targets import (
+    BufferRing,
+    TargetBatch,
+    can_pin,
+    flip_mask,
+    host_view,
+    slots_by_segment,
+    split_layers,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +154,7 @@ class ResidentTargets:
                        else [torch.empty((hi - lo, *a.shape[1:]), dtype=a.dtype) for a in self.arrays[s]])
             views = [host_view(t[lo:hi] if self.device.type == "cpu" else t, d)
                      for t, d in zip(staging, dtypes, strict=True)]
-            by_seg: dict[str, tuple[list[int], list[int]]] = {}
-            for slot, i in enumerate(range(lo, hi)):
-                seg, row = self.data.items[i].locations[s]
-                rows, slots = by_seg.setdefault(seg, ([], []))
-                rows.append(row)
-                slots.append(slot)
-            for seg, (rows, slots) in sorted(by_seg.items()):
+            for seg, (rows, slots) in slots_by_segment(self.data.items, s, range(lo, hi)):
                 gather.gather(seg, rows, views, slots)
             if self.device.type != "cpu":
                 for big, host in zip(self.arrays[s], staging, strict=True):

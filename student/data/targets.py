@@ -129,6 +129,17 @@ def split_layers(tensors: Sequence[torch.Tensor], layer_parts: Sequence[Sequence
     return out
 
 
+def slots_by_segment(items: Sequence[Any], store: int, indices: Sequence[int]) -> list[tuple[str, tuple[list[int], list[int]]]]:
+    """Where items ``indices`` live in store number ``store``: [(segment, (rows, batch slots))], by segment id."""
+    by_seg: dict[str, tuple[list[int], list[int]]] = {}
+    for slot, i in enumerate(indices):
+        seg, row = items[i].locations[store]
+        rows, slots = by_seg.setdefault(seg, ([], []))
+        rows.append(row)
+        slots.append(slot)
+    return sorted(by_seg.items())
+
+
 def flip_mask(flips: Sequence[bool]) -> tuple[bool, ...] | None:
     return tuple(bool(f) for f in flips) if any(flips) else None
 
@@ -165,13 +176,7 @@ class StreamTargets:
         flip = flip_mask(flips)
         plans = []
         for s_idx, gather in enumerate(self.gathers):
-            by_seg: dict[str, tuple[list[int], list[int]]] = {}
-            for slot, i in enumerate(indices):
-                seg, row = self.items[i].locations[s_idx]
-                rows, slots = by_seg.setdefault(seg, ([], []))
-                rows.append(row)
-                slots.append(slot)
-            plans.append(sorted(by_seg.items()))
+            plans.append(slots_by_segment(self.items, s_idx, indices))
             first_seg, (first_rows, _) = plans[-1][0]
             if not gather.in_page_cache(first_seg, first_rows[0]):  # cold: every chunk of the batch requested at once
                 for seg, (rows, _) in plans[-1]:
