@@ -44,7 +44,7 @@ from ...manifests.config import canonical_json
 from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
-from .arrays import decode_stored, layer_array_name, prefix_array_name, prefix_dtype, read_rows_contiguous
+from .arrays import decode_stored, prefix_array_name, prefix_dtype, read_rows_contiguous
 from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
 from .maintenance import VerifyReport, gc_store, verify_store
 from .quant import block_from_parts, dequantize_block, stored_parts
@@ -296,11 +296,9 @@ class FeatureStore:
         """
         out = {}
         for i in self._layers(layers):
-            if self.spec.dtype == "int8":
-                out[i] = dequantize_block(block_from_parts(self.spec.quant or "", self.read_parts(segment_id, rows, i)))
-            else:
-                out[i] = decode_stored(read_rows_contiguous(self.array(segment_id, layer_array_name(i), fast=True), rows),
-                                       self.spec.dtype)
+            parts = self.read_parts(segment_id, rows, i)
+            out[i] = (dequantize_block(block_from_parts(self.spec.quant or "", parts)) if self.spec.dtype == "int8"
+                      else decode_stored(parts[0], self.spec.dtype))
         return out
 
     def read_parts(self, segment_id: str, rows: Sequence[int], layer: int) -> tuple[np.ndarray, ...]:
