@@ -46,6 +46,7 @@ from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
 from .arrays import decode_stored, prefix_array_name, prefix_dtype, read_rows_contiguous
 from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
+from .ids import check_part_rows, check_segment_id
 from .maintenance import VerifyReport, gc_store, verify_store
 from .quant import block_from_parts, dequantize_block, stored_parts
 from .shards import ShardReader, fast_shards_supported
@@ -195,9 +196,23 @@ class FeatureStore:
             raise SpecMismatch(_mismatch_message(str(self.path), diffs))
 
     # -- commits ----------------------------------------------------------------
-    def committed_segments(self) -> list[str]:
+    def part_names(self) -> list[str]:
+        """Segment ids as the part files name them, unchecked (for ``verify``, which reports bad ones)."""
         names = (self.path / "manifest").list_names(PART_PREFIX, PART_SUFFIX)
         return [n[len(PART_PREFIX) : -len(PART_SUFFIX)] for n in names]
+
+    def committed_segments(self) -> list[str]:
+        """Ids of the committed segments (one per part file); a part whose name is not a plain id is StoreCorrupt."""
+        return [check_segment_id(seg, f"{self.path / 'manifest'}/{PART_PREFIX}{seg}{PART_SUFFIX}", self.path)
+                for seg in self.part_names()]
+
+    def refresh(self) -> None:
+        """Forget cached parts, stats, views and arrays (after this process rewrote them: compact, repair)."""
+        with self._lock:
+            self._parts.clear()
+            self._segment_stats.clear()
+            self._views.clear()
+            self._arrays.clear()
 
     def _cached(self, what: str, segments: tuple[str, ...], make: Callable[[], Any]) -> Any:
         """``make()`` once per set of committed segments (parts, stats and segments never change once committed)."""
@@ -232,8 +247,9 @@ class FeatureStore:
         return self.path / "manifest" / f"{PART_PREFIX}{segment_id}{PART_SUFFIX}"
 
     def read_part(self, segment_id: str) -> pa.Table:
-        """The commit part of one segment (validated against COMMIT_SCHEMA)."""
-        return read_parquet(self.part_path(segment_id), COMMIT_SCHEMA)
+        """The commit part of one segment (validated against COMMIT_SCHEMA; every row must name ``segment_id``)."""
+        path = self.part_path(check_segment_id(segment_id, f"{self.path / 'manifest'}/{PART_PREFIX}{segment_id}{PART_SUFFIX}", self.path))
+        return check_part_rows(read_parquet(path, COMMIT_SCHEMA), segment_id, str(path), self.path)
 
     def created(self) -> dict:
         """``created.json``: who created the store (``user@host``) and when (UTC ISO); {} for older stores."""

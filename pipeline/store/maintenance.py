@@ -16,6 +16,7 @@ from ...manifests.schemas import STATUS_OK
 from ..storage import Location
 from .arrays import sample_arrays, sample_checksum
 from .commits import rows_by_segment
+from .ids import check_inside
 from .writer import ACTIVE_SEGMENTS, parse_segment_id, this_host
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> l
         if store.read_only:
             raise SakError(f"store {store.path} is open read-only; open it with read_only=False to delete garbage")
         for p in garbage:
-            p.remove_tree()
+            check_inside(store.path, p).remove_tree()
             log.info("gc removed %s", p)
     return garbage
 

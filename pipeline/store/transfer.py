@@ -37,6 +37,7 @@ from ...manifests.errors import SakError, StoreCorrupt
 from ...manifests.schemas import STATUS_FAILED, STATUS_OK
 from .arrays import prefix_array_name, read_rows_contiguous
 from .feature_store import FeatureStore
+from .ids import check_inside, check_segment_id
 from .quant import block_from_parts
 from .stats import merge_fidelity
 from .writer import SampleKey, this_host
@@ -118,7 +119,7 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
         want = group.column("checksum").to_pylist()
         got = report.table.filter(pc.equal(report.table.column("status"), STATUS_OK)).column("checksum").to_pylist()
         if got != want:  # source bytes differ from what was recorded: take the copy back out
-            dest.part_path(report.segment_id).unlink()
+            check_inside(dest.path, dest.part_path(report.segment_id)).unlink()
             bad = sum(a != b for a, b in zip(got, want, strict=True))
             raise StoreCorrupt(
                 f"{bad} sample(s) read from {src.path} do not match their recorded checksums; "
@@ -139,7 +140,7 @@ def compact_store(store, *, target_rows: int = 4096, progress: Progress | None =
     counts: dict[str, int] = {}
     for seg, st in zip(raw.column("segment_id").to_pylist(), raw.column("status").to_pylist(), strict=True):
         counts[seg] = counts.get(seg, 0) + (st == STATUS_OK)
-    small = sorted(s for s, n in counts.items() if n < target_rows)
+    small = sorted(check_segment_id(s, f"{store.path}/manifest", store.path) for s, n in counts.items() if n < target_rows)
     if len(small) < 2:
         log.info("nothing to compact in %s (%d small segment(s))", store.path, len(small))
         return report
@@ -148,13 +149,16 @@ def compact_store(store, *, target_rows: int = 4096, progress: Progress | None =
     report.new_segments, report.copied, report.failed_copied = copy_rows(
         store, kept, store, segment_rows=target_rows, make_id=lambda: _compact_id(small[0]), progress=progress
     )
-    for seg in small:  # the new parts are committed: now the old ones may go, part first
-        store.part_path(seg).unlink()
-    for seg in small:
-        (store.path / "stats" / f"{seg}.json").remove_tree()
-        (store.path / "segments" / seg).remove_tree()
-    store._parts.clear()
-    store._arrays.clear()
+    doomed = [(store.part_path(seg), store.path / "stats" / f"{seg}.json", store.path / "segments" / seg) for seg in small]
+    for paths in doomed:  # ids come from files: every target must resolve inside the store, checked before any delete
+        for path in paths:
+            check_inside(store.path, path)
+    for part, _, _ in doomed:  # the new parts are committed: now the old ones may go, part first
+        part.unlink()
+    for _, stats, arrays in doomed:
+        stats.remove_tree()
+        arrays.remove_tree()
+    store.refresh()
     report.removed_segments = small
     log.info("compacted %d segments of %s into %d", len(small), store.path, len(report.new_segments))
     return report
