@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -82,3 +83,74 @@ def test_verify_detects_a_corrupted_shard_and_a_missing_segment(st, tmp_path: Pa
     missing = [c for c in report.corrupt if c[0] == r2.segment_id]
     assert len(missing) == 2 and "unreadable" in missing[0][3]
     assert report.checked == 6
+
+
+def _two_segments(st, tmp_path: Path, **spec) -> tuple[FeatureStore, str, str]:
+    store = FeatureStore.create(tmp_path, st.make_spec(**spec))
+    shas = [f"{i:064x}" for i in range(6)]
+    r1, _, _ = st.write_segment(store, shas[:4], failed={"e" * 64: "BadImage"})
+    r2, _, _ = st.write_segment(store, shas[4:], seed=1)
+    return store, r1.segment_id, r2.segment_id
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_verify_checks_every_stats_file_against_the_arrays(st, tmp_path: Path) -> None:
+    store, a, b = _two_segments(st, tmp_path)
+    assert store.verify().ok and store.verify().problems == []
+    (store.path / "stats" / f"{a}.json").unlink()
+
+    def shift_mean(d):  # 1% of the channel's spread: enough to shift training's standardization
+        d["layers"]["3"]["mean"][5] += 0.01 * (d["layers"]["3"]["m2"][5] / d["layers"]["3"]["count"]) ** 0.5
+
+    _edit_json(store.path / "stats" / f"{b}.json", shift_mean)
+    report = FeatureStore.open(store.path).verify()
+    assert not report.ok and report.corrupt == [] and report.checked == 6
+    assert [(k, Path(w).name) for k, w, _ in report.problems] == [("stats", f"{a}.json"), ("stats", f"{b}.json")]
+    assert "missing for committed segment" in report.problems[0][2]
+    assert report.problems[1][2].startswith("layer 3: mean/M2 differ from the recomputed ones by 0.0")
+    assert report.bad_stats == [a, b]
+    (store.path / "stats" / f"{b}.json").write_text("{not json")
+    report = FeatureStore.open(store.path).verify()
+    assert [(k, Path(w).name) for k, w, _ in report.problems][1] == ("stats", f"{b}.json")
+    assert "unreadable statistics file" in report.problems[1][2]
+
+
+def test_verify_checks_int8_stats_too(st, tmp_path: Path) -> None:
+    store, a, _ = _two_segments(st, tmp_path, dtype="int8", quant="token-channel-offset")
+    assert store.verify().ok
+    _edit_json(store.path / "stats" / f"{a}.json", lambda d: d["layers"]["1"].update(count=d["layers"]["1"]["count"] - 64))
+    report = FeatureStore.open(store.path).verify()
+    assert [(k, Path(w).name) for k, w, _ in report.problems] == [("stats", f"{a}.json")]
+    assert report.problems[0][2] == "layer 1: count 192 (recomputed 256)"
+
+
+def test_verify_reports_an_edited_grid_and_an_unknown_layer(st, tmp_path: Path) -> None:
+    store, a, b = _two_segments(st, tmp_path)
+    _edit_json(store.path / "spec.json", lambda d: d.update(grid=[8, 4]))
+    report = FeatureStore.open(store.path).verify()
+    kinds = [(k, Path(w).parent.name if Path(w).name == "zarr.json" else Path(w).name) for k, w, _ in report.problems]
+    assert kinds == [("spec", "layer_1"), ("spec", "layer_3"), ("spec", "layer_1"), ("spec", "layer_3"), ("spec", "spec.json")]
+    assert "layer_1 holds samples of (8, 8, 32) float16; spec.json says (8, 4, 32) float16 (grid [8, 4]" in report.problems[0][2]
+    assert "but 2 segment(s)" in report.problems[-1][2] and "spec.json was edited" in report.problems[-1][2]
+
+
+def test_verify_reports_unreadable_parts_and_parts_with_foreign_ids_and_goes_on(st, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store, a, b = _two_segments(st, tmp_path)
+    table = pq.read_table(store.part_path(a))
+    table = table.set_column(table.column_names.index("segment_id"), "segment_id", pa.array(["../x"] * table.num_rows))
+    pq.write_table(table, store.part_path(a))
+    report = FeatureStore.open(store.path).verify()
+    assert [(k, Path(w).name) for k, w, _ in report.problems] == [("part", f"part-{a}.parquet")]
+    assert report.bad_parts == [f"part-{a}.parquet"] and report.checked == 2 and report.corrupt == []
+    store.part_path(b).write_bytes(b"PAR1 not really")
+    report = FeatureStore.open(store.path).verify()
+    assert [Path(w).name for _, w, _ in report.problems] == [f"part-{a}.parquet", f"part-{b}.parquet"]
+    assert "not a readable Parquet file" in report.problems[1][2] and report.checked == 0
