@@ -140,22 +140,26 @@ def _stats_differ(have: LayerStats, want: LayerStats) -> str | None:
     return None
 
 
-def check_segment_stats(store, seg: str, recomputed: dict[int, LayerStats], report: VerifyReport) -> None:
+def _stats_problem(store, seg: str, recomputed: dict[int, LayerStats]) -> tuple[Location, str | None]:
     path = store.path / "stats" / f"{seg}.json"
     try:
         stored = stats_from_json(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
-        stored, why = None, f"missing for committed segment {seg}"
+        return path, f"missing for committed segment {seg}"
     except (SakError, OSError) as exc:
-        stored, why = None, str(exc)
-    if stored is not None:
-        why = None
-        if sorted(stored) != sorted(recomputed):
-            why = f"layers {sorted(stored)}; the store's are {sorted(recomputed)}"
-        for layer in sorted(recomputed):
-            if why is None:
-                diff = _stats_differ(stored[layer], recomputed[layer])
-                why = f"layer {layer}: {diff}" if diff else None
+        return path, str(exc)
+    if sorted(stored) != sorted(recomputed):
+        return path, f"layers {sorted(stored)}; the store's are {sorted(recomputed)}"
+    for layer in sorted(recomputed):
+        diff = _stats_differ(stored[layer], recomputed[layer])
+        if diff:
+            return path, f"layer {layer}: {diff}"
+    return path, None
+
+
+def check_segment_stats(store, seg: str, recomputed: dict[int, LayerStats], report: VerifyReport) -> None:
+    """``stats/<seg>.json`` present, parseable and equal to ``recomputed`` (within :data:`STATS_RTOL`)."""
+    path, why = _stats_problem(store, seg, recomputed)
     if why is not None:
         report.add("stats", path, why)
         report.bad_stats.append(seg)
