@@ -101,6 +101,7 @@ def extract(
     random_init: bool = typer.Option(False, "--random-init", help="Random weights (tests, demos). Recorded in the spec and flagged everywhere."),
     seed: int = typer.Option(0, "--seed", help="Seed of --random-init weights and of the view sampler."),
     segment_size: int = typer.Option(1024, "--segment-size", min=1, help="Samples per segment: the unit of commit, resume and dask task."),
+    repair: bool = typer.Option(False, "--repair", help="Verify each store this run writes to first (reads all of it), uncommit its damaged samples (bad checksums, missing shards or segments, unusable parts), recompute bad statistics, then extract the uncommitted samples again."),
 ) -> None:
     """Run each teacher ONCE over the images and store its multi-layer features (Zarr + Parquet).
 
@@ -131,7 +132,7 @@ def extract(
         resolution=resolution, dtype=dtype, quant=quant, codec=codec, min_cosine=min_cosine, force_quant=force_quant,
         encode_threads=encode_threads, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
         device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
-        retry_failed=retry_failed, segment_size=segment_size,
+        retry_failed=retry_failed, segment_size=segment_size, repair=repair,
     )
     if random_init:
         console.print(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,8 +16,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..pipeline.store.feature_store import list_stores, resolve_store
-from .common import console, exit_code_for, friendly_errors, out
+from ..manifests.errors import StoreCorrupt
+from ..pipeline.cache import scan_stores, store_damage
+from ..pipeline.storage import as_location
+from ..pipeline.store.feature_store import SPEC_FILE, list_stores, resolve_store
+from ..pipeline.store.maintenance import FIXES
+from ..pipeline.store.repair import repair_store
+from .common import EXIT_PARTIAL, console, friendly_errors, out
 
 MAX_LISTED = 20
 STORE_HELP = "A store directory, or a store name (or unique prefix, or teacher name) inside --cache."
@@ -59,25 +65,37 @@ def _fidelity_table(s) -> Table | None:
 
 
 def ls(cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root: a directory or an fsspec URL (s3://bucket/cache).")) -> None:
-    """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size."""
-    stores = list_stores(cache)
-    if not stores:
+    """List the feature stores of a cache: teacher, weights, layers, shapes, rows and size.
+
+    A store whose spec.json is missing or damaged, or one of whose commit parts cannot be read, is listed
+    as [bold]damaged: <reason>[/] after the healthy ones, and the command exits with code 1.
+    """
+    scan = scan_stores(cache)
+    stores = scan.stores
+    if not stores and not scan.damaged:
         console.print(f"no feature stores in {cache}/features; create one with `sak-cache extract --cache {cache}`")
         return
-    table = Table(title=f"feature stores in {cache}", title_justify="left")
-    for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "codec", "views", "rows ok", "failed", "size", "created"):
-        table.add_column(col, justify="right" if col in ("rows ok", "failed", "size", "views") else "left")
-    for s in stores:
-        spec = s.spec
-        ok, failed = s.commits("ok").num_rows, s.commits("failed").num_rows
-        table.add_row(
-            s.name, spec.teacher, _weights(spec), ",".join(map(str, spec.layers)),
-            f"{spec.grid[0]}x{spec.grid[1]} x {spec.width}", _dtype(spec), spec.codec, f"{spec.views} ({spec.aug})",
-            str(ok), f"[red]{failed}[/]" if failed else "0", _mb(s.size_bytes()), _created(s),
-        )
-    out.print(table)
+    if stores:
+        table = Table(title=f"feature stores in {cache}", title_justify="left")
+        for col in ("store", "teacher", "weights", "layers", "grid x width", "dtype", "codec", "views", "rows ok", "failed", "size", "created"):
+            table.add_column(col, justify="right" if col in ("rows ok", "failed", "size", "views") else "left")
+        for s in stores:
+            spec = s.spec
+            ok, failed = s.commits("ok").num_rows, s.commits("failed").num_rows
+            table.add_row(
+                s.name, spec.teacher, _weights(spec), ",".join(map(str, spec.layers)),
+                f"{spec.grid[0]}x{spec.grid[1]} x {spec.width}", _dtype(spec), spec.codec, f"{spec.views} ({spec.aug})",
+                str(ok), f"[red]{failed}[/]" if failed else "0", _mb(s.size_bytes()), _created(s),
+            )
+        out.print(table)
+    for path, why in scan.damaged:
+        out.print(f"[bold]{escape(path.name)}[/] [bold red]damaged:[/] {escape(why)}", highlight=False, soft_wrap=True)
     if any(s.spec.random_init for s in stores):
         console.print("[bold yellow]WARNING: some stores hold RANDOM-INIT teacher features: use them for tests and demos only.[/]")
+    if scan.damaged:
+        console.print(f"[bold red]{len(scan.damaged)} damaged store(s)[/]: `sak-cache verify STORE` lists what is wrong, "
+                      "`sak-cache verify STORE --fix` repairs what can be repaired.")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def info(
@@ -131,37 +149,77 @@ def info(
         console.print("[bold yellow]WARNING: this store holds RANDOM-INIT teacher features.[/]")
 
 
+def _print_report(s, report) -> None:
+    if report.missing_segments:
+        out.print(f"[bold red]{len(report.missing_segments)} committed segment(s) missing[/]: " + ", ".join(report.missing_segments[:MAX_LISTED]), highlight=False)
+    if report.corrupt:
+        table = Table(title=f"{len(report.corrupt)} of {report.checked} samples are corrupt or missing", title_justify="left")
+        for col in ("segment", "row", "image sha256", "problem"):
+            table.add_column(col)
+        for seg, row, sha, reason in report.corrupt[:MAX_LISTED]:
+            table.add_row(seg, str(row), sha[:16], reason)
+        out.print(table)
+    if report.problems:
+        table = Table(title=f"{len(report.problems)} store-level problem(s)", title_justify="left")
+        for col in ("kind", "file", "problem"):
+            table.add_column(col)
+        for kind, where, detail in report.problems[:MAX_LISTED]:
+            table.add_row(kind, where, detail)
+        out.print(table)
+    kinds = sorted({k for k, _, _ in report.problems} | ({"sample"} if report.corrupt else set()))
+    for kind in kinds:
+        out.print(f"fix ({kind}): {FIXES[kind].format(store=s.path)}", highlight=False, soft_wrap=True)
+
+
+def _damaged_spec(store: str, why: str) -> NoReturn:
+    out.print(f"[bold red]the store is damaged[/]: {escape(why)}", highlight=False, soft_wrap=True)
+    out.print(f"fix (spec): {FIXES['spec']}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_PARTIAL)
+
+
 def verify(
     store: str = typer.Argument(..., metavar="STORE", help=STORE_HELP),
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, directory or URL (to find STORE by name)."),
+    fix: bool = typer.Option(False, "--fix", help="Repair what verify finds: uncommit damaged samples (their parts are rewritten without them), recompute bad statistics, move unusable parts to manifest/damaged/; then print the `sak-cache extract ... --repair` command that extracts the uncommitted samples again."),
 ) -> None:
-    """Recompute every committed sample's checksum from the stored bytes; exit 1 if any is corrupt or missing."""
-    s = resolve_store(store, cache)
-    total = s.raw_commits().num_rows
+    """Check everything a store holds: spec.json against the arrays, every commit part (schema, ids), every committed
+    sample's checksum, and every segment's statistics against the committed rows.
+
+    Exit 0: clean (or, with --fix, consistent again); 1: damaged (each problem listed with its fix); 2: cannot be
+    checked or repaired (not a store, a newer format, or a spec.json that does not describe the arrays with --fix).
+    """
+    path = as_location(store)
+    if not (path / SPEC_FILE).exists() and ((path / "manifest").exists() or (path / "segments").exists()):
+        _damaged_spec(store, store_damage(path)[1] or "")
+    try:
+        s = resolve_store(store, cache)
+    except StoreCorrupt as exc:  # spec.json present but unreadable or invalid
+        _damaged_spec(store, str(exc))
+    if fix:
+        s.read_only = False
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(f"verifying {s.name}", total=total)
+        task = bar.add_task(f"verifying {s.name}", total=None)
 
         def progress(advance: int, **info: Any) -> None:
             bar.advance(task, advance)
 
         report = s.verify(progress=progress)
     if report.ok:
-        out.print(f"[green]ok[/]: {report.checked} committed samples match their checksums in {s.path}")
+        out.print(f"[green]ok[/]: {report.checked} committed samples match their checksums, and spec.json, "
+                  f"{len(s.committed_segments())} commit part(s) and their statistics are consistent in {s.path}", highlight=False)
         return
-    if report.missing_segments:
-        out.print(f"[bold red]{len(report.missing_segments)} committed segment(s) missing[/]: " + ", ".join(report.missing_segments[:MAX_LISTED]), highlight=False)
-    table = Table(title=f"{len(report.corrupt)} of {report.checked} samples are corrupt or missing", title_justify="left")
-    for col in ("segment", "row", "image sha256", "problem"):
-        table.add_column(col)
-    for seg, row, sha, reason in report.corrupt[:MAX_LISTED]:
-        table.add_row(seg, str(row), sha[:16], reason)
-    out.print(table)
-    console.print(
-        "[bold red]the store is damaged[/]: restore it from a copy, or delete the damaged segments' parts "
-        f"({s.path}/manifest/part-<segment>.parquet) and run `sak-cache extract` again to recompute them."
+    _print_report(s, report)
+    if not fix:
+        console.print(f"[bold red]the store is damaged[/]: run `sak-cache verify {s.path} --fix` to repair it.", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL)
+    fixed = repair_store(s, report)
+    out.print(
+        f"[green]repaired[/] {s.path}: uncommitted {len(fixed.dropped)} damaged sample(s), moved {len(fixed.moved_parts)} "
+        f"part(s) to manifest/damaged/, recomputed {len(fixed.rewritten_stats)} statistics file(s)", highlight=False,
     )
-    raise typer.Exit(exit_code_for(len(report.corrupt)))
+    if fixed.command:
+        out.print(f"extract the uncommitted samples again with:\n  {fixed.command}", highlight=False, soft_wrap=True)
 
 
 def gc(

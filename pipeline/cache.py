@@ -9,11 +9,52 @@ cache is opened read-only: writing happens through :func:`sak.pipeline.extract` 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..manifests.errors import SakError
 from .data.datasets import Dataset, list_datasets, open_dataset
-from .store.feature_store import FEATURES_DIR, FeatureStore, list_stores, resolve_store
+from .storage import Location, as_location
+from .store.feature_store import FEATURES_DIR, SPEC_FILE, FeatureStore, list_stores, resolve_store
+
+
+@dataclass(frozen=True)
+class StoreScan:
+    """The stores of a cache that open and whose commit parts all read, and the others with the reason."""
+
+    stores: list[FeatureStore] = field(default_factory=list)
+    damaged: list[tuple[Location, str]] = field(default_factory=list)
+
+
+def store_damage(path: str | os.PathLike[str] | Location) -> tuple[FeatureStore | None, str | None]:
+    """(the opened store, None), or (None, why it cannot be used): spec.json missing or bad, a part unreadable or with bad ids.
+
+    Reads spec.json and every commit part (as ``ls`` does anyway); the arrays are ``verify``'s job.
+    """
+    location = as_location(path)
+    if not (location / SPEC_FILE).exists():
+        return None, (f"{SPEC_FILE} is missing: restore it from a copy of the store, or delete {location} and extract "
+                      "again (a store folder without it is never read)")
+    try:
+        store = FeatureStore.open(location)
+        store.commits(status=None)  # reads and checks every part
+    except (SakError, OSError) as exc:
+        return None, str(exc)
+    return store, None
+
+
+def scan_stores(cache_root: str | os.PathLike[str]) -> StoreScan:
+    """Every folder of ``<cache>/features/``: healthy stores, and (path, reason) for the damaged ones. Never raises for one store."""
+    root = as_location(cache_root) / FEATURES_DIR
+    scan = StoreScan()
+    for name in root.list_names():
+        if name.startswith(".") or not (root / name).is_dir():
+            continue
+        store, why = store_damage(root / name)
+        if store is not None:
+            scan.stores.append(store)
+        else:
+            scan.damaged.append((root / name, why or "unreadable"))
+    return scan
 
 
 @dataclass(frozen=True)
@@ -33,6 +74,10 @@ class Cache:
     def stores(self) -> list[FeatureStore]:
         """Every feature store of the cache, sorted by name."""
         return list_stores(self.root)
+
+    def scan(self) -> StoreScan:
+        """Healthy stores and the damaged ones with the reason (what ``sak-cache ls`` shows)."""
+        return scan_stores(self.root)
 
     def store(self, ref: str) -> FeatureStore:
         """A store by full name, unique name prefix or teacher name (read-only)."""

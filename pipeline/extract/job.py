@@ -7,7 +7,8 @@
    (image, view), keyed by content (sha256), so an image reached from two datasets is
    extracted once (its commit row names the first occurrence); samples that already have an
    ``ok`` row in a teacher's store are skipped (resume), ``failed`` ones too unless
-   ``retry_failed``; dataset rows that failed to index become failed commit rows;
+   ``retry_failed``; dataset rows that failed to index become failed commit rows (``repair``: damaged
+   samples are uncommitted first, :mod:`..store.repair`, so they are planned again);
 3. cuts the samples into segments of at most ``segment_size`` and runs them as tasks
    (:mod:`.execution`: in-process, a LocalCluster, or a remote dask scheduler). A task decodes
    each image once for all teachers (:mod:`.extract_runner`).
@@ -37,6 +38,7 @@ from ..devices import resolve_device
 from ..storage import Location
 from ..store.feature_store import FeatureStore
 from ..store.quant import DEFAULT_QUANT
+from ..store.repair import repair_before_extract
 from ..store.spec import DTYPES, INPUT_PROTOCOLS, FeatureSpec
 from ..teachers import create_teacher, teacher_info
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
@@ -82,6 +84,7 @@ class ExtractConfig(Config):
     limit: int | None = None  # first N images (after dedup) only
     retry_failed: bool = False
     segment_size: int = 1024
+    repair: bool = False  # verify each store first and uncommit its damaged samples, so this run extracts them again
 
     def __post_init__(self) -> None:
         for name in ("cache", "data"):  # accept Path objects; the config stays JSON-able
@@ -350,6 +353,9 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
     _check_fits(cfg, datasets)  # before any store is created
     for spec in specs:
         stores.append(FeatureStore.create(cfg.cache, spec))
+    if cfg.repair:
+        for store in stores:
+            repair_before_extract(store)
     reports = [TeacherReport(teacher=s.teacher, store=st.path, weights=s.weights) for s, st in zip(specs, stores, strict=True)]
     samples, n_images = plan_samples(cfg, datasets, stores, reports)
     ctx = RunContext(

@@ -33,6 +33,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -157,21 +158,27 @@ class FeatureStore:
             raise StoreCorrupt(
                 f"{path} is not a feature store (no {SPEC_FILE}). List stores with `sak-cache ls --cache <cache>`."
             )
+        fix = f"restore spec.json from a copy of the store, or delete {path} and extract again"
         try:
             data = json.loads(spec_path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise StoreCorrupt(f"{spec_path}: not valid JSON ({exc}); the store is damaged: extract again.") from exc
-        version = data.get("format_version") if isinstance(data, dict) else None
+            raise StoreCorrupt(f"{spec_path}: not valid JSON ({exc}); the store's spec is damaged: {fix}.") from exc
+        if not isinstance(data, dict):
+            raise StoreCorrupt(f"{spec_path}: not a JSON object; the store's spec is damaged: {fix}.")
+        version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise SpecMismatch(
                 f"{spec_path}: store format version {version!r} is not supported by this sak (supports {FORMAT_VERSION}); "
                 "upgrade sak to read it, or extract again into a new cache."
             )
         data.setdefault("codec", ABSENT_CODEC)
+        unknown = sorted(set(data) - {f.name for f in fields(FeatureSpec)})
+        if unknown:  # a newer sak's field: not damage
+            raise SpecMismatch(f"{spec_path}: fields {unknown} are unknown to this sak; upgrade sak to read the store.")
         try:
             spec = FeatureSpec.from_dict(data)
-        except ConfigError as exc:
-            raise SpecMismatch(f"{spec_path}: {exc}") from exc
+        except (ConfigError, TypeError) as exc:
+            raise StoreCorrupt(f"{spec_path}: not a valid store spec ({exc}); the file is damaged or was edited: {fix}.") from exc
         if path.name != spec.store_name:
             log.warning("store directory %s does not match its spec name %s (renamed?)", path, spec.store_name)
         return cls(path, spec, read_only=read_only)
@@ -288,7 +295,14 @@ class FeatureStore:
                 raise StoreCorrupt(
                     f"{path} is missing although segment {segment_id} is committed; run `sak-cache verify {self.path}`."
                 )
-            arr = zarr.open_array(path.zarr_store(read_only=True), mode="r")
+            try:
+                arr = zarr.open_array(path.zarr_store(read_only=True), mode="r")
+            except Exception as exc:  # no zarr.json, not JSON, an unknown codec or data type: zarr raises many kinds
+                raise StoreCorrupt(
+                    f"{path}/zarr.json of committed segment {segment_id} cannot be opened ({type(exc).__name__}: {exc}). "
+                    f"Uncommit the segment's damaged samples with `sak-cache verify {self.path} --fix`, then extract them "
+                    "again with the `sak-cache extract ... --repair` command it prints."
+                ) from exc
             if fast and fast_shards_supported(arr):
                 arr = ShardReader(path, arr)
             self._arrays[key] = arr
@@ -429,9 +443,20 @@ def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0)
 
 
 def list_stores(cache_root: str | os.PathLike[str]) -> list[FeatureStore]:
-    """Every store of a cache (``<cache>/features/*/spec.json``), sorted by name."""
+    """Every store of a cache (``<cache>/features/*/spec.json``) whose spec opens, sorted by name.
+
+    A store whose spec.json is damaged is left out with a warning (it must not hide the others);
+    :func:`..cache.scan_stores` reports those, and ``sak-cache ls`` marks them.
+    """
     root = as_location(cache_root) / FEATURES_DIR
-    return [FeatureStore.open(root / n) for n in root.list_names() if (root / n / SPEC_FILE).exists()]
+    stores = []
+    for n in root.list_names():
+        if (root / n / SPEC_FILE).exists():
+            try:
+                stores.append(FeatureStore.open(root / n))
+            except SakError as exc:
+                log.warning("skipping damaged store %s: %s", root / n, exc)
+    return stores
 
 
 def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None) -> FeatureStore:
