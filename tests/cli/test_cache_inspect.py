@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,81 @@ def test_gc_is_a_dry_run_unless_delete(app, store) -> None:
     assert res.exit_code == 0 and not garbage.exists() and "deleted 1 item(s)" in _flat(res.output)
     assert FeatureStore.open(store.path).verify().ok
     assert "nothing to collect" in _run(app, "gc", "--cache", Path(cache)).output
+
+
+def _copy_store(store, name: str) -> Path:
+    dest = Path(store.path).parent / name
+    shutil.copytree(store.path, dest)
+    return dest
+
+
+def test_ls_lists_healthy_stores_and_marks_each_damaged_one(app, store) -> None:
+    cache = store.path.parent.parent
+    no_spec = _copy_store(store, "tiny-nospec")
+    (no_spec / "spec.json").unlink()
+    bad_spec = _copy_store(store, "tiny-badspec")
+    (bad_spec / "spec.json").write_text("{not json")
+    bad_part = _copy_store(store, "tiny-badpart")
+    next((bad_part / "manifest").glob("part-*.parquet")).write_bytes(b"garbage")
+    res = _run(app, "ls", "--cache", cache)
+    assert res.exit_code == 1, res.output
+    text = _flat(res.output)
+    assert re.search(rf"{store.name} test:tiny .* 9 1 ", text), text  # the healthy store is still listed
+    assert "tiny-nospec damaged: spec.json is missing" in text
+    assert "tiny-badspec damaged: " in text and "spec.json: not valid JSON" in text
+    assert "tiny-badpart damaged: " in text and "not a readable Parquet file" in text
+    assert "3 damaged store(s)" in text and "Traceback" not in res.output
+
+
+def test_verify_reports_stats_spec_and_part_problems_with_their_fix(app, store) -> None:
+    seg = store.committed_segments()[0]
+    (store.path / "stats" / f"{seg}.json").unlink()
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 1, res.output
+    text = _flat(res.output)
+    assert "1 store-level problem(s)" in text and f"stats {store.path}/stats/{seg}.json missing for committed segment" in text
+    assert f"fix (stats): `sak-cache verify {store.path} --fix` recomputes the statistics" in text
+    spec = store.path / "spec.json"
+    spec.unlink()
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 1 and "the store is damaged: spec.json is missing" in _flat(res.output), res.output
+    spec.write_text("[1, 2]")
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 1 and "spec.json: not a JSON object" in _flat(res.output), res.output
+
+
+def test_verify_fix_uncommits_a_flipped_shard_and_prints_the_extract_command(app, store) -> None:
+    seg = store.commits().column("segment_id")[0].as_py()
+    shard = next(p for p in (store.path / "segments" / seg / "layer_1" / "c").rglob("*") if p.is_file())
+    data = bytearray(shard.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0xA5
+    shard.write_bytes(bytes(data))
+    bad = len(FeatureStore.open(store.path).verify().corrupt)
+    assert bad >= 1
+    res = _run(app, "verify", store.path, "--fix")
+    assert res.exit_code == 0, res.output
+    text = _flat(res.output)
+    assert f"repaired {store.path}: uncommitted {bad} damaged sample(s), moved 0 part(s)" in text
+    cache = store.path.parent.parent
+    assert (f"sak-cache extract --cache {cache} --teacher test:tiny --layers 1,3 --dataset nyud --img-size 64x80 "
+            "--random-init --repair") in text
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 0 and f"ok: {9 - bad} committed samples match" in _flat(res.output), res.output
+
+
+@pytest.mark.parametrize("damage", ["not json", "version 7", "codec zfoo"])
+def test_a_damaged_spec_json_is_a_clear_error_not_a_traceback(app, store, damage) -> None:
+    spec = store.path / "spec.json"
+    data = json.loads(spec.read_text())
+    if damage == "not json":
+        spec.write_text("{oops")
+    else:
+        data.update({"format_version": 7} if damage == "version 7" else {"codec": "zfoo"})
+        spec.write_text(json.dumps(data))
+    res = _run(app, "info", store.path)
+    assert res.exit_code == 2, res.output
+    text = _flat(res.output)
+    assert "Traceback" not in res.output and f"{spec}:" in text
+    want = {"not json": "not valid JSON", "version 7": "format version 7 is not supported", "codec zfoo": "got 'zfoo'"}[damage]
+    assert want in text and ("upgrade sak" in text or "restore spec.json from a copy of the store" in text)

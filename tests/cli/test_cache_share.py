@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import typer
@@ -63,3 +65,24 @@ def test_same_images_under_a_second_dataset_are_reused_not_extracted(app, demo_c
     assert "exported 10 rows" in again.output and "reused 2" in again.output
     (copy,) = list_stores(target)
     assert copy.name == store.name and copy.commits().num_rows == 12 and copy.verify().ok
+
+
+@pytest.mark.parametrize("damage", ["no zarr.json", "unknown codec"])
+def test_an_unopenable_layer_array_is_store_corrupt_naming_the_file(app, demo_cache, damage) -> None:
+    cache, _ = demo_cache
+    assert _run(app, *EXTRACT, "--dataset", "nyud", "--cache", cache, "--limit", "4").exit_code == 0
+    (store,) = list_stores(cache)
+    seg = store.committed_segments()[0]
+    meta = Path(store.path, "segments", seg, "layer_1", "zarr.json")
+    if damage == "no zarr.json":
+        meta.unlink()
+    else:
+        data = json.loads(meta.read_text())
+        data["codecs"][0]["configuration"]["codecs"].append({"name": "zfoo"})
+        meta.write_text(json.dumps(data))
+    res = _run(app, "export", store.name, "--cache", cache, "--to", cache.parent / "copy")
+    assert res.exit_code == 2, res.output
+    text = re.sub(r"\s+", " ", res.output)
+    assert "Traceback" not in res.output and res.exception is not None and isinstance(res.exception, SystemExit)
+    assert f"{meta}ofcommittedsegment{seg}cannotbeopened" in text.replace(" ", "")  # rich wraps long paths
+    assert f"sak-cache verify {store.path} --fix" in text and "--repair" in text
