@@ -88,6 +88,8 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
     if dest.spec != src.spec:
         raise SakError(f"cannot copy rows of {src.path} into {dest.path}: the stores have different specs")
     ok = table.filter(pc.equal(table.column("status"), STATUS_OK)).sort_by([("segment_id", "ascending"), ("row", "ascending")])
+    for seg in pc.unique(ok.column("segment_id")).to_pylist():  # they become paths of src's arrays
+        check_segment_id(seg, f"{src.path}/manifest (rows to copy)", src.path)
     failed = table.filter(pc.equal(table.column("status"), STATUS_FAILED))
     spec = src.spec
     prefix_names = [prefix_array_name(i) for i in spec.layers] if spec.keep_prefix else []
