@@ -424,7 +424,10 @@ class FeatureStore:
         return self.path.tree_bytes()
 
     def verify(self, progress: Callable[..., None] | None = None) -> VerifyReport:
-        """Recompute every committed ok sample's checksum from the stored bytes, reading through zarr."""
+        """Check spec.json against the arrays, every part, every committed ok sample's checksum and every segment's stats.
+
+        Never raises for what it finds: see :class:`.maintenance.VerifyReport` (``corrupt`` and ``problems``).
+        """
         return verify_store(self, progress)
 
     def gc(self, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Location]:
