@@ -250,8 +250,10 @@ def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> l
     if not dry_run:
         if store.read_only:
             raise SakError(f"store {store.path} is open read-only; open it with read_only=False to delete garbage")
+        for p in garbage:  # every target first: a link or odd name aborts before anything is deleted
+            check_inside(store.path, p)
         for p in garbage:
-            check_inside(store.path, p).remove_tree()
+            p.remove_tree()
             log.info("gc removed %s", p)
     return garbage
 

@@ -154,3 +154,20 @@ def test_verify_reports_unreadable_parts_and_parts_with_foreign_ids_and_goes_on(
     report = FeatureStore.open(store.path).verify()
     assert [Path(w).name for _, w, _ in report.problems] == [f"part-{a}.parquet", f"part-{b}.parquet"]
     assert "not a readable Parquet file" in report.problems[1][2] and report.checked == 0
+
+
+def test_gc_never_deletes_through_a_link_out_of_the_store(st, tmp_path: Path) -> None:
+    import pytest
+
+    from sak.manifests.errors import StoreCorrupt
+
+    store = FeatureStore.create(tmp_path / "cache", st.make_spec())
+    st.write_segment(store, ["a" * 64])
+    aborted = _garbage_writer(store, st, "c" * 64)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data.bin").write_bytes(b"keep")
+    (store.path / "segments" / "20240101T000000000000Z-otherhost-2-abcd").symlink_to(outside)
+    with pytest.raises(StoreCorrupt, match="outside the store .* Nothing was deleted"):
+        store.gc(dry_run=False, grace_seconds=0)
+    assert (outside / "data.bin").read_bytes() == b"keep" and (store.path / "segments" / aborted).exists()
