@@ -19,7 +19,7 @@ from rich.table import Table
 from ..manifests.errors import StoreCorrupt
 from ..pipeline.cache import scan_stores, store_damage
 from ..pipeline.storage import as_location
-from ..pipeline.store.feature_store import SPEC_FILE, list_stores, resolve_store
+from ..pipeline.store.feature_store import FEATURES_DIR, SPEC_FILE, list_stores, resolve_store
 from ..pipeline.store.maintenance import FIXES
 from ..pipeline.store.repair import repair_store
 from .common import EXIT_PARTIAL, console, friendly_errors, out
@@ -188,9 +188,9 @@ def verify(
     Exit 0: clean (or, with --fix, consistent again); 1: damaged (each problem listed with its fix); 2: cannot be
     checked or repaired (not a store, a newer format, or a spec.json that does not describe the arrays with --fix).
     """
-    path = as_location(store)
-    if not (path / SPEC_FILE).exists() and ((path / "manifest").exists() or (path / "segments").exists()):
-        _damaged_spec(store, store_damage(path)[1] or "")
+    for path in (as_location(store), as_location(cache) / FEATURES_DIR / store):  # by path, or by name in --cache
+        if not (path / SPEC_FILE).exists() and ((path / "manifest").exists() or (path / "segments").exists()):
+            _damaged_spec(store, store_damage(path)[1] or "")
     try:
         s = resolve_store(store, cache)
     except StoreCorrupt as exc:  # spec.json present but unreadable or invalid

@@ -154,6 +154,8 @@ def test_verify_reports_stats_spec_and_part_problems_with_their_fix(app, store) 
     spec.unlink()
     res = _run(app, "verify", store.path)
     assert res.exit_code == 1 and "the store is damaged: spec.json is missing" in _flat(res.output), res.output
+    res = _run(app, "verify", store.name, "--cache", store.path.parent.parent)  # by name: found although unlisted
+    assert res.exit_code == 1 and "the store is damaged: spec.json is missing" in _flat(res.output), res.output
     spec.write_text("[1, 2]")
     res = _run(app, "verify", store.path)
     assert res.exit_code == 1 and "spec.json: not a JSON object" in _flat(res.output), res.output
