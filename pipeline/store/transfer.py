@@ -146,15 +146,15 @@ def compact_store(store, *, target_rows: int = 4096, progress: Progress | None =
     if len(small) < 2:
         log.info("nothing to compact in %s (%d small segment(s))", store.path, len(small))
         return report
+    doomed = [(store.part_path(seg), store.path / "stats" / f"{seg}.json", store.path / "segments" / seg) for seg in small]
+    for paths in doomed:  # ids come from files: every target must resolve inside the store, checked before anything is written
+        for path in paths:
+            check_inside(store.path, path)
     kept = store.commits(status=None)  # dedup winners only: duplicates are not carried over
     kept = kept.filter(pa.array([s in set(small) for s in kept.column("segment_id").to_pylist()], type=pa.bool_()))
     report.new_segments, report.copied, report.failed_copied = copy_rows(
         store, kept, store, segment_rows=target_rows, make_id=lambda: _compact_id(small[0]), progress=progress
     )
-    doomed = [(store.part_path(seg), store.path / "stats" / f"{seg}.json", store.path / "segments" / seg) for seg in small]
-    for paths in doomed:  # ids come from files: every target must resolve inside the store, checked before any delete
-        for path in paths:
-            check_inside(store.path, path)
     for part, _, _ in doomed:  # the new parts are committed: now the old ones may go, part first
         part.unlink()
     for _, stats, arrays in doomed:

@@ -92,3 +92,16 @@ def test_check_inside_refuses_targets_outside_the_root(tmp_path: Path) -> None:
     for bad in (root / "segments" / ".." / ".." / "outside", root / "segments" / "link", root, root / ".."):
         with pytest.raises(StoreCorrupt, match="Nothing was deleted"):
             check_inside(root, bad)
+
+
+def test_compact_refuses_a_segment_linked_out_of_the_store_before_writing_anything(tmp_path: Path, st) -> None:
+    store = _store(tmp_path, st)
+    seg = store.committed_segments()[1]
+    outside = tmp_path / "lab" / "elsewhere"
+    shutil.move(str(Path(store.path, "segments", seg)), outside)
+    Path(store.path, "segments", seg).symlink_to(outside)
+    parts = sorted(p.name for p in Path(store.path, "manifest").iterdir())
+    with pytest.raises(StoreCorrupt, match=rf"refusing to delete .*{seg}: it resolves to .*elsewhere, outside the store"):
+        compact_store(FeatureStore.open(store.path, read_only=False), target_rows=100)
+    assert sorted(p.name for p in Path(store.path, "manifest").iterdir()) == parts  # nothing written, nothing removed
+    assert (outside / "layer_1").is_dir() and _part_rows(store) == 24
