@@ -313,7 +313,7 @@ class FeatureStore:
         for name in names:
             arr = self.array(segment_id, name, fast=True)
             out[name] = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
-            read_checked(arr, rows, out[name], slots, checks, checked)
+            read_checked(arr, name, rows, out[name], slots, checks, checked)
         if checks.legacy and checked:
             checks.check_legacy(rows, out, slots)
         return out

