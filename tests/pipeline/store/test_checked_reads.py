@@ -166,6 +166,10 @@ def test_parts_without_crc_validate_with_nulls_and_read_through_the_sha256(st, t
         store.read_parts(seg, [3], 3)
     warned = [r.getMessage() for r in caplog.records if "predates checked reads" in r.getMessage()]
     assert len(warned) == 1 and "sak-cache compact" in warned[0] and str(store.path) in warned[0]
+    newer, _, _ = st.write_segment(FeatureStore.create(tmp_path / "cache", store.spec), ["e" * 64], seed=5)
+    both = FeatureStore.open(store.path).commits()  # a part with crcs beside one without
+    assert both.num_rows == 7 and both.column("crc32c").null_count == 6
+    assert FeatureStore.open(store.path).read_rows(newer.segment_id, [0])[1].shape == (1, 8, 8, 32)
 
 
 def test_validate_table_fills_an_absent_optional_column_with_nulls() -> None:
