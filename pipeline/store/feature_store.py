@@ -46,7 +46,7 @@ from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
 from .arrays import decode_stored, prefix_array_name, prefix_dtype, sample_arrays
 from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
-from .gather import read_checked
+from .gather import read_arrays
 from .integrity import SegmentChecks
 from .maintenance import VerifyReport, gc_store, verify_store
 from .quant import block_from_parts, dequantize_block, stored_parts
@@ -305,19 +305,6 @@ class FeatureStore:
                 cache_root=str(root), teacher=self.spec.teacher)
         return checks
 
-    def _read_checked(self, segment_id: str, rows: Sequence[int], names: Sequence[str], checked: bool) -> dict[str, np.ndarray]:
-        """{name: (n, ...) as stored} of arrays ``names`` for ``rows``, each sample checked (see :mod:`.integrity`)."""
-        checks = self.sample_checks(segment_id)
-        slots = list(range(len(rows)))
-        out = {}
-        for name in names:
-            arr = self.array(segment_id, name, fast=True)
-            out[name] = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
-            read_checked(arr, name, rows, out[name], slots, checks, checked)
-        if checks.legacy and checked:
-            checks.check_legacy(rows, out, slots)
-        return out
-
     def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None, *,
                   checked: bool = True) -> dict[int, np.ndarray]:
         """{layer: (n, h, w, c)} for ``rows`` of one segment, in the given order; every sample checked.
@@ -328,7 +315,7 @@ class FeatureStore:
         """
         wanted = self._layers(layers)
         names = [n for i in wanted for n, _, _ in stored_parts(self.spec, i)]
-        got = self._read_checked(segment_id, [int(r) for r in rows], names, checked)
+        got = read_arrays(self, segment_id, [int(r) for r in rows], names, checked)
         out = {}
         for i in wanted:
             parts = [got[n] for n, _, _ in stored_parts(self.spec, i)]
@@ -343,7 +330,7 @@ class FeatureStore:
         """
         (layer,) = self._layers([layer])
         names = [n for n, _, _ in stored_parts(self.spec, layer)]
-        got = self._read_checked(segment_id, [int(r) for r in rows], names, checked)
+        got = read_arrays(self, segment_id, [int(r) for r in rows], names, checked)
         return tuple(got[n] for n in names)
 
     def read_prefix(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None, *,
@@ -353,7 +340,7 @@ class FeatureStore:
             raise SpecMismatch(f"store {self.path} was extracted without prefix tokens; extract again with --keep-prefix.")
         as_read = prefix_dtype(self.spec.dtype)  # float16 in int8 stores: returned as float32 like their layers
         wanted = self._layers(layers)
-        got = self._read_checked(segment_id, [int(r) for r in rows], [prefix_array_name(i) for i in wanted], checked)
+        got = read_arrays(self, segment_id, [int(r) for r in rows], [prefix_array_name(i) for i in wanted], checked)
         out = {i: decode_stored(got[prefix_array_name(i)], as_read) for i in wanted}
         return {i: v.astype(np.float32) for i, v in out.items()} if self.spec.dtype == "int8" else out
 

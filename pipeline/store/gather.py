@@ -197,6 +197,21 @@ class StoreGather:
             checks.check_legacy(rows, {name: out for (name, _, _), out in zip(self.parts, outs, strict=True)}, slot_list)
 
 
+def read_arrays(store: Any, segment_id: str, rows: Sequence[int], names: Sequence[str],
+                checked: bool = True) -> dict[str, np.ndarray]:
+    """{name: (n, ...) as stored} of a store's arrays ``names`` for ``rows`` of one segment, each sample checked."""
+    checks = store.sample_checks(segment_id)
+    slots = list(range(len(rows)))
+    out = {}
+    for name in names:
+        arr = store.array(segment_id, name, fast=True)
+        out[name] = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+        read_checked(arr, name, rows, out[name], slots, checks, checked)
+    if checks.legacy and checked:
+        checks.check_legacy(rows, out, slots)
+    return out
+
+
 def read_checked(arr: Any, name: str, rows: Sequence[int], out: np.ndarray, slots: Sequence[int],
                  checks: SegmentChecks | None, verify: bool = True) -> None:
     """Rows of array ``name`` into ``out[slots]``: through ``read_into`` when it has one, else zarr, checked by ``checks``."""

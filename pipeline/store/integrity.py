@@ -145,3 +145,38 @@ class SegmentChecks:
             got = sample_checksum([parts[n][slots[j]] for n in self.names])
             if got != self.checksums[pos[j]]:
                 raise self.corrupt(rows[j], f"its stored bytes have sha256 {got}, the commit recorded {self.checksums[pos[j]]}")
+
+
+class RunCheck:
+    """Compares each chunk of a run, once read into ``flat[slot]``, with its row's recorded crc32c (``ShardReader``).
+
+    ``rows``: output slot -> row of the chunks the reader will read.
+    """
+
+    def __init__(self, checks: SegmentChecks, name: str, flat: np.ndarray, rows: dict[int, int]) -> None:
+        self.checks, self.name, self.flat = checks, name, flat
+        slots = list(rows)
+        want, have = checks.expected([rows[j] for j in slots], name)
+        self.want = {j: (rows[j], int(w)) for j, w, h in zip(slots, want.tolist(), have.tolist(), strict=True) if h}
+
+    def __call__(self, run: Sequence[tuple[int, int, int]]) -> None:
+        for _, _, j in run:
+            hit = self.want.get(j)
+            if hit is not None and crc32c(self.flat[j]) != hit[1]:
+                raise self.checks.mismatch(hit[0], self.name, crc32c(self.flat[j]), hit[1])
+
+
+class ChunkCorrupt(StoreCorrupt):
+    """A chunk that does not decode; ``slot``: the output row it was read for."""
+
+    def __init__(self, slot: int, message: str) -> None:
+        super().__init__(message)
+        self.slot = slot
+
+
+def blame(checks: SegmentChecks | None, rows: Sequence[int], problem: str) -> StoreCorrupt:
+    """``problem`` as the error of the first of ``rows`` the commit part names (with the fix), else as it is."""
+    named = [r for r in rows if checks is not None and checks.named(r)]
+    if checks is not None and named:
+        return checks.corrupt(named[0], problem.split("; run `sak-cache verify`")[0])
+    return StoreCorrupt(f"{problem}; run `sak-cache verify` on the store")

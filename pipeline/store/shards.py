@@ -23,10 +23,9 @@ from numcodecs import Blosc, Zstd
 
 from ...manifests.errors import StoreCorrupt
 from ..storage import LocalLocation, Location
-from .arrays import crc32c
 from .gather import FILES, advise_willneed, preadv_fd, preadv_full, probe_cached, scratch
 from .gather import local_tail as _local_tail
-from .integrity import SegmentChecks
+from .integrity import ChunkCorrupt, RunCheck, SegmentChecks, blame
 
 _IOV_MAX = 1024  # POSIX minimum of IOV_MAX on Linux: buffers per preadv
 
@@ -308,7 +307,7 @@ class ShardReader:
             try:
                 index = self.shard_index(k)
             except StoreCorrupt as exc:
-                raise _blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
+                raise blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
             if index is None:
                 named = [k * s + local for local, _ in members if checks is not None and checks.named(k * s + local)]
                 if named and checks is not None:
@@ -324,22 +323,22 @@ class ShardReader:
                         raise checks.corrupt(k * s + local, f"its chunk {local} is absent from {self.shard_file(k)}")
                     out[j] = 0
                 elif self._coder is None and int(nbytes) != self._chunk_bytes:
-                    raise _blame(checks, [k * s + local], f"{self.shard_file(k)}: chunk {local} holds {int(nbytes)} "
+                    raise blame(checks, [k * s + local], f"{self.shard_file(k)}: chunk {local} holds {int(nbytes)} "
                                  f"bytes, expected {self._chunk_bytes}")
                 else:
                     chunks.append((int(off), int(nbytes), j))
-            check = (_RunCheck(checks, self.name, flat, {j: k * s + local for local, j in members})
+            check = (RunCheck(checks, self.name, flat, {j: k * s + local for local, j in members})
                      if checks is not None and verify and chunks else None)
             chunks.sort()
             try:
                 self._read_chunks(k, chunks, flat, check)
-            except _ChunkCorrupt as exc:  # one chunk: blame its row
-                raise _blame(checks, [k * s + local for local, j in members if j == exc.slot], str(exc)) from exc
+            except ChunkCorrupt as exc:  # one chunk: blame its row
+                raise blame(checks, [k * s + local for local, j in members if j == exc.slot], str(exc)) from exc
             except StoreCorrupt as exc:
-                raise _blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
+                raise blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
 
     def _read_chunks(self, k: int, chunks: list[tuple[int, int, int]], flat: np.ndarray,
-                     check: _RunCheck | None = None) -> None:
+                     check: RunCheck | None = None) -> None:
         """Chunks (offset, nbytes, slot) of shard ``k``, sorted by offset, into rows of ``flat`` (uint8 view).
 
         ``check`` runs on each run of chunks as soon as it is read: the bytes are still in the CPU cache
@@ -384,42 +383,10 @@ class ShardReader:
                 try:
                     self._coder.decode(buf[off - begin : off - begin + nbytes], out=flat[j])
                 except Exception as exc:  # a damaged frame: numcodecs raises RuntimeError/ValueError by codec
-                    raise _ChunkCorrupt(j, f"{path}: the chunk at byte {off} does not decode as {self.codec} "
+                    raise ChunkCorrupt(j, f"{path}: the chunk at byte {off} does not decode as {self.codec} "
                                            f"({type(exc).__name__}: {exc})") from exc
             if check is not None:
                 check(run)
-
-
-class _RunCheck:
-    """Compares each chunk of a run, once read into ``flat[slot]``, with its row's recorded crc32c."""
-
-    def __init__(self, checks: SegmentChecks, name: str, flat: np.ndarray, rows: dict[int, int]) -> None:
-        self.checks, self.name, self.flat = checks, name, flat
-        slots = list(rows)
-        want, have = checks.expected([rows[j] for j in slots], name)
-        self.want = {j: (rows[j], int(w)) for j, w, h in zip(slots, want.tolist(), have.tolist(), strict=True) if h}
-
-    def __call__(self, run: Sequence[tuple[int, int, int]]) -> None:
-        for _, _, j in run:
-            hit = self.want.get(j)
-            if hit is not None and crc32c(self.flat[j]) != hit[1]:
-                raise self.checks.mismatch(hit[0], self.name, crc32c(self.flat[j]), hit[1])
-
-
-class _ChunkCorrupt(StoreCorrupt):
-    """A chunk that does not decode; ``slot``: the output row it was read for."""
-
-    def __init__(self, slot: int, message: str) -> None:
-        super().__init__(message)
-        self.slot = slot
-
-
-def _blame(checks: SegmentChecks | None, rows: Sequence[int], problem: str) -> StoreCorrupt:
-    """``problem`` as the error of the first of ``rows`` the commit part names (with the fix), else as it is."""
-    named = [r for r in rows if checks is not None and checks.named(r)]
-    if checks is not None and named:
-        return checks.corrupt(named[0], problem.split("; run `sak-cache verify`")[0])
-    return StoreCorrupt(f"{problem}; run `sak-cache verify` on the store")
 
 
 def _check_length(path: Location, data, want: int) -> None:
