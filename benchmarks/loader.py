@@ -20,7 +20,16 @@ files dropped from the page cache with ``posix_fadvise DONTNEED`` before each ru
   and the cores a 520 samples/s GPU (ViT-B at 448x576 on an H100-class GPU) would need.
 
 An int8 store (codes + scales) is measured too when the store writer supports ``--dtype int8``.
-Targets: loader/cat >= 0.8 warm and cold at both sizes; resident gather/memcpy >= 0.8.
+
+Integrity checks (issue 14): every read checks each sample's crc32c (``checked``); the same loader
+stage with the checks off (``StoreGather(checked=False)``, a library argument for this measurement
+only) runs interleaved with it, warm, after a warm-up, at 224 px and paper size in float16 and int8
+(``checked_vs_unchecked_warm_*``, the issue's bar: at most 5% lost). For zstd stores the two ways to
+check a chunk are timed chunk by chunk, interleaved: the zstd frame checksum (XXH64, written with
+``checksum: true``) against crc32c over the decoded chunk (``zstd_crc32c_vs_frame_checksum``).
+
+Targets: loader/cat >= 0.8 warm and cold at both sizes; resident gather/memcpy >= 0.8;
+checked/unchecked >= 0.95.
 """
 
 from __future__ import annotations
@@ -147,14 +156,15 @@ def before_stage(data, sampler, workers: int, files: list[Path] | None) -> dict:
 
 
 # -- after: the loader's target stage ---------------------------------------------------------
-def loader_stage(data, sampler, batch_size: int, workers: int, files: list[Path] | None, source=None) -> dict:
+def loader_stage(data, sampler, batch_size: int, workers: int, files: list[Path] | None, source=None, *,
+                 checked: bool = True) -> dict:
     """One epoch of exactly what ``Loader`` does for targets: plans -> ``source.batch`` on the pool -> release."""
     from sak.student.data.cached import Loader
     from sak.student.data.prefetch import ordered_map
     from sak.student.data.targets import StreamTargets
 
     if source is None:
-        source = _stream_source(data, batch_size, workers)
+        source = _stream_source(data, batch_size, workers, checked)
     plans = Loader(data, batch_size, sampler, (0, 0), 0, 1, False, True, source).plans()
     if files:
         evict(files)
@@ -171,13 +181,15 @@ def loader_stage(data, sampler, batch_size: int, workers: int, files: list[Path]
 _SOURCES: dict = {}
 
 
-def _stream_source(data, batch_size: int, workers: int):
+def _stream_source(data, batch_size: int, workers: int, checked: bool = True):
+    from sak.pipeline.store.gather import StoreGather
     from sak.student.data.targets import StreamTargets
 
-    key = (id(data), batch_size, workers)
+    key = (id(data), batch_size, workers, checked)
     if key not in _SOURCES:  # one ring per data set, as one Loader keeps for a run
+        gathers = data.gathers if checked else [StoreGather(s, checked=False) for s in data.stores]
         _SOURCES[key] = StreamTargets(data.stores, data.keys, data.items, batch_size, ring=2 * workers + 3,
-                                      gathers=data.gathers)
+                                      gathers=gathers)
     return _SOURCES[key]
 
 
@@ -269,6 +281,55 @@ def measure(name: str, bench: Bench, data, store_paths: list[Path], rows: int, c
     return out
 
 
+def measure_checks(name: str, bench: Bench, data, cfg: dict) -> None:
+    """Warm loader stage with integrity checks on vs off, interleaved after a warm-up: ``checked_vs_unchecked_warm_<name>``."""
+    bs, w = cfg["batch_size"], cfg["workers"]
+    sampler = data.sampler(block_size=cfg["block_size"], window=cfg["window"], seed=0)
+    sides = {"checked": lambda: loader_stage(data, sampler, bs, w, None),
+             "unchecked": lambda: loader_stage(data, sampler, bs, w, None, checked=False)}
+    res = alternate(sides, 2 * cfg["rounds"] + 1, warmup=1)
+    on, off = (median(r["samples_s"] for r in res[k]) for k in ("checked", "unchecked"))
+    bench.ratio(f"checked_vs_unchecked_warm_{name}", on / off, 0.95, {
+        "checked_samples_s": on, "unchecked_samples_s": off, "checked_samples_per_cpu_s": per_cpu_s(res["checked"]),
+        "unchecked_samples_per_cpu_s": per_cpu_s(res["unchecked"]), "rounds": len(res["checked"]), "threads": w})
+
+
+def zstd_check_costs(bench: Bench, cfg: dict) -> None:
+    """Decoding zstd chunks checked by their frame checksum vs by crc32c after decoding, chunk by chunk interleaved."""
+    import google_crc32c
+    from numcodecs import Zstd
+
+    from sak.pipeline.store.shards import ZSTD_LEVEL
+
+    rng = np.random.default_rng(0)
+    scale = rng.lognormal(0.0, 1.0, size=cfg["width"]).astype(np.float16)
+    grids = (cfg["vit_grid"], *cfg["paper_grids"])
+    chunks = [rng.standard_normal((*grids[k % len(grids)], 1), dtype=np.float32).astype(np.float16) * scale
+              for k in range(8 * len(grids))]
+    plain, framed = Zstd(level=ZSTD_LEVEL), Zstd(level=ZSTD_LEVEL, checksum=True)
+    enc = [(plain.encode(c), framed.encode(c), np.empty_like(c)) for c in chunks]
+    ns = {"decode": 0, "frame": 0, "crc32c": 0}
+    for r in range(cfg["rounds"] * 10 + 1):
+        for a, b, out in enc if r % 2 else enc[::-1]:  # each chunk three ways back to back: load hits all alike
+            t0 = time.perf_counter_ns()
+            plain.decode(a, out=out)
+            t1 = time.perf_counter_ns()
+            framed.decode(b, out=out)
+            t2 = time.perf_counter_ns()
+            plain.decode(a, out=out)
+            google_crc32c.value(out)
+            t3 = time.perf_counter_ns()
+            if r:  # the first round warms up
+                ns["decode"] += t1 - t0
+                ns["frame"] += t2 - t1
+                ns["crc32c"] += t3 - t2
+    frame_cost, crc_cost = ns["frame"] / ns["decode"] - 1, ns["crc32c"] / ns["decode"] - 1
+    mb = sum(c.nbytes for c in chunks) * cfg["rounds"] * 10 / 1e6
+    bench.ratio("zstd_crc32c_vs_frame_checksum", ns["frame"] / ns["crc32c"], 1.0, {
+        "decode_MB_s": mb / (ns["decode"] / 1e9), "frame_checksum_extra_pct": 100 * frame_cost,
+        "crc32c_after_decode_extra_pct": 100 * crc_cost, "note": ">= 1: crc32c after decoding costs no more"})
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=None, help="samples of the 224-px data set")
@@ -296,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
         bench.detail("store_224", {"rows": store.commits().num_rows, "MB_per_sample": data.gathers[0].sample_bytes() / 1e6,
                                    "train_items": len(data)})
         measure("224", bench, data, [store.path], store.commits().num_rows, cfg, before=args.before)
+        measure_checks("224", bench, data, cfg)
         _SOURCES.clear()
 
         # -- paper size ------------------------------------------------------------------------
@@ -318,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
             suffix = "paper" if dtype == "float16" else "paper_int8"
             paper[dtype] = measure(suffix, bench, data, [s.path for s in stores], stores[0].commits().num_rows, cfg,
                                    before=args.before and dtype == "float16")
+            measure_checks(suffix, bench, data, cfg)
             resident = ResidentTargets(data, "cpu", cfg["batch_size"], workers=cfg["workers"])
             from sak.student.data.cached import Loader
 
@@ -330,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "memcpy_GB_s": m * sample_mb / 1e3, "resident_GB": resident.nbytes / 1e9})
             del resident
             _SOURCES.clear()
+        zstd_check_costs(bench, cfg)
     finally:
         scratch.close()
 

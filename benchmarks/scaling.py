@@ -167,7 +167,7 @@ def grow_cache(cache: Path, rows: int) -> None:
         part = {
             "image_sha256": shas[start:stop], "sample_id": ids[start:stop], "source": ["big"] * k,
             "view": pa.array([0] * k, pa.int32()), "view_params": ["{}"] * k, "segment_id": [seg] * k,
-            "row": pa.array(range(k), pa.int64()), "checksum": ["0" * 64] * k, "status": [STATUS_OK] * k,
+            "row": pa.array(range(k), pa.int64()), "checksum": ["0" * 64] * k, "crc32c": [None] * k, "status": [STATUS_OK] * k,
             "error": [None] * k,
         }
         write_commit_part(pa.table({f.name: pa.array(part[f.name], f.type) for f in COMMIT_SCHEMA}, schema=COMMIT_SCHEMA),

@@ -19,6 +19,8 @@ from .atomic import atomic_write
 from .errors import ConfigError, SchemaMismatch
 
 LABEL_PREFIX = "label_"
+#: Field metadata key of a column that files written by older versions may lack (read as nulls).
+OPTIONAL = b"sak.optional"
 
 
 def label_column(task: str) -> str:
@@ -72,6 +74,9 @@ COMMIT_SCHEMA = pa.schema(
         pa.field("segment_id", pa.string(), nullable=False),
         pa.field("row", pa.int64(), nullable=True),  # row in the segment's arrays; null when failed
         pa.field("checksum", pa.string(), nullable=True),  # sha256 over the sample's stored bytes
+        # crc32c per stored array of the sample (arrays.sample_arrays order), checked on every read; absent in
+        # parts written before issue 14 (read as null)
+        pa.field("crc32c", pa.list_(pa.uint32()), nullable=True, metadata={OPTIONAL: b"1"}),
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("error", pa.string(), nullable=True),
     ],
@@ -86,10 +91,16 @@ def validate_table(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """Check ``table`` against ``schema``; return it with the schema's column order and metadata.
 
     Extra columns are an error (a file from another tool or version); missing or
-    mistyped columns are an error; nulls in non-nullable columns are an error.
+    mistyped columns are an error, except columns declared optional (field metadata
+    :data:`OPTIONAL`: added after files were written), which are filled with nulls;
+    nulls in non-nullable columns are an error.
     """
     names = set(table.column_names)
     for fld in schema:
+        if fld.name not in names and fld.nullable and (fld.metadata or {}).get(OPTIONAL):
+            table = table.append_column(fld.name, pa.nulls(table.num_rows, fld.type))
+            names.add(fld.name)
+            continue
         if fld.name not in names:
             raise SchemaMismatch(
                 f"{where}: column '{fld.name}' is missing (expected {fld.type}). "

@@ -16,7 +16,10 @@ across chunks ran at 15 MB/s against 1.2 GB/s for contiguous slices):
   array of every layer in the spec's layer order (:func:`sample_arrays`: ``layer_<i>``, then,
   in int8 stores, that layer's scale and offset arrays in :func:`.quant.stored_parts` order),
   then ``prefix_<i>`` in the same layer order when the spec keeps prefix tokens. Any
-  plain-zarr reader can recompute it.
+  plain-zarr reader can recompute it;
+* since issue 14 a sample also has one crc32c per array (same order, same bytes: the chunk before
+  compression), which every read checks (:mod:`.integrity`): 13.5 GB/s on one core here against
+  1.7 GB/s for sha256, so a check costs a few percent of a warm read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
+import google_crc32c
 import numpy as np
 
 from .quant import stored_parts
@@ -136,3 +140,19 @@ def sample_checksum(parts: Sequence[np.ndarray]) -> str:
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         digest.update(arr.data.cast("B"))  # arr.data is memoryview(arr), typed as one in numpy's stubs
     return digest.hexdigest()
+
+
+def little_endian(arr: np.ndarray) -> np.ndarray:
+    """``arr`` C-contiguous and little-endian (itself when it already is: no copy)."""
+    arr = np.ascontiguousarray(arr)
+    return arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.byteorder == ">" else arr
+
+
+def crc32c(arr: np.ndarray) -> int:
+    """crc32c of an array's stored bytes (little-endian, C order), read in place when it is contiguous."""
+    return int(google_crc32c.value(little_endian(arr)))
+
+
+def sample_crcs(parts: Sequence[np.ndarray]) -> list[int]:
+    """crc32c of each stored array of one sample, in the given order (see module doc)."""
+    return [crc32c(part) for part in parts]

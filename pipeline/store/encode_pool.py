@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..storage import Location
-from .arrays import decode_stored, sample_checksum
+from .arrays import decode_stored, sample_checksum, sample_crcs
 from .quant import block_from_parts, dequantize_block, stored_parts
 from .shards import encode_shard_parts, write_parts
 from .stats import LayerStats
@@ -130,7 +130,7 @@ class ShardEncoder:
     one copy for writing; chunks are written straight from them).
 
     :meth:`jobs` splits one shard into independent jobs, so the pool's threads share even a single
-    shard: the samples' checksums (every array, in ``names`` order), then per layer its statistics
+    shard: the samples' checksums (sha256 and a crc32c per array, every array, in ``names`` order), then per layer its statistics
     (of the rows whose stats the caller did not give; of what readers get: dequantized int8, widened
     bf16) and the encoding and writing of its arrays, then the prefix arrays. Layouts the encoder does
     not write itself go through zarr. Results are kept per shard and merged in row order.
@@ -144,6 +144,7 @@ class ShardEncoder:
         owned = {n for parts in self.layer_parts.values() for n in parts}
         self.other_arrays = [n for n in self.names if n not in owned]  # prefix tokens
         self.checksums: dict[int, str] = {}
+        self.crcs: dict[int, list[int]] = {}  # row -> crc32c per array in ``names`` order (checked on every read)
         self.shard_stats: dict[tuple[int, int], LayerStats] = {}  # (shard start, layer) -> stats
         self._totals = [0.0, 0, 0]  # encode seconds, raw bytes, encoded bytes
         self._lock = threading.Lock()
@@ -186,9 +187,12 @@ class ShardEncoder:
         kind, start, block, need, layer = item
         if kind == "checksums":
             ordered = [list(rows(block[n])) for n in self.names]
-            sums = {start + i: sample_checksum(sample) for i, sample in enumerate(zip(*ordered, strict=True))}
+            samples = list(zip(*ordered, strict=True))
+            sums = {start + i: sample_checksum(sample) for i, sample in enumerate(samples)}
+            crcs = {start + i: sample_crcs(sample) for i, sample in enumerate(samples)}
             with self._lock:
                 self.checksums.update(sums)
+                self.crcs.update(crcs)
             return
         if kind == "layer":
             st = self.stats(block, need, layer)

@@ -45,9 +45,11 @@ from ...manifests.config import canonical_json
 from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrupt
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
-from .arrays import decode_stored, prefix_array_name, prefix_dtype, read_rows_contiguous
+from .arrays import decode_stored, prefix_array_name, prefix_dtype, sample_arrays
 from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
+from .gather import read_arrays
 from .ids import check_part_rows, check_segment_id
+from .integrity import SegmentChecks
 from .maintenance import VerifyReport, gc_store, verify_store
 from .quant import block_from_parts, dequantize_block, stored_parts
 from .shards import ShardReader, fast_shards_supported
@@ -113,6 +115,7 @@ class FeatureStore:
         self._parts: dict[str, pa.Table] = {}
         self._segment_stats: dict[str, dict[int, LayerStats]] = {}  # parsed stats JSONs (immutable once committed)
         self._views: dict[str, tuple[tuple[str, ...], Any]] = {}  # raw / dedup / stats, per committed-segment set
+        self._checks: dict[str, SegmentChecks] = {}  # per segment: crc32c/sha256 of its rows, from its part
         self._lock = threading.Lock()
 
     @property
@@ -319,36 +322,56 @@ class FeatureStore:
             )
         return tuple(layers)
 
-    def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
-        """{layer: (n, h, w, c)} for ``rows`` of one segment, in the given order; contiguous slice reads only.
+    def sample_checks(self, segment_id: str) -> SegmentChecks:
+        """What reads of ``segment_id`` are checked against (its commit part's rows; see :mod:`.integrity`)."""
+        checks = self._checks.get(segment_id)
+        if checks is None:
+            part = self._parts.get(segment_id)
+            if part is None:
+                part = self.read_part(segment_id)
+            root = self.path.parent.parent if self.path.parent.name == FEATURES_DIR else "<cache>"
+            checks = self._checks[segment_id] = SegmentChecks(
+                str(self.path), segment_id, [n for n, _, _ in sample_arrays(self.spec)], part,
+                cache_root=str(root), teacher=self.spec.teacher)
+        return checks
+
+    def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None, *,
+                  checked: bool = True) -> dict[int, np.ndarray]:
+        """{layer: (n, h, w, c)} for ``rows`` of one segment, in the given order; every sample checked.
 
         float16 stores return float16; bfloat16, float32 and int8 (dequantized) stores return float32.
+        A damaged, missing or misplaced sample raises :class:`StoreCorrupt` (``checked=False`` skips the
+        checksum comparisons: for measurements only).
         """
+        wanted = self._layers(layers)
+        names = [n for i in wanted for n, _, _ in stored_parts(self.spec, i)]
+        got = read_arrays(self, segment_id, [int(r) for r in rows], names, checked)
         out = {}
-        for i in self._layers(layers):
-            parts = self.read_parts(segment_id, rows, i)
+        for i in wanted:
+            parts = [got[n] for n, _, _ in stored_parts(self.spec, i)]
             out[i] = (dequantize_block(block_from_parts(self.spec.quant or "", parts)) if self.spec.dtype == "int8"
                       else decode_stored(parts[0], self.spec.dtype))
         return out
 
-    def read_parts(self, segment_id: str, rows: Sequence[int], layer: int) -> tuple[np.ndarray, ...]:
-        """The on-disk arrays of ``layer`` for ``rows`` as stored, in :func:`.quant.stored_parts` order.
+    def read_parts(self, segment_id: str, rows: Sequence[int], layer: int, *, checked: bool = True) -> tuple[np.ndarray, ...]:
+        """The on-disk arrays of ``layer`` for ``rows`` as stored, in :func:`.quant.stored_parts` order, checked.
 
         int8: (codes int8, then float32 scales/offset); float16/float32: (values,); bfloat16: (uint16 bits,).
         """
         (layer,) = self._layers([layer])
-        return tuple(read_rows_contiguous(self.array(segment_id, name, fast=True), rows)
-                     for name, _, _ in stored_parts(self.spec, layer))
+        names = [n for n, _, _ in stored_parts(self.spec, layer)]
+        got = read_arrays(self, segment_id, [int(r) for r in rows], names, checked)
+        return tuple(got[n] for n in names)
 
-    def read_prefix(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:
-        """{layer: (n, p, c)} prefix (CLS/register) tokens; only for stores whose spec keeps them."""
+    def read_prefix(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None, *,
+                    checked: bool = True) -> dict[int, np.ndarray]:
+        """{layer: (n, p, c)} prefix (CLS/register) tokens, checked; only for stores whose spec keeps them."""
         if not self.spec.keep_prefix:
             raise SpecMismatch(f"store {self.path} was extracted without prefix tokens; extract again with --keep-prefix.")
         as_read = prefix_dtype(self.spec.dtype)  # float16 in int8 stores: returned as float32 like their layers
-        out = {
-            i: decode_stored(read_rows_contiguous(self.array(segment_id, prefix_array_name(i), fast=True), rows), as_read)
-            for i in self._layers(layers)
-        }
+        wanted = self._layers(layers)
+        got = read_arrays(self, segment_id, [int(r) for r in rows], [prefix_array_name(i) for i in wanted], checked)
+        out = {i: decode_stored(got[prefix_array_name(i)], as_read) for i in wanted}
         return {i: v.astype(np.float32) for i, v in out.items()} if self.spec.dtype == "int8" else out
 
     def read_sample(self, image_sha256: str, view: int = 0, layers: Sequence[int] | None = None) -> dict[int, np.ndarray]:

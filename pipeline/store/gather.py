@@ -9,6 +9,8 @@ buffers (reused by the loader, pinned on CUDA), not into fresh arrays that are t
   :meth:`~.shards.ShardReader.read_into` (codec ``none``: one ``os.preadv`` per run of back-to-back
   chunks into the slots; lz4/zstd: decode into the slot); anything else is read through zarr and
   copied (correct, slower).
+* Every sample read is checked against its segment's commit record (:mod:`.integrity`): the
+  crc32c of each part after the read, a missing shard or chunk of a committed row is an error.
 * Local shard files stay open in a bounded, reference-counted cache shared by every reader
   (:func:`preadv_full`, :func:`local_tail`), so a batch costs no ``open``/``close`` calls;
   committed shards never change, so their indexes are cached by the readers themselves.
@@ -27,6 +29,7 @@ import numpy as np
 
 from ...manifests.errors import StoreCorrupt
 from .arrays import read_rows_contiguous
+from .integrity import SegmentChecks
 from .quant import stored_parts
 
 #: Local shard files kept open at once (LRU; a file in use is never closed).
@@ -145,10 +148,14 @@ class StoreGather:
     ``parts`` lists (array name, per-sample shape, on-disk dtype) of every on-disk array of the
     store's layers, layer by layer in spec order (:func:`.quant.stored_parts`); a caller allocates
     one buffer per part, e.g. with :meth:`empty`.
+
+    ``checked=False`` skips the crc32c / sha256 comparisons (for measuring their cost only); rows the
+    commit names must still be there. Stores without commit records (``sample_checks``) read unchecked.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, checked: bool = True) -> None:
         self.store = store
+        self.checked = checked
         self.layer_parts = [stored_parts(store.spec, layer) for layer in store.spec.layers]
         self.parts = [p for layer in self.layer_parts for p in layer]
 
@@ -172,15 +179,57 @@ class StoreGather:
             if hasattr(arr, "advise"):
                 arr.advise(rows)
 
+    def checks(self, segment_id: str) -> SegmentChecks | None:
+        """The integrity record of a segment (None for a store object without one)."""
+        lookup = getattr(self.store, "sample_checks", None)
+        return lookup(segment_id) if lookup is not None else None
+
     def gather(self, segment_id: str, rows: Sequence[int], outs: Sequence[np.ndarray],
                slots: Sequence[int] | None = None) -> None:
-        """Rows ``rows[j]`` of ``segment_id`` into ``outs[p][slots[j]]`` for every part ``p``."""
+        """Rows ``rows[j]`` of ``segment_id`` into ``outs[p][slots[j]]`` for every part ``p``, checked."""
         if len(outs) != len(self.parts):
             raise ValueError(f"expected {len(self.parts)} buffers (one per stored part), got {len(outs)}")
         slot_list = list(range(len(rows))) if slots is None else list(slots)
+        checks = self.checks(segment_id)
         for (name, _, _), out in zip(self.parts, outs, strict=True):
-            arr = self.store.array(segment_id, name, fast=True)
-            if hasattr(arr, "read_into"):
-                arr.read_into(rows, out, slot_list)
-            elif len(rows):  # a layout only zarr reads
-                out[slot_list] = read_rows_contiguous(arr, rows)
+            read_checked(self.store.array(segment_id, name, fast=True), name, rows, out, slot_list, checks, self.checked)
+        if checks is not None and checks.legacy and self.checked:
+            checks.check_legacy(rows, {name: out for (name, _, _), out in zip(self.parts, outs, strict=True)}, slot_list)
+
+
+def read_arrays(store: Any, segment_id: str, rows: Sequence[int], names: Sequence[str],
+                checked: bool = True) -> dict[str, np.ndarray]:
+    """{name: (n, ...) as stored} of a store's arrays ``names`` for ``rows`` of one segment, each sample checked."""
+    checks = store.sample_checks(segment_id)
+    slots = list(range(len(rows)))
+    out = {}
+    for name in names:
+        arr = store.array(segment_id, name, fast=True)
+        out[name] = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+        read_checked(arr, name, rows, out[name], slots, checks, checked)
+    if checks.legacy and checked:
+        checks.check_legacy(rows, out, slots)
+    return out
+
+
+def read_checked(arr: Any, name: str, rows: Sequence[int], out: np.ndarray, slots: Sequence[int],
+                 checks: SegmentChecks | None, verify: bool = True) -> None:
+    """Rows of array ``name`` into ``out[slots]``: through ``read_into`` when it has one, else zarr, checked by ``checks``."""
+    if hasattr(arr, "read_into"):
+        arr.read_into(rows, out, slots, checks=checks, verify=verify)
+        return
+    if not len(rows):
+        return
+    if checks is not None:
+        n = arr.shape[0]
+        for r in rows:
+            if not 0 <= int(r) < n and checks.named(int(r)):
+                raise checks.corrupt(int(r), f"its commit part names row {int(r)}, beyond the {n} rows of array {name}")
+    try:
+        out[list(slots)] = read_rows_contiguous(arr, rows)  # a layout only zarr reads
+    except (OSError, ValueError, RuntimeError) as exc:
+        if checks is None or not any(checks.named(int(r)) for r in rows):
+            raise
+        raise checks.corrupt(int(rows[0]), f"array {name} does not read ({type(exc).__name__}: {exc})") from exc
+    if checks is not None and verify:
+        checks.check_rows(name, rows, out.reshape(out.shape[0], -1), slots)

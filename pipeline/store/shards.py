@@ -25,6 +25,7 @@ from ...manifests.errors import StoreCorrupt
 from ..storage import LocalLocation, Location
 from .gather import FILES, advise_willneed, preadv_fd, preadv_full, probe_cached, scratch
 from .gather import local_tail as _local_tail
+from .integrity import ChunkCorrupt, RunCheck, SegmentChecks, blame
 
 _IOV_MAX = 1024  # POSIX minimum of IOV_MAX on Linux: buffers per preadv
 
@@ -177,12 +178,16 @@ class ShardReader:
     lie back to back in the file with ONE ``os.preadv`` into the slots (a single copy, like
     ``cat``), lz4/zstd read the run once and decode each chunk into its slot (numcodecs ``out=``).
     Local files stay open in a small shared cache (:mod:`.gather`); fsspec locations use ranged
-    reads. Absent chunks or shards read as the fill value 0, as in zarr. Use it only for arrays
-    whose metadata :func:`fast_shards_supported` accepts.
+    reads. Given the segment's :class:`.integrity.SegmentChecks`, a row its commit part names must
+    be there (a missing shard or chunk, a damaged index or short file, a row beyond the array are
+    :class:`StoreCorrupt`) and its bytes must match the recorded crc32c; other absent chunks or
+    shards read as the fill value 0, as in zarr. Use it only for arrays whose metadata
+    :func:`fast_shards_supported` accepts.
     """
 
     def __init__(self, path: Location, array) -> None:
         self.path = str(path)
+        self.name = path.name  # the array's name in its segment (checks are recorded per array name)
         self._dir = path
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
@@ -276,11 +281,13 @@ class ShardReader:
         for k, (begin, end) in spans.items():
             advise_willneed(self.shard_file(k), begin, end - begin)
 
-    def read_into(self, rows: Sequence[int], out: np.ndarray, slots: Sequence[int] | None = None) -> None:
+    def read_into(self, rows: Sequence[int], out: np.ndarray, slots: Sequence[int] | None = None, *,
+                  checks: SegmentChecks | None = None, verify: bool = True) -> None:
         """Row ``rows[j]`` into ``out[slots[j]]`` (``slots`` default: ``0..len(rows)-1``), no other copy.
 
         ``out`` is a C-contiguous array of this array's dtype and per-row shape; rows may repeat
-        and come in any order.
+        and come in any order. ``checks``: the segment's integrity record (see the class doc);
+        ``verify=False`` skips the crc32c comparison only (measurements), never the presence checks.
         """
         if out.dtype != self.dtype or tuple(out.shape[1:]) != self.shape[1:] or not out.flags.c_contiguous:
             raise ValueError(f"{self.path}: out must be a C-contiguous {self.dtype} array of rows {self.shape[1:]}, "
@@ -291,12 +298,20 @@ class ShardReader:
         for r, j in zip(rows, slot_list, strict=True):
             r = int(r)
             if not 0 <= r < n:
+                if checks is not None and checks.named(r):
+                    raise checks.corrupt(r, f"its commit part names row {r}, beyond the {n} rows of {self.path}")
                 raise IndexError(f"row {r} is outside 0..{n - 1} of {self.path}")
             by_shard.setdefault(r // s, []).append((r - (r // s) * s, j))
         flat = out.reshape(out.shape[0], -1).view(np.uint8) if out.size else out.reshape(out.shape[0], 0)
         for k, members in by_shard.items():
-            index = self.shard_index(k)
+            try:
+                index = self.shard_index(k)
+            except StoreCorrupt as exc:
+                raise blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
             if index is None:
+                named = [k * s + local for local, _ in members if checks is not None and checks.named(k * s + local)]
+                if named and checks is not None:
+                    raise checks.corrupt(named[0], f"its shard file {self.shard_file(k)} is missing")
                 for _, j in members:
                     out[j] = 0
                 continue
@@ -304,17 +319,31 @@ class ShardReader:
             for local, j in members:
                 off, nbytes = index[local]
                 if off == _ABSENT:
+                    if checks is not None and checks.named(k * s + local):
+                        raise checks.corrupt(k * s + local, f"its chunk {local} is absent from {self.shard_file(k)}")
                     out[j] = 0
                 elif self._coder is None and int(nbytes) != self._chunk_bytes:
-                    raise StoreCorrupt(f"{self.shard_file(k)}: chunk {local} holds {int(nbytes)} bytes, expected "
-                                       f"{self._chunk_bytes}; run `sak-cache verify` on the store")
+                    raise blame(checks, [k * s + local], f"{self.shard_file(k)}: chunk {local} holds {int(nbytes)} "
+                                 f"bytes, expected {self._chunk_bytes}")
                 else:
                     chunks.append((int(off), int(nbytes), j))
+            check = (RunCheck(checks, self.name, flat, {j: k * s + local for local, j in members})
+                     if checks is not None and verify and chunks else None)
             chunks.sort()
-            self._read_chunks(k, chunks, flat)
+            try:
+                self._read_chunks(k, chunks, flat, check)
+            except ChunkCorrupt as exc:  # one chunk: blame its row
+                raise blame(checks, [k * s + local for local, j in members if j == exc.slot], str(exc)) from exc
+            except StoreCorrupt as exc:
+                raise blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
 
-    def _read_chunks(self, k: int, chunks: list[tuple[int, int, int]], flat: np.ndarray) -> None:
-        """Chunks (offset, nbytes, slot) of shard ``k``, sorted by offset, into rows of ``flat`` (uint8 view)."""
+    def _read_chunks(self, k: int, chunks: list[tuple[int, int, int]], flat: np.ndarray,
+                     check: RunCheck | None = None) -> None:
+        """Chunks (offset, nbytes, slot) of shard ``k``, sorted by offset, into rows of ``flat`` (uint8 view).
+
+        ``check`` runs on each run of chunks as soon as it is read: the bytes are still in the CPU cache
+        (crc32c measured here at 17.8 GB/s on a 393 KB chunk in cache, 3.5-9 GB/s from memory).
+        """
         runs: list[list[tuple[int, int, int]]] = []
         for c in chunks:  # back-to-back chunks form one read
             if runs and runs[-1][-1][0] + runs[-1][-1][1] == c[0] and len(runs[-1]) < _IOV_MAX:
@@ -326,6 +355,8 @@ class ShardReader:
             with FILES.open(local) as fd:
                 for run in runs:
                     preadv_fd(fd, local, [memoryview(flat[j]) for _, _, j in run], run[0][0])
+                    if check is not None:
+                        check(run)
             return
         path = self.shard_file(k)
         for run in runs:
@@ -339,6 +370,8 @@ class ShardReader:
                     _check_length(path, data, end - begin)
                     for (off, nbytes, _), view in zip(run, views, strict=True):
                         view[:] = data[off - begin : off - begin + nbytes]
+                if check is not None:
+                    check(run)
                 continue
             if self._local:
                 buf = scratch(end - begin)
@@ -347,7 +380,13 @@ class ShardReader:
                 buf = memoryview(path.read_range(begin, end))
                 _check_length(path, buf, end - begin)
             for off, nbytes, j in run:
-                self._coder.decode(buf[off - begin : off - begin + nbytes], out=flat[j])
+                try:
+                    self._coder.decode(buf[off - begin : off - begin + nbytes], out=flat[j])
+                except Exception as exc:  # a damaged frame: numcodecs raises RuntimeError/ValueError by codec
+                    raise ChunkCorrupt(j, f"{path}: the chunk at byte {off} does not decode as {self.codec} "
+                                           f"({type(exc).__name__}: {exc})") from exc
+            if check is not None:
+                check(run)
 
 
 def _check_length(path: Location, data, want: int) -> None:

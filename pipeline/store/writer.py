@@ -236,7 +236,7 @@ class SegmentWriter:
 
     def add_failed(self, key: SampleKey, error: str) -> None:
         self._check_open()
-        self._failed.append({**key.__dict__, "row": None, "checksum": None, "status": STATUS_FAILED, "error": error})
+        self._failed.append({**key.__dict__, "row": None, "checksum": None, "crc32c": None, "status": STATUS_FAILED, "error": error})
 
     def add_fidelity(self, layer: int, kind: str, count: int, total: float, minimum: float) -> None:
         """Record measured fidelity of ``count`` tokens of ``layer``: ``total`` = sum of their cosines, ``minimum`` the lowest.
@@ -268,8 +268,10 @@ class SegmentWriter:
                 stats = self._encoder.merged_stats(self._given_stats)
                 write_text_atomic(self.stats_path, stats_to_json(self.segment_id, stats, self._fidelity))
             sums = self._encoder.checksums if self._encoder is not None else {}
+            crcs = self._encoder.crcs if self._encoder is not None else {}
             rows = [
-                {**r, "segment_id": self.segment_id, "checksum": sums[r["row"]], "status": STATUS_OK, "error": None}
+                {**r, "segment_id": self.segment_id, "checksum": sums[r["row"]], "crc32c": crcs[r["row"]],
+                 "status": STATUS_OK, "error": None}
                 for r in self._rows
             ] + [{**r, "segment_id": self.segment_id} for r in self._failed]
             table = table_from_rows(rows, COMMIT_SCHEMA)

@@ -66,9 +66,9 @@ def test_dataset_manifest_round_trip(tmp_path, rows):
 def test_commit_part_round_trip(tmp_path):
     rows = [
         {"image_sha256": "a" * 64, "sample_id": "s0", "source": "nyud", "view": 0, "view_params": "{}",
-         "segment_id": "seg0", "row": 0, "checksum": "c" * 64, "status": "ok", "error": None},
+         "segment_id": "seg0", "row": 0, "checksum": "c" * 64, "crc32c": [1, 2**32 - 1], "status": "ok", "error": None},
         {"image_sha256": "b" * 64, "sample_id": "s1", "source": "nyud", "view": 1, "view_params": '{"flip":true}',
-         "segment_id": "seg0", "row": None, "checksum": None, "status": "failed", "error": "boom"},
+         "segment_id": "seg0", "row": None, "checksum": None, "crc32c": None, "status": "failed", "error": "boom"},
     ]
     write_commit_part(table_from_rows(rows, COMMIT_SCHEMA), tmp_path / "part-seg0.parquet")
     write_commit_part(table_from_rows(rows[:1], COMMIT_SCHEMA), tmp_path / "part-seg1.parquet")
