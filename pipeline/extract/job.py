@@ -59,7 +59,7 @@ class ExtractConfig(Config):
     data: str | None = None  # a dataset folder to index into the cache first
     data_name: str | None = None  # its name (default: the layout's or folder's name)
     replace: bool = False  # let `data` replace an index of that name from another root or with images removed/changed
-    orientation: str = "exif"  # decode policy recorded in new specs: exif (apply the EXIF tag) | raw (legacy stores)
+    orientation: str | None = None  # decode policy in the spec: exif (EXIF tag applied) | raw; None: exif, raw for native
     weights: tuple[str, ...] = ()  # one weights file per teacher, same order (or none)
     random_init: bool = False
     seed: int = 0
@@ -102,6 +102,8 @@ class ExtractConfig(Config):
             raise ConfigError(f"pass one --weights file per --teacher ({len(self.teachers)}), got {len(self.weights)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.orientation is None:  # native is sak's first behaviour, kept to the byte (and spec_id): raw pixels
+            object.__setattr__(self, "orientation", "raw" if self.input_protocol == "native" else "exif")
         if self.orientation not in ORIENTATIONS:
             raise ConfigError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
         if self.aug not in VIEW_POLICIES:
@@ -226,7 +228,7 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
         keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=aug, aug_seed=cfg.seed,
         input_protocol=pp.protocol, img_size=pp.frame, aug_version=aug_version,
-        quant=(cfg.quant or DEFAULT_QUANT) if cfg.dtype == "int8" else None, codec=cfg.codec, orientation=cfg.orientation,
+        quant=(cfg.quant or DEFAULT_QUANT) if cfg.dtype == "int8" else None, codec=cfg.codec, orientation=cfg.orientation or "exif",
     )
 
 

@@ -183,13 +183,13 @@ class CachedTargets:
         self.seed = seed
         self.read_targets = read_targets and bool(stores)
         self.teacher_preprocess = dict(teacher_preprocess or {})
+        self.orientation = image_orientation(stores)  # before the join: its view check would blame augmentation
         self.join = StoreJoin(dataset, stores, split, aug=aug, allow_missing=allow_missing, cache_hint=cache_hint)
         self.stores = self.join.stores
         self.keys = tuple(teacher_key(s, self.stores) for s in self.stores)
         self.items: list[Item] = self.join.items
         self.coverage = self.join.coverage
         self.gathers = [StoreGather(s) for s in self.stores]
-        self.orientation = image_orientation(self.stores)
         self._reindex = f"sak-cache index {dataset.root} --name {dataset.name} --cache {cache_hint} --replace, then extract again"
 
     def target_bytes(self) -> int:
