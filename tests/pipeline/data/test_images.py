@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -206,11 +205,3 @@ def test_decode_checks_the_indexed_sha256_on_the_bytes_it_decodes(tmp_path):
         decode_rgb(path, sha256="0" * 64, reindex_hint="sak-cache index /d --name d --replace")
     assert "(sak-cache index /d --name d --replace)" in str(info.value) and str(path) in str(info.value)
     np.testing.assert_array_equal(images.decode_bytes(path.read_bytes()), rgb)
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
-def test_a_fifo_is_refused_without_opening_it_for_a_read_that_blocks(tmp_path):
-    os.mkfifo(tmp_path / "x.png")
-    for fn in (decode_rgb, open_image_size):
-        with pytest.raises(BadImage, match="is a FIFO \\(named pipe\\), not a regular file"):
-            fn(tmp_path / "x.png")
