@@ -74,6 +74,7 @@ def _summary(report) -> Table:
 def extract(
     teacher: list[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny). Repeat for several teachers: each image is decoded once for all."),
     data: Path | None = typer.Option(None, "--data", help="A dataset folder to index into the cache first, then extract."),
+    replace: bool = typer.Option(False, "--replace", help="With --data: replace an index of the same name that comes from another folder, or whose images were removed or changed (refused otherwise; added images are always fine)."),
     dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root, a directory or an fsspec URL (s3://bucket/cache): stores go to <cache>/features/<teacher>-<spec_id>/. Samples whose image content (sha256) is already stored are reused, whoever extracted them."),
     layers: str | None = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
@@ -126,7 +127,7 @@ def extract(
       sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
     """
     cfg = ExtractConfig(
-        cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None,
+        cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None, replace=replace,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
         input_protocol=input_protocol, img_size=parse_hw_option(img_size, "--img-size"),
         resolution=resolution, dtype=dtype, quant=quant, codec=codec, min_cosine=min_cosine, force_quant=force_quant,

@@ -56,10 +56,11 @@ def index(
     name: str | None = typer.Option(None, "--name", "-n", help="Dataset name (and the 'source' column). Default: nyud / pascal for those layouts, else the folder name."),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | folder | nyud | pascal. auto: gt_sets/ means nyud, ImageSets/Context means pascal, else folder."),
     workers: int = typer.Option(8, "--workers", "-w", min=1, help="Threads hashing files and reading image headers."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an index of the same name that comes from another folder, or whose images were removed or changed (refused otherwise; added images are always fine)."),
 ) -> None:
     """Index a dataset folder: one manifest row per image with its sha256, size, split and label files.
 
-    Images that cannot be used (unreadable, not an image, listed but missing, a symlink leading outside the folder) are kept as [red]failed[/] rows with the reason; the command then exits with code 1 and lists the first failures. Run it again after fixing files: the index is rewritten.
+    Images that cannot be used (unreadable, not an image, not a regular file, listed but missing, a symlink leading outside the folder) are kept as [red]failed[/] rows with the reason; the command then exits with code 1 and lists the first failures. Run it again after fixing files: the index is rewritten. Indexing another folder, or the same folder with images removed or changed, under an existing name is refused (exit 2) unless --replace: training by that name would silently use other images.
 
     Examples:
 
@@ -81,7 +82,7 @@ def index(
 
         table = index_dataset(root, name=name, fmt=fmt, workers=workers, progress=progress)
     source = table.column("source")[0].as_py()
-    path = write_dataset_index(cache, source, table, root)
+    path = write_dataset_index(cache, source, table, root, replace=replace)
     out.print(_summary(table))
     out.print(f"index written to [bold]{path}[/] (dataset '{source}')", soft_wrap=True, highlight=False)
     failed = [r for r in table.to_pylist() if r["status"] != STATUS_OK]

@@ -6,9 +6,18 @@ A sample that cannot be used is kept as a ``failed`` row with the reason in ``er
 image that is missing, unreadable or not an image, a split list naming a missing file, or a
 path (a symlink) that resolves outside the dataset root. Nothing is dropped silently.
 
+Each image file is read once (regular files only: a FIFO fails its row at once, never blocks):
+its sha256 and its header (size, EXIF orientation) come from the same bytes. ``width``/``height``
+are the displayed size (EXIF orientation applied, as extraction decodes; indexes written before
+that recorded the stored pixel size). An image whose EXIF orientation changes its pixels (tag
+2-8) while it has label files of another size than its displayed size is a failed row: label
+PNGs are stored in pixel order without EXIF, and serving them with the rotated image would
+misalign every label.
+
 ``write_dataset_index`` stores the table as ``<cache>/datasets/<name>.parquet`` with the
 absolute dataset root in the Parquet metadata (key ``sak.root``) and the layout (``sak.format``);
-``open_dataset`` reads it back as a :class:`Dataset`.
+it refuses to replace an existing index of that name from another root, or with images removed
+or changed, unless ``replace`` (:mod:`.reindex`). ``open_dataset`` reads it back as a :class:`Dataset`.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from ...manifests.errors import BadImage, DatasetError, PathEscape, SchemaMismatch
-from ...manifests.hashing import sha256_file
+from ...manifests.hashing import NotRegularFile, open_regular, read_regular, sha256_bytes
 from ...manifests.paths import relative_path, resolve_inside
 from ...manifests.schemas import (
     STATUS_FAILED,
@@ -40,8 +50,9 @@ from ...manifests.schemas import (
 from ..storage import Location, as_location, read_parquet_with_metadata, write_parquet_atomic
 from ..tasks import get_task, list_tasks
 from .formats import FORMATS, Candidate, detect_format, discover
-from .images import open_image_size
+from .images import bytes_header, displayed_size
 from .labels import load_label
+from .reindex import check_replace
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +125,42 @@ def _index_one(root: Path, guard: _RootGuard, cand: Candidate, source: str) -> d
         return fail(str(exc))
     full = root / cand.path
     try:
-        row["sha256"] = sha256_file(full)
+        data = read_regular(full)  # once: the hash and the header describe the same bytes
+    except NotRegularFile as exc:  # a FIFO swapped in after discovery: fails here, never blocks
+        return fail(str(exc))
     except OSError as exc:
         return fail(f"{full}: cannot read ({exc.strerror or exc}). Check the file's permissions or remove it.")
+    row["sha256"] = sha256_bytes(data)
     try:
-        row["width"], row["height"] = open_image_size(full)
+        w, h, tag = bytes_header(data, name=full)
     except BadImage as exc:
         return fail(str(exc))
+    row["width"], row["height"] = displayed_size(w, h, tag)
+    if tag != 1:
+        for task, rel in cand.labels.items():
+            size = _label_size(root / rel)
+            if size is not None and size != (row["width"], row["height"]):
+                return fail(f"{full}: its EXIF orientation {tag} displays it as {row['width']}x{row['height']} but its "
+                            f"{task} label {rel} is {size[0]}x{size[1]} (labels are read in pixel order): rotate the "
+                            "image's pixels to match its labels and drop the EXIF orientation tag, then re-index")
     return row
+
+
+def _label_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a png/npy label from its header; None for other files (.mat) or unreadable ones."""
+    try:
+        with open_regular(path) as fh:
+            if path.suffix == ".npy":
+                major, _ = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape = read(fh)[0]  # the header only
+                return (int(shape[1]), int(shape[0])) if len(shape) >= 2 else None
+            if path.suffix == ".png":
+                with Image.open(fh) as img:
+                    return img.size
+    except Exception:  # unreadable labels fail where they are loaded, with their own message
+        return None
+    return None
 
 
 def _chunked_map(fn: Callable[[Candidate], dict], items: list[Candidate], workers: int,
@@ -199,9 +238,23 @@ def dataset_index_path(cache_root: str | os.PathLike[str], name: str) -> Locatio
 
 
 def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa.Table,
-                        root: str | os.PathLike[str]) -> Location:
-    """Write ``table`` atomically to ``<cache>/datasets/<name>.parquet``, recording the absolute ``root``."""
+                        root: str | os.PathLike[str], *, replace: bool = False) -> Location:
+    """Write ``table`` atomically to ``<cache>/datasets/<name>.parquet``, recording the absolute ``root``.
+
+    An existing index of that name from another root, or whose ok images are removed or changed in
+    ``table``, is refused with :class:`DatasetError` unless ``replace`` (:func:`.reindex.check_replace`).
+    """
     path = dataset_index_path(cache_root, name)
+    if path.exists():
+        try:
+            old, old_meta = read_parquet_with_metadata(path, manifest_schema())
+        except SchemaMismatch:
+            if not replace:
+                raise
+            log.warning("replacing unreadable dataset index %s", path)
+        else:
+            old_root = old_meta[ROOT_KEY].decode() if ROOT_KEY in old_meta else None
+            check_replace(name, path, old, old_root, table, Path(root).resolve(), replace=replace)
     fmt = (table.schema.metadata or {}).get(FORMAT_KEY, b"folder")
     meta = {ROOT_KEY: str(Path(root).resolve()).encode(), FORMAT_KEY: fmt}
     write_parquet_atomic(table, path, manifest_schema(), meta)  # local: temp + rename; URL: one PUT

@@ -1,6 +1,11 @@
 """Find the images (and their label files) of a dataset folder in one of the layouts we know.
 
-Discovery only lists files and reads split lists; it never opens an image. It returns one
+Discovery only lists files and reads split lists; it never opens an image, and it never opens
+anything that is not a regular file: an entry with an image name that is a FIFO, socket, device
+(``os.stat``, without opening it) becomes a candidate with an error (a failed row: visible, never
+read, so it cannot hang the index); a symlink to a regular file inside the root is followed and
+indexed under the link's own path (its bytes are the target's; a link leading out of the root is
+refused by ``datasets.py``), a symlinked folder is not followed, a dangling link fails as missing. It returns one
 :class:`Candidate` per manifest row, in a deterministic order, with paths relative to the
 root as written (path-escape checks, hashing and header reads happen in ``datasets.py``).
 
@@ -26,10 +31,12 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ...manifests.errors import DatasetError
+from ...manifests.hashing import file_kind
 from ..tasks import all_tasks
 
 log = logging.getLogger(__name__)
@@ -91,8 +98,20 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _not_regular(full: str) -> str | None:
+    """None for a regular file (or a link to one, or a dangling link: it fails later as missing), else why not."""
+    try:
+        mode = os.stat(full).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return f"{full} is {file_kind(mode)}, not a regular file; only regular files are indexed: replace it with the image or remove it"
+
+
 def _discover_folder(root: Path) -> list[Candidate]:
     rels: list[str] = []
+    bad: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         keep = []
         for d in sorted(dirnames):
@@ -105,7 +124,14 @@ def _discover_folder(root: Path) -> list[Candidate]:
             keep.append(d)
         dirnames[:] = keep
         base = PurePosixPath(*Path(dirpath).relative_to(root).parts)
-        rels.extend((base / f).as_posix() for f in filenames if not f.startswith(".") and _is_image(f))
+        for f in filenames:
+            if f.startswith(".") or not _is_image(f):
+                continue
+            rel = (base / f).as_posix()
+            rels.append(rel)
+            why = _not_regular(os.path.join(dirpath, f))
+            if why is not None:
+                bad[rel] = why
     rels.sort()
     stems: dict[str, int] = {}
     for rel in rels:
@@ -116,17 +142,17 @@ def _discover_folder(root: Path) -> list[Candidate]:
         stem = rel.rsplit(".", 1)[0]
         first = rel.split("/", 1)[0].lower() if "/" in rel else ""
         split = first if first in SPLITS else "train"
-        out.append(Candidate(sample_id=stem if stems[stem] == 1 else rel, path=rel, split=split))
+        out.append(Candidate(sample_id=stem if stems[stem] == 1 else rel, path=rel, split=split, error=bad.get(rel)))
     return out
 
 
-def _listing(folder: Path) -> set[str]:
-    """Entry names of ``folder`` (one directory read instead of one stat per sample)."""
+def _listing(folder: Path) -> dict[str, bool]:
+    """Entry name -> is a regular file (or a link to one), for ``folder`` (one directory read, no open)."""
     try:
         with os.scandir(folder) as it:
-            return {e.name for e in it}
+            return {e.name: e.is_file() for e in it}
     except (FileNotFoundError, NotADirectoryError):
-        return set()
+        return {}
 
 
 def _read_split_file(path: Path) -> list[str]:
@@ -177,6 +203,10 @@ def _discover_split_layout(root: Path, fmt: str, layout: _Layout) -> list[Candid
                                            "or leading '.'); fix the split list"))
                 continue
             image = next((f"{sid}{e}" for e in img_exts if f"{sid}{e}" in img_names), None)
+            why = _not_regular(str(root / img_dir / image)) if image is not None and not img_names[image] else None
+            if why is not None:  # (a dangling link passes here and fails as missing when it is hashed)
+                out.append(Candidate(sample_id=sid, path=f"{img_dir}/{image}", split=split, error=why))
+                continue
             if image is None:
                 out.append(Candidate(sample_id=sid, path=f"{img_dir}/{sid}{img_exts[0]}", split=split,
                                      error=f"listed in {list_rel} but no image {img_dir}/{sid}"
@@ -185,7 +215,10 @@ def _discover_split_layout(root: Path, fmt: str, layout: _Layout) -> list[Candid
             labels = {}
             for task, (folder, exts) in labels_of.items():
                 name = next((f"{sid}{e}" for e in exts if f"{sid}{e}" in label_names[task]), None)
-                if name is not None:
+                if name is not None and not label_names[task][name]:
+                    log.warning("label %s/%s is not a regular file; sample '%s' is indexed without its %s label",
+                                folder, name, sid, task)
+                elif name is not None:
                     labels[task] = f"{folder}/{name}"
             out.append(Candidate(sample_id=sid, path=f"{img_dir}/{image}", split=split, labels=labels))
     return out

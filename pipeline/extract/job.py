@@ -34,6 +34,7 @@ from ...manifests.schemas import STATUS_OK, label_column
 from ...manifests.sizes import parse_hw
 from ..data.augment import POLICIES as VIEW_POLICIES
 from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
+from ..data.images import ORIENTATIONS
 from ..devices import resolve_device
 from ..storage import Location
 from ..store.feature_store import FeatureStore
@@ -59,6 +60,8 @@ class ExtractConfig(Config):
     datasets: tuple[str, ...] = ()  # dataset names in the cache; empty: all indexed (or just `data`)
     data: str | None = None  # a dataset folder to index into the cache first
     data_name: str | None = None  # its name (default: the layout's or folder's name)
+    replace: bool = False  # let `data` replace an index of that name from another root or with images removed/changed
+    orientation: str | None = None  # decode policy in the spec: exif (EXIF tag applied) | raw; None: exif, raw for native
     weights: tuple[str, ...] = ()  # one weights file per teacher, same order (or none)
     random_init: bool = False
     seed: int = 0
@@ -102,6 +105,10 @@ class ExtractConfig(Config):
             raise ConfigError(f"pass one --weights file per --teacher ({len(self.teachers)}), got {len(self.weights)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.orientation is None:  # native is sak's first behaviour, kept to the byte (and spec_id): raw pixels
+            object.__setattr__(self, "orientation", "raw" if self.input_protocol == "native" else "exif")
+        if self.orientation not in ORIENTATIONS:
+            raise ConfigError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
         if self.aug not in VIEW_POLICIES:
             raise ConfigError(f"aug must be one of {VIEW_POLICIES} (sak: the official pipeline; sak-v1: sak's first), got {self.aug!r}")
         if self.views < 1 or (self.aug == "none" and self.views != 1):
@@ -224,7 +231,7 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
         width=teacher.width, grid=tuple(teacher.grid), num_prefix_tokens=teacher.num_prefix_tokens,
         keep_prefix=cfg.keep_prefix, dtype=cfg.dtype, views=cfg.views, aug=aug, aug_seed=cfg.seed,
         input_protocol=pp.protocol, img_size=pp.frame, aug_version=aug_version,
-        quant=(cfg.quant or DEFAULT_QUANT) if cfg.dtype == "int8" else None, codec=cfg.codec,
+        quant=(cfg.quant or DEFAULT_QUANT) if cfg.dtype == "int8" else None, codec=cfg.codec, orientation=cfg.orientation or "exif",
     )
 
 
@@ -233,7 +240,7 @@ def _open_datasets(cfg: ExtractConfig) -> list:
     if cfg.data is not None:
         table = index_dataset(cfg.data, name=cfg.data_name, workers=cfg.io_threads)
         name = table.column("source")[0].as_py() if table.num_rows else (cfg.data_name or Path(cfg.data).name)
-        write_dataset_index(cfg.cache, name, table, cfg.data)
+        write_dataset_index(cfg.cache, name, table, cfg.data, replace=cfg.replace)
         names = names + [name] if name not in names else names
     if not names:
         names = list_datasets(cfg.cache)
@@ -288,11 +295,11 @@ def _store_keys(store: FeatureStore, status: str) -> set[tuple[str, int]]:
 def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore], reports: list[TeacherReport]) -> tuple[list[Sample], int]:
     """The (image, view) samples still to run, in manifest order; counts skips into ``reports``."""
     seen: set[str] = set()
-    images: list[tuple[str, str, str, str, str, str | None, str | None, str]] = []
+    images: list[tuple[str, str, str, str, str, str | None, str | None, str, int]] = []
     semseg_col = label_column("semseg")  # the official crop retry reads it (augment.NEEDS_SEMSEG)
     for ds in datasets:
         root = str(ds.root)
-        cols = ["sample_id", "path", "sha256", "source", "status", "error"]
+        cols = ["sample_id", "path", "sha256", "source", "status", "error", "width", "height"]
         cols += [semseg_col] if semseg_col in ds.table.column_names else []
         for row in ds.table.select(cols).to_pylist():
             key = row["sha256"] or f"unreadable:{row['source']}:{row['sample_id']}"
@@ -300,13 +307,14 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
                 continue
             seen.add(key)
             error = None if row["status"] == STATUS_OK else (row["error"] or "dataset indexing failed")
-            images.append((key, row["sample_id"], row["source"], root, row["path"], error, row.get(semseg_col), ds.format))
+            images.append((key, row["sample_id"], row["source"], root, row["path"], error, row.get(semseg_col), ds.format,
+                           (row["width"] or 0) * (row["height"] or 0)))
     if cfg.limit is not None:
         images = images[: cfg.limit]
     done = [_store_keys(s, "ok") for s in stores]
     failed = [_store_keys(s, "failed") for s in stores]
     samples = []
-    for key, sample_id, source, root, path, error, semseg, fmt in images:
+    for key, sample_id, source, root, path, error, semseg, fmt, pixels in images:
         for view in range(cfg.views):
             need = []
             for t, rep in enumerate(reports):
@@ -317,7 +325,7 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
                 else:
                     need.append(t)
             if need:
-                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error, semseg, fmt))
+                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error, semseg, fmt, pixels))
     return samples, len(images)
 
 

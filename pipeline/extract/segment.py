@@ -1,9 +1,14 @@
 """One extraction task: a segment of (image, view) samples, run through every teacher that needs them.
 
 Inside a task:
-* a thread pool decodes each image once (``decode_rgb``), builds its views (identity, or the
+* a thread pool reads each image's bytes once, checks them against the sha256 the index recorded
+  (bytes that changed since indexing make a failed row: their features would otherwise be stored,
+  and served to every dataset holding the original bytes, under the original's hash), decodes
+  them with the spec's orientation policy (``decode_rgb``), builds its views (identity, or the
   replayable ``sample_view`` params applied with ``apply_view_image``) and each teacher's
-  preprocessing, a few batches ahead of the model (prefetch);
+  preprocessing, a few batches ahead of the model (prefetch). The decode-ahead is bounded by
+  decoded bytes in flight (:data:`DECODE_AHEAD_BYTES`, from the index's width x height; always
+  at least one image) as well as by count: one 9000x9000 image is 243 MB decoded;
 * each teacher runs batched under ``torch.inference_mode`` (autocast fp16/bf16 on CUDA, matching
   the store dtype; fp16 for int8), its maps are converted to the store dtype, or quantized to int8
   codes + scales with their fidelity measured and gated, on the device (:mod:`.forward`), copied to
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 #: Encode threads a writer may get, and how much faster than the output they should be able to go.
 MAX_ENCODE_THREADS = 8
 ENCODE_HEADROOM = 1.25
+#: Decoded RGB bytes (width * height * 3, from the index) that the decode-ahead may hold in flight per task.
+DECODE_AHEAD_BYTES = 128 << 20  # a 9000x9000 image (243 MB) decodes alone; 4K photos (24 MB) 5 at a time
 NON_FINITE = "non-finite feature values (float16 overflow?); extract this teacher with --dtype bfloat16 or float32"
 
 
@@ -67,6 +74,7 @@ class Sample:
     error: str | None = None  # dataset-level failure: recorded as failed without decoding
     semseg: str | None = None  # semseg label path relative to the root (the official crop retry reads it)
     fmt: str = "nyud"  # dataset format (how the label decodes)
+    pixels: int = 0  # width * height from the index (the decode-ahead budget); 0: unknown
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,9 @@ def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
     if first.error is not None:
         return [_Prepared(s, "{}", {}, first.error) for s in group]
     try:
-        rgb = decode_rgb(resolve_inside(first.root, first.path))
+        hint = f"sak-cache index {first.root} --name {first.source} --cache {cfg.cache} --replace"
+        rgb = decode_rgb(resolve_inside(first.root, first.path), sha256=first.image_sha256,
+                         orientation=cfg.orientation, reindex_hint=hint)
         semseg = None
         if cfg.aug in NEEDS_SEMSEG and first.semseg is not None:
             semseg = load_label("semseg", resolve_inside(first.root, first.semseg), dataset=first.fmt)
@@ -199,26 +209,38 @@ def _image_groups(samples: list[Sample]) -> list[list[Sample]]:
     return groups
 
 
+def _group_bytes(group: list[Sample]) -> int:
+    return 3 * group[0].pixels  # decoded RGB uint8; views and teacher inputs are sized by the spec, not the image
+
+
 def _prepared_batches(samples: list[Sample], teachers: list, cfg) -> Iterator[list[_Prepared]]:
-    """Prepared samples in plan order, ``batch_size`` at a time, decoded ahead in a thread pool."""
+    """Prepared samples in plan order, ``batch_size`` at a time, decoded ahead in a thread pool.
+
+    Ahead of the consumer: at most ``ahead`` samples, and at most :data:`DECODE_AHEAD_BYTES` of
+    decoded images (by the index's size; counted from submission until the result is taken), but
+    always at least one image, so an image larger than the budget still runs, alone.
+    """
     groups = _image_groups(samples)
     ahead = max(2 * cfg.batch_size, 4 * cfg.io_threads)
     batch: list[_Prepared] = []
     with ThreadPoolExecutor(max_workers=cfg.io_threads, thread_name_prefix="sak-decode") as pool:
         pending: deque = deque()
-        queued = 0
+        queued = queued_bytes = 0
         it = iter(groups)
+        group = next(it, None)
         while True:
-            while queued < ahead:
-                group = next(it, None)
-                if group is None:
-                    break
-                pending.append((len(group), pool.submit(_prepare_image, group, teachers, cfg)))
+            while group is not None and queued < ahead and (
+                    not pending or queued_bytes + _group_bytes(group) <= DECODE_AHEAD_BYTES):
+                nbytes = _group_bytes(group)
+                pending.append((len(group), nbytes, pool.submit(_prepare_image, group, teachers, cfg)))
                 queued += len(group)
+                queued_bytes += nbytes
+                group = next(it, None)
             if not pending:
                 break
-            n, fut = pending.popleft()
+            n, nbytes, fut = pending.popleft()
             queued -= n
+            queued_bytes -= nbytes
             batch.extend(fut.result())
             while len(batch) >= cfg.batch_size:
                 yield batch[: cfg.batch_size]

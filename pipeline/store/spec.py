@@ -27,6 +27,12 @@ hashed (:data:`UNHASHED`): each array's zarr metadata says how it was written, r
 a store may hold segments of several codecs. ``spec.json`` files without it mean ``zstd``
 (:data:`ABSENT_CODEC`, applied by ``FeatureStore.open``).
 
+Image orientation (``orientation``): ``exif`` (new extractions) means images were decoded with their
+EXIF Orientation tag applied (the pixels viewers show), ``raw`` the stored pixel order. A ``spec.json``
+without the field (every store before issue 14) means ``raw`` and keeps its ``spec_id``
+(:data:`LEGACY_VALUES`); training decodes images with the policy of the store it reads
+(:data:`sak.pipeline.data.images.ORIENTATIONS`).
+
 Hash rule and compatibility: ``spec_id`` hashes the canonical JSON of :meth:`FeatureSpec.identity`,
 which leaves out every field added after format version 1 while it holds its legacy value
 (:data:`LEGACY_VALUES`: ``input_protocol="native"``, ``img_size=None``, ``aug_version=1``). A ``spec.json`` written
@@ -43,6 +49,7 @@ from typing import Any
 
 from ...manifests.config import Config, config_hash
 from ...manifests.errors import ConfigError
+from ..data.images import ORIENTATIONS
 from .quant import QUANT_MODES
 
 #: Bump when the on-disk layout or the meaning of a stored value changes.
@@ -60,7 +67,8 @@ INPUT_PROTOCOLS = ("student", "native")
 
 #: Fields added after format version 1, with the value every older store implicitly has.
 #: At that value a field is left out of the hashed identity, so older stores keep their spec_id.
-LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None, "aug_version": 1, "quant": None}
+LEGACY_VALUES: dict[str, Any] = {"input_protocol": "native", "img_size": None, "aug_version": 1, "quant": None,
+                                 "orientation": "raw"}
 #: Recorded in spec.json but never hashed: how bytes are compressed changes no stored number.
 UNHASHED = ("codec",)
 #: The codec of a spec.json written before the field existed.
@@ -100,6 +108,7 @@ class FeatureSpec(Config):
     aug_version: int = 1  # with aug "sak": 1 = sak's first policy (older stores), 2 = the official pipeline
     quant: str | None = None  # dtype int8: one of quant.QUANT_MODES (see store/quant.py)
     codec: str = "none"  # feature-array compression of new segments; not hashed (UNHASHED); absent = "zstd"
+    orientation: str = "raw"  # "exif" (new extractions): EXIF orientation applied on decode; absent = "raw"
 
     def __post_init__(self) -> None:
         if self.format_version != FORMAT_VERSION:
@@ -118,6 +127,8 @@ class FeatureSpec(Config):
             )
         if self.codec not in CODECS:
             raise ConfigError(f"codec must be one of {CODECS}, got {self.codec!r} (pass --codec none|lz4|zstd)")
+        if self.orientation not in ORIENTATIONS:
+            raise ConfigError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
         if self.resize not in RESIZE_POLICIES:
             raise ConfigError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.aug not in AUG_POLICIES:

@@ -66,3 +66,22 @@ def test_help_teaches_with_examples(app):
     for cmd in ("index", "demo-data"):
         res = _run(app, cmd, "--help")
         assert res.exit_code == 0 and "Examples" in res.output and "sak-cache" in res.output
+
+
+def test_index_refuses_another_folder_under_an_existing_name_unless_replace(app, tmp_path):
+    for folder, n in (("one", 3), ("two", 2)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            Image.new("RGB", (6, 4), (i, n, 0)).save(tmp_path / folder / f"im{i}.png")  # other bytes per folder
+    cache = tmp_path / "cache"
+    assert _run(app, "index", tmp_path / "one", "--cache", cache, "--name", "photos").exit_code == 0
+    res = _run(app, "index", tmp_path / "two", "--cache", cache, "--name", "photos")
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert f"dataset 'photos' ({cache / 'datasets' / 'photos.parquet'}) is indexed from {(tmp_path / 'one').resolve()}" in text
+    assert "is another folder (-1 removed (im2); ~2 changed (im0, im1)). Pass --replace" in text
+    assert len(open_dataset(cache, "photos")) == 3
+    res = _run(app, "index", tmp_path / "two", "--cache", cache, "--name", "photos", "--replace")
+    assert res.exit_code == 0, res.output
+    ds = open_dataset(cache, "photos")
+    assert len(ds) == 2 and ds.root == (tmp_path / "two").resolve()

@@ -23,6 +23,7 @@ from sak.pipeline.data.datasets import (
     open_dataset,
     write_dataset_index,
 )
+from sak.pipeline.data.formats import discover
 from sak.pipeline.data.labels import load_label
 
 LABELS = ("label_semseg", "label_depth", "label_normals", "label_edge", "label_parts", "label_saliency")
@@ -337,3 +338,111 @@ def test_demo_cache_fixture(demo_cache):
     assert len(ds) == 12 and ds.splits() == {"train": 9, "val": 3}
     assert ds.tasks == ("semseg", "depth", "normals", "edge")
     assert all(r["width"] == 80 and r["height"] == 64 for r in ds.ok_rows())
+
+
+# ---------------------------------------------------------------- issue 14: regular files, EXIF sizes, no silent replacement
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_discovery_marks_non_regular_files_failed_without_opening_them(tmp_path, nyud_root):
+    root = tmp_path / "d"
+    _img(root / "good.png")
+    os.mkfifo(root / "pipe.jpg")
+    (root / "dir.png").mkdir()  # a folder with an image name is a folder: searched, never a sample
+    cands = {c.sample_id: c for c in discover(root, "folder")}
+    assert sorted(cands) == ["good", "pipe"]
+    assert cands["good"].error is None
+    assert cands["pipe"].error == (f"{root / 'pipe.jpg'} is a FIFO (named pipe), not a regular file; only regular files "
+                                   "are indexed: replace it with the image or remove it")
+    (nyud_root / "images" / "b1.png").unlink()
+    os.mkfifo(nyud_root / "images" / "b1.png")
+    (nyud_root / "normals" / "a1.png").unlink()
+    os.mkfifo(nyud_root / "normals" / "a1.png")  # a FIFO label: the sample is indexed without it
+    cands = {c.sample_id: c for c in discover(nyud_root, "nyud")}
+    assert "is a FIFO (named pipe), not a regular file" in cands["b1"].error
+    assert cands["a1"].error is None and "normals" not in cands["a1"].labels and "semseg" in cands["a1"].labels
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_a_symlink_to_a_regular_file_inside_the_root_is_indexed_under_its_own_path(tmp_path):
+    root = tmp_path / "d"
+    target = _img(root / "real.png", value=5)
+    (root / "link.png").symlink_to(target)
+    rows = _rows(index_dataset(root))
+    assert rows["link"]["status"] == "ok" and rows["link"]["path"] == "link.png"
+    assert rows["link"]["sha256"] == rows["real"]["sha256"] == _sha(target)
+
+
+def _exif_img(path: Path, w: int, h: int, orientation: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", (w, h), (1, 2, 3)).save(path, exif=exif.tobytes())
+    return path
+
+
+def test_index_records_the_displayed_size_and_fails_rotated_images_whose_labels_do_not_match(nyud_root):
+    _exif_img(nyud_root / "images" / "a1.png", 8, 5, 6)  # shown 5 wide, 8 high; its labels are 8x5 (pixel order)
+    _exif_img(nyud_root / "images" / "a2.png", 9, 5, 3)  # rotated 180: same size as its labels, allowed
+    _exif_img(nyud_root / "images" / "c1.jpg", 4, 3, 8)  # no labels: nothing to misalign
+    rows = _rows(index_dataset(nyud_root))
+    a1 = rows["a1"]
+    assert a1["status"] == "failed" and a1["width"] == 5 and a1["height"] == 8
+    assert a1["error"] == (f"{nyud_root / 'images/a1.png'}: its EXIF orientation 6 displays it as 5x8 but its semseg "
+                           "label segmentation/a1.png is 8x5 (labels are read in pixel order): rotate the image's pixels "
+                           "to match its labels and drop the EXIF orientation tag, then re-index")
+    assert (rows["a2"]["status"], rows["a2"]["width"], rows["a2"]["height"]) == ("ok", 9, 5)
+    assert (rows["c1"]["status"], rows["c1"]["width"], rows["c1"]["height"]) == ("ok", 3, 4)
+    assert (rows["b1"]["width"], rows["b1"]["height"]) == (10, 5)
+
+
+def test_reindexing_a_name_from_another_root_is_refused_unless_replace(tmp_path, nyud_root):
+    cache = tmp_path / "cache"
+    write_dataset_index(cache, "nyud", index_dataset(nyud_root), nyud_root)
+    other = tmp_path / "other"
+    _img(other / "x.png")
+    table = index_dataset(other, name="nyud")
+    with pytest.raises(DatasetError) as info:
+        write_dataset_index(cache, "nyud", table, other)
+    msg = str(info.value)
+    assert f"dataset 'nyud' ({cache / 'datasets' / 'nyud.parquet'}) is indexed from {nyud_root.resolve()}; " \
+           f"{other.resolve()} is another folder" in msg
+    assert "+1 added (x); -4 removed (a1, a2, b1, c1)" in msg and "Pass --replace" in msg
+    assert len(open_dataset(cache, "nyud")) == 5  # untouched
+    write_dataset_index(cache, "nyud", table, other, replace=True)
+    ds = open_dataset(cache, "nyud")
+    assert (len(ds), ds.root) == (1, other.resolve())
+
+
+def test_reindexing_the_same_root_allows_added_images_and_refuses_removed_or_changed(tmp_path, caplog):
+    cache, root = tmp_path / "cache", tmp_path / "d"
+    for i in range(4):
+        _img(root / f"im{i}.png", value=i)
+    write_dataset_index(cache, "d", index_dataset(root), root)
+    _img(root / "new.png", value=9)
+    with caplog.at_level("INFO", logger="sak.pipeline.data.reindex"):
+        write_dataset_index(cache, "d", index_dataset(root), root)  # only added: allowed
+    assert "dataset 'd': +1 new images (+1 added (new))" in caplog.text
+    assert len(open_dataset(cache, "d")) == 5
+    (root / "im0.png").unlink()
+    _img(root / "im1.png", value=77)  # other bytes
+    (root / "im2.png").write_bytes(b"garbage")  # no longer an image: changed too
+    with pytest.raises(DatasetError, match=r"images under .* were removed or changed since it was indexed "
+                                           r"\(-1 removed \(im0\); ~2 changed \(im1, im2\)\).*Pass --replace"):
+        write_dataset_index(cache, "d", index_dataset(root), root)
+    assert len(open_dataset(cache, "d")) == 5
+    write_dataset_index(cache, "d", index_dataset(root), root, replace=True)
+    assert len(open_dataset(cache, "d")) == 4
+
+
+def test_a_fixed_image_and_an_index_without_a_recorded_root_can_be_rewritten(tmp_path):
+    cache, root = tmp_path / "cache", tmp_path / "d"
+    _img(root / "a.png")
+    (root / "b.png").write_bytes(b"broken")
+    table = index_dataset(root)
+    write_dataset_index(cache, "d", table, root)
+    legacy = cache / "datasets" / "d.parquet"
+    pq.write_table(pq.read_table(legacy).replace_schema_metadata({}), legacy)  # an older index: no sak.root
+    _img(root / "b.png", value=3)  # the failed row is fixed
+    write_dataset_index(cache, "d", index_dataset(root), root)
+    assert [r["status"] for r in open_dataset(cache, "d").table.to_pylist()] == ["ok", "ok"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from pathlib import Path
@@ -168,3 +169,39 @@ def test_decoded_arrays_are_writable(tmp_path):
         Image.fromarray(np.full(shape, 7, np.uint8), mode=mode).save(path)
         rgb = decode_rgb(path)
         assert rgb.flags.writeable and rgb.shape == (5, 6, 3)
+
+
+# ---------------------------------------------------------------- issue 14: bytes once, sha256, EXIF, regular files
+
+
+def _exif_png(path: Path, rgb: np.ndarray, orientation: int) -> Path:
+    img = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, format="PNG", exif=exif.tobytes())  # PNG: lossless, so pixels compare exactly
+    return path
+
+
+def test_exif_orientation_is_applied_and_raw_keeps_pixel_order(tmp_path):
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10  # 2 rows x 3 columns, all distinct
+    path = _exif_png(tmp_path / "rot.png", rgb, 6)  # 6: displayed rotated 90 degrees clockwise
+    np.testing.assert_array_equal(decode_rgb(path, orientation="raw"), rgb)
+    shown = decode_rgb(path)
+    np.testing.assert_array_equal(shown, np.rot90(rgb, k=-1))  # clockwise
+    assert shown.shape == (3, 2, 3)
+    assert open_image_size(path) == (2, 3) and open_image_size(path, orientation="raw") == (3, 2)
+    assert images.image_header(path) == (3, 2, 6)
+    flipped = _exif_png(tmp_path / "flip.png", rgb, 2)  # 2: mirrored left-right, same size
+    np.testing.assert_array_equal(decode_rgb(flipped), rgb[:, ::-1])
+    assert open_image_size(flipped) == (3, 2)
+
+
+def test_decode_checks_the_indexed_sha256_on_the_bytes_it_decodes(tmp_path):
+    rgb = np.full((4, 5, 3), 9, np.uint8)
+    path = _save(tmp_path, Image.fromarray(rgb), "a.png")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    np.testing.assert_array_equal(decode_rgb(path, sha256=sha), rgb)
+    with pytest.raises(BadImage, match="changed since indexing: re-index the dataset") as info:
+        decode_rgb(path, sha256="0" * 64, reindex_hint="sak-cache index /d --name d --replace")
+    assert "(sak-cache index /d --name d --replace)" in str(info.value) and str(path) in str(info.value)
+    np.testing.assert_array_equal(images.decode_bytes(path.read_bytes()), rgb)
