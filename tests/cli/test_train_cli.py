@@ -159,3 +159,17 @@ def test_init_with_a_non_safetensors_file_exits_2_naming_it(demo_cache, tmp_path
     assert f"error: --init {bad}: {bad} is not a safetensors file (" in text and "Traceback" not in text
     assert "--init takes a run dir (runs/NAME), its ckpt/last.safetensors, or a .safetensors student file written by " \
            "sak-train export" in text
+
+
+def test_plain_fit_on_a_run_without_checkpoint_names_both_ways_on(tmp_path) -> None:
+    """Issue 14 item 8: the refusal names --resume (restart from step 0) and --out, exit 2."""
+    from sak.student.runs.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.write_record({"train": TrainConfig(cache=str(tmp_path / "cache"), out=str(run.path)).to_dict()})
+    res = runner.invoke(train_app, ["fit", "--cache", str(tmp_path / "cache"), "--out", str(run.path), "--device", "cpu"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, text
+    assert f"error: {run.path} already holds a training run: pass --resume to continue it (it stopped before its first " \
+           "checkpoint, so it starts again from step 0 with the settings in its config.json), or --out NEW_DIR to " \
+           "start another run" in text

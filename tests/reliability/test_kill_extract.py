@@ -42,7 +42,8 @@ def test_kill_extract_at_random_points_then_rerun(demo_cache, tmp_path, rng, cli
         done = 0 if store is None else store.commits(status=None).num_rows
         before = entries(only_store(cache)) if store is not None else set()
         remaining = (SAMPLES - done + SEGMENT - 1) // SEGMENT * EVENTS_PER_SEGMENT
-        event, delay = rng.randrange(0, max(1, remaining)), rng.uniform(0.0, 0.2)
+        # spread the kills over the work: each may use up to its share of the events still ahead
+        event, delay = rng.randrange(0, max(1, remaining // (KILLS - i))), rng.uniform(0.0, 0.2)
 
         def changed(before: set[str] = before) -> int:
             stores = list((cache / "features").glob("*")) if (cache / "features").exists() else []
