@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import cache_extract, cache_index, cache_inspect, cache_share
-from .common import _main
+from .common import _main, set_debug, setup_logging, with_exit_codes
 
 app = typer.Typer(
     name="sak-cache",
@@ -27,6 +27,15 @@ cache_index.register(app)
 cache_extract.register(app)
 cache_inspect.register(app)
 cache_share.register(app)
+with_exit_codes(app)
+
+
+@app.callback()
+def options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; an internal error also prints its traceback (as SAK_DEBUG=1 does).")) -> None:
+    if verbose:
+        setup_logging(True)
+    else:
+        set_debug(False)
 
 
 def main() -> None:

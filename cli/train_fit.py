@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         iters: int = typer.Option(D("iters"), "--iters", min=1, help="Training steps for the default fit."),
         out_dir: Path | None = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; an internal error also prints its traceback (as SAK_DEBUG=1 does)."),
     ) -> None:
         """With --cache and no command: fit with defaults (the cache's only dataset, every teacher store that
         covers it, multitask when it has labels else distill)."""

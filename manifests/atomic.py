@@ -22,6 +22,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # a full disk or quota often fails on write/close, where the OS names no file: name the one being written
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -33,7 +33,7 @@ from ..data.cached import CachedTargets
 from ..model.config import StudentConfig
 from ..model.io import CONFIG_KEY
 from ..model.student import SAKStudent
-from .checkpoint import META_KEY, Checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import META_KEY, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from .checkpoint import load_weights as _load_file_weights
 from .config import TrainConfig
 from .runtime import seed_everything
@@ -170,7 +170,15 @@ def init_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor]
     path = Path(source)
     if path.is_dir():
         return load_weights(path), RunDir(path).student_config().teacher_names
-    weights = load_weights(path)
+    try:
+        weights = load_weights(path)
+    except CheckpointError as exc:
+        if not path.is_file():
+            raise
+        detail = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise CheckpointError(f"{path} is not a safetensors file{detail}: --init takes a run dir (runs/NAME), its "
+                              "ckpt/last.safetensors, or a .safetensors student file written by sak-train export "
+                              "(a PyTorch .pt/.pth pickle is never loaded)") from None
     teachers = _file_teachers(path)
     if teachers is None:
         raise SakError(f"--init {path} does not say which teachers its adapter paths belong to (no sak record in "

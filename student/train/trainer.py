@@ -27,11 +27,10 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ...manifests.errors import ConfigError, SakError
+from ...manifests.errors import ConfigError
 from ..data.cached import Batch
-from ..runs.checkpoint import Checkpoint
 from ..runs.config import TrainConfig
-from ..runs.rundir import RunDir
+from ..runs.resume import resume_point
 from ..runs.runtime import autocast, gather, setup_distributed, teardown_distributed
 from .losses import distill_loss_terms, task_losses
 from .parts import Checkpointer, MetricsLogger, PeriodicEvaluator, build_loader, build_optimizer, write_plots
@@ -41,10 +40,6 @@ from .setup import prepare
 log = logging.getLogger(__name__)
 
 Progress = Callable[..., None]
-
-#: Fields that may differ between a run and its --resume (they do not change what is computed).
-RESUME_FREE = ("iters", "log_every", "eval_every", "eval_samples", "ckpt_every", "workers", "prefetch", "device", "out",
-               "targets", "targets_budget")
 
 
 @dataclass
@@ -134,21 +129,6 @@ def fit(cfg: TrainConfig, progress: Progress | None = None, *, resume: bool = Fa
         teardown_distributed()
 
 
-def resume_point(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, Checkpoint | None]:
-    """The config to run and, with ``resume``, the checkpoint to continue from (its run's own settings win)."""
-    out = cfg.checkpoint.out
-    if not resume:
-        if out and RunDir(out).exists():
-            raise SakError(f"{out} already holds a training run: pass --resume to continue it, "
-                           "or a new --out (or delete the folder)")
-        return cfg, None
-    if out is None:
-        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
-    ckpt = RunDir(out).load_checkpoint()
-    # only what does not change the computation may differ from the run's own settings
-    return TrainConfig.from_dict(ckpt.record["config"]).with_fields(**{k: cfg.get(k) for k in RESUME_FREE}), ckpt
-
-
 def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, world: int,
          device: torch.device) -> RunResult:
     t_start, main = time.perf_counter(), rank == 0
@@ -173,7 +153,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
         find_unused_parameters=cfg.optim.stage == "distill")
     evaluator = PeriodicEvaluator(run, setup, main=main)
     result = RunResult(run_dir=run.path, steps=step, coverage=setup.train.coverage.summary())
-    if step == 0 and not resume:
+    if step == 0 and ckpt is None:  # a fresh run, or --resume of one killed before its first checkpoint
         result.baseline = evaluator.evaluate(0, model)
     loader = build_loader(setup, rank=rank, world=world, start=position)
     meter = MetricsLogger(run, cfg, first_step=step, world=world, main=main)

@@ -144,3 +144,32 @@ def test_random_init_backbone_is_flagged_on_the_cli(demo_cache, tmp_path) -> Non
                                         "--out", str(run), "--workers", "0", "--device", "cpu"]))
     assert "WARNING" in out and out.count("starts from RANDOM weights") == 1  # said once (it was printed twice)
     assert json.loads((run / "config.json").read_text())["start"] == {"backbone_weights": "random-init"}
+
+
+def test_init_with_a_non_safetensors_file_exits_2_naming_it(demo_cache, tmp_path) -> None:
+    """Issue 14 item 7: ``--init model.pt`` (a torch pickle) is refused with what --init takes, never unpickled."""
+    cache, _ = demo_cache
+    _ok(runner.invoke(cache_app, ["extract", "-t", "test:tiny", "--random-init", "--cache", str(cache), "--device", "cpu"]))
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"PK\x03\x04" + bytes(60))  # a torch.save zip starts so
+    res = runner.invoke(train_app, ["fit", "--cache", str(cache), "--backbone", "test_vit", "--iters", "1", "--out",
+                                    str(tmp_path / "r"), "--device", "cpu", "--init", str(bad)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, text
+    assert f"error: --init {bad}: {bad} is not a safetensors file (" in text and "Traceback" not in text
+    assert "--init takes a run dir (runs/NAME), its ckpt/last.safetensors, or a .safetensors student file written by " \
+           "sak-train export" in text
+
+
+def test_plain_fit_on_a_run_without_checkpoint_names_both_ways_on(tmp_path) -> None:
+    """Issue 14 item 8: the refusal names --resume (restart from step 0) and --out, exit 2."""
+    from sak.student.runs.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.write_record({"train": TrainConfig(cache=str(tmp_path / "cache"), out=str(run.path)).to_dict()})
+    res = runner.invoke(train_app, ["fit", "--cache", str(tmp_path / "cache"), "--out", str(run.path), "--device", "cpu"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, text
+    assert f"error: {run.path} already holds a training run: pass --resume to continue it (it stopped before its first " \
+           "checkpoint, so it starts again from step 0 with the settings in its config.json), or --out NEW_DIR to " \
+           "start another run" in text
