@@ -81,7 +81,7 @@ def test_exit_2_on_an_os_error_of_the_environment_both_tools(monkeypatch, tmp_pa
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code), "/data/cache/features/x/stats/seg.json")
 
-    monkeypatch.setattr(cache_inspect, "list_stores", fail)
+    monkeypatch.setattr(cache_inspect, "scan_stores", fail)
     monkeypatch.setattr(train_fit, "evaluate", fail)
     for app, args in ((cache_app, ["ls", "--cache", str(tmp_path)]), (train_app, ["eval", str(tmp_path / "run")])):
         res = runner.invoke(app, args)
@@ -126,7 +126,7 @@ def test_stats_and_part_write_errors_exit_2_naming_the_file(demo_cache, monkeypa
 
 
 def test_exit_3_on_an_internal_error_with_the_traceback_in_a_log_file(monkeypatch, tmp_path, state_home) -> None:
-    monkeypatch.setattr(cache_inspect, "list_stores", _boom)
+    monkeypatch.setattr(cache_inspect, "scan_stores", _boom)
     monkeypatch.setattr(train_fit, "evaluate", _boom)
     logs = []
     for app, args in ((cache_app, ["ls", "--cache", str(tmp_path)]), (train_app, ["eval", str(tmp_path / "run")])):
@@ -145,7 +145,7 @@ def test_exit_3_on_an_internal_error_with_the_traceback_in_a_log_file(monkeypatc
 
 
 def test_sak_debug_and_verbose_print_the_traceback_too(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(cache_inspect, "list_stores", _boom)
+    monkeypatch.setattr(cache_inspect, "scan_stores", _boom)
     monkeypatch.setattr(train_fit, "evaluate", _boom)
     res = runner.invoke(train_app, ["--verbose", "eval", str(tmp_path / "run")])
     assert res.exit_code == 3 and "Traceback (most recent call last)" in res.output and BUG.search(_one_line(res.output))
