@@ -107,12 +107,9 @@ class BlockClaims:
         self.folder = store_path / CLAIMS_DIR
         self.run, self.lease_seconds = run, float(lease_seconds)
         self.clock, self.alive = clock, alive
-        self.enabled = isinstance(self.folder, LocalLocation) and not self.folder.read_only
-        self._dir = Path(str(self.folder))  # local only (enabled): os.link and os.rename need a real path
-        if not self.enabled and str(store_path) not in _WARNED:
-            _WARNED.add(str(store_path))
-            log.warning("store %s is not on a local file system: block claiming is off there, so concurrent writers "
-                        "may extract the same samples twice (read-time dedup keeps one copy)", store_path)
+        self.local = isinstance(self.folder, LocalLocation)
+        self.enabled = self.local and not self.folder.read_only
+        self._dir = Path(str(self.folder))  # local only: os.link and os.rename need a real path
 
     # -- the protocol ---------------------------------------------------------------
     def claim(self, block: str) -> ClaimResult:
@@ -120,6 +117,11 @@ class BlockClaims:
         _check_name(block)
         mine = self._record(block)
         if not self.enabled:
+            store = str(self.folder.parent)
+            if store not in _WARNED:
+                _WARNED.add(store)
+                log.warning("store %s is not on a local file system: block claiming is off there, so concurrent writers "
+                            "may extract the same samples twice (read-time dedup keeps one copy)", store)
             return ClaimResult(True, mine)
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(8):  # each lap either wins, meets a live holder, or lost a race that changed the file
@@ -179,6 +181,8 @@ class BlockClaims:
     def stale_files(self, grace_seconds: float) -> list[Location]:
         """Claim files nobody holds any more, and temp files older than ``grace_seconds`` (for ``gc``)."""
         out: list[Location] = []
+        if not self.local:  # nothing is ever claimed there
+            return out
         for name in self.folder.list_names():
             path = self.folder / name
             if name.endswith(".json") and not name.startswith(".") and _NAME.fullmatch(name[:-5]):
