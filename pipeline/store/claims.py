@@ -146,7 +146,11 @@ class BlockClaims:
         return ClaimResult(False, self.read(block) or mine)
 
     def renew(self, record: ClaimRecord) -> ClaimRecord | None:
-        """The record with a new expiry, or None when the claim is no longer ours (taken over)."""
+        """The record with a new expiry, or None when the claim is no longer ours (taken over).
+
+        Check and rewrite are two steps: a take-over landing between them (possible only once our
+        lease has expired) is overwritten, and its writer sees the loss at its own renewal.
+        """
         if not self.enabled:
             return record
         current = self.read(record.block)
