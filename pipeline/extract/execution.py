@@ -9,8 +9,10 @@
   (started by ``dask scheduler`` / ``dask worker`` or dask-jobqueue on SLURM); every
   worker must see the cache path and the images at the same paths.
 
-Each task is one segment; a task writes only its own segment and commit part, so tasks
-need no coordination and a lost worker loses at most its current segment.
+Each task is one segment; a task writes only its own segment and commit part, so a run's tasks
+need no coordination and a lost worker loses at most its current segment. Other runs on the same
+store are kept off a task's blocks by claims (:mod:`.blocks`); blocks they hold come back as the
+next round's tasks (``next_round``), run on the same workers.
 dask.distributed is imported only when a cluster is used.
 """
 

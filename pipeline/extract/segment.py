@@ -1,6 +1,7 @@
 """One extraction task: a segment of (image, view) samples, run through every teacher that needs them.
 
-Inside a task:
+Inside a task, once its blocks are claimed in each teacher's store (:mod:`.blocks`; blocks another
+live run holds are handed back as deferred) and what others committed meanwhile is dropped:
 * a thread pool decodes each image once (``decode_rgb``), builds its views (identity, or the
   replayable ``sample_view`` params applied with ``apply_view_image``) and each teacher's
   preprocessing, a few batches ahead of the model (prefetch);

@@ -259,10 +259,32 @@ def test_extract_waits_for_a_block_another_run_holds_then_finishes_it(demo_cache
     assert [(k, 0) for k in first_rows] == _keys(cache, 4)
 
 
+def test_a_block_held_for_one_teacher_runs_at_once_for_the_other(demo_cache) -> None:
+    """Claims are per store: another run holds block 0 of test:tiny's store only."""
+    cache, _ = demo_cache
+    cfg = ExtractConfig(cache=str(cache), teachers=("test:tiny", "test:tiny2"), random_init=True, batch_size=4,
+                        segment_size=4, layers=(1, 3), limit=8)
+    tiny, tiny2 = (FeatureStore.create(cache, _spec_of(cfg, name)) for name in cfg.teachers)
+    other = BlockClaims(tiny.path, run="another-run", lease_seconds=60)
+    held = other.claim(block_names(_keys(cache, 8), 4)[0]).record
+    timer = threading.Timer(1.0, other.release, args=(held,))
+    timer.start()
+    report = extract(cfg)
+    timer.join()
+    assert [t.done for t in report.teachers] == [8, 8]
+    first_block = _keys(cache, 4)
+
+    def rows(store: FeatureStore, seg: str) -> list[tuple[str, int]]:
+        return [(k, 0) for k in store.read_part(seg).column("image_sha256").to_pylist()]
+
+    assert rows(tiny2, sorted(tiny2.committed_segments())[0]) == first_block  # free there: ran first
+    assert rows(tiny, sorted(tiny.committed_segments())[-1]) == first_block  # held there: ran last
+
+
 def _keys(cache: Path, n: int) -> list[tuple[str, int]]:
     return [(h, 0) for h in open_dataset(cache, "nyud").table.column("sha256").to_pylist()[:n]]
 
 
-def _spec_of(cfg: ExtractConfig):
+def _spec_of(cfg: ExtractConfig, teacher: str = "test:tiny"):
     size = student_size([open_dataset(cfg.cache, "nyud")])
-    return spec_for(create_teacher("test:tiny", random_init=True, img_size=size), replace(cfg, img_size=size))
+    return spec_for(create_teacher(teacher, random_init=True, img_size=size), replace(cfg, img_size=size))
