@@ -110,6 +110,7 @@ class ThreadWriters:
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=None)
+    p.add_argument("--segment-size", type=int, default=None, help="samples per block / segment")
     args = p.parse_args(argv)
     setup(args)
     cfg = pick(SIZES, args)
