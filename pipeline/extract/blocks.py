@@ -43,14 +43,13 @@ def block_names(keys: Sequence[tuple[str, int]], size: int) -> list[str]:
 
 
 def pack_blocks(samples: Sequence[S], size: int) -> list[list[S]]:
-    """Samples grouped by block (in block order), whole blocks packed into groups of at most ``size``."""
+    """Samples grouped by block (in the order blocks first appear), whole blocks packed into groups of at most ``size``."""
     blocks: dict[str, list[S]] = {}
     for s in samples:
         blocks.setdefault(s.block, []).append(s)
     groups: list[list[S]] = []
     current: list[S] = []
-    for name in sorted(blocks):
-        block = blocks[name]
+    for block in blocks.values():
         if current and len(current) + len(block) > size:
             groups.append(current)
             current = []

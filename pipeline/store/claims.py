@@ -120,7 +120,7 @@ class BlockClaims:
             store = str(self.folder.parent)
             if store not in _WARNED:
                 _WARNED.add(store)
-                log.warning("store %s is not on a local file system: block claiming is off there, so concurrent writers "
+                log.warning("store %s is not on a local file system (or is read-only): block claiming is off there, so concurrent writers "
                             "may extract the same samples twice (read-time dedup keeps one copy)", store)
             return ClaimResult(True, mine)
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -99,18 +99,31 @@ def _start(cfg: ExtractConfig, delay: float) -> subprocess.Popen:
                             stderr=subprocess.PIPE)
 
 
-def _claim_of(cache: Path, pid: int, timeout: float = 240) -> Path:
-    """Wait until process ``pid`` holds a block claim in the (only) store; returns the claim file."""
+def _claims_of(cache: Path, pid: int) -> list[dict]:
+    out = []
+    for claim in cache.glob("features/*/claims/*.json"):
+        try:
+            record = json.loads(claim.read_text())
+        except (OSError, ValueError):
+            continue
+        if record["pid"] == pid:
+            out.append(record)
+    return out
+
+
+def _freeze_inside_a_block(cache: Path, proc: subprocess.Popen, timeout: float = 240) -> dict:
+    """SIGSTOP ``proc`` while it holds a block claim (a little into the block); returns that claim."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        for claim in cache.glob("features/*/claims/*.json"):
-            try:
-                if json.loads(claim.read_text())["pid"] == pid:
-                    return claim
-            except (OSError, ValueError):
-                continue
+    while time.time() < deadline and proc.poll() is None:
+        if _claims_of(cache, proc.pid):
+            time.sleep(0.1)
+            os.kill(proc.pid, signal.SIGSTOP)
+            held = _claims_of(cache, proc.pid)
+            if held:
+                return held[0]
+            os.kill(proc.pid, signal.SIGCONT)  # stopped between two blocks: try again
         time.sleep(0.02)
-    raise AssertionError(f"process {pid} never claimed a block")
+    raise AssertionError(f"process {proc.pid} was never stopped inside a block")
 
 
 def test_kill9_mid_block_then_rerun_takes_the_dead_writers_block_at_once(demo_cache, caplog) -> None:
@@ -118,12 +131,11 @@ def test_kill9_mid_block_then_rerun_takes_the_dead_writers_block_at_once(demo_ca
     cfg = _cfg(cache, segment_size=3, lease_seconds=120.0)
     proc = _start(cfg, delay=0.3)  # 3 samples per block, 0.3 s each: killed inside a block
     try:
-        claim = _claim_of(cache, proc.pid)
-        time.sleep(0.3)
+        held = _freeze_inside_a_block(cache, proc)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert claim.exists()  # the killed writer's claim is left behind
+    assert _claims_of(cache, proc.pid) == [held]  # the killed writer's claim is left behind
     t0 = time.time()
     with caplog.at_level(logging.INFO, logger="sak.pipeline.store.claims"):
         rerun = extract(cfg)
@@ -141,10 +153,7 @@ def test_frozen_writer_loses_its_block_after_the_lease_and_the_other_completes(d
     cfg = _cfg(cache, segment_size=3, lease_seconds=1.5)
     proc = _start(cfg, delay=0.3)
     try:
-        claim = _claim_of(cache, proc.pid)
-        time.sleep(0.3)
-        os.kill(proc.pid, signal.SIGSTOP)  # alive (its pid exists) but no heartbeat: only the lease frees its block
-        held = json.loads(claim.read_text())
+        held = _freeze_inside_a_block(cache, proc)  # alive (its pid exists) but no heartbeat: only the lease frees its block
         t0 = time.time()
         with caplog.at_level(logging.INFO, logger="sak.pipeline"):
             other = extract(cfg)
