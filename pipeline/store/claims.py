@@ -120,8 +120,8 @@ class BlockClaims:
             store = str(self.folder.parent)
             if store not in _WARNED:
                 _WARNED.add(store)
-                log.warning("store %s is not on a local file system (or is read-only): block claiming is off there, so concurrent writers "
-                            "may extract the same samples twice (read-time dedup keeps one copy)", store)
+                log.warning("store %s is not on a local file system (or is read-only): block claiming is off there, "
+                            "so concurrent writers may extract the same samples twice (read-time dedup keeps one copy)", store)
             return ClaimResult(True, mine)
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(8):  # each lap either wins, meets a live holder, or lost a race that changed the file
@@ -171,12 +171,7 @@ class BlockClaims:
 
     def read(self, block: str) -> ClaimRecord | None:
         """The claim of ``block``, or None (no claim, or an unreadable file)."""
-        try:
-            data = json.loads(self._path(block).read_text())
-            return ClaimRecord(block=str(data["block"]), host=str(data["host"]), pid=int(data["pid"]),
-                               token=str(data["token"]), run=str(data["run"]), expires=float(data["expires"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return _read_file(self._path(block))
 
     def stale(self, record: ClaimRecord) -> bool:
         """Ours (same run), expired, or its writer is known dead: free to take over."""
@@ -228,7 +223,7 @@ class BlockClaims:
             os.rename(self._path(block), grave)
         except FileNotFoundError:
             return False
-        moved = self._read_file(grave)
+        moved = _read_file(grave)
         if (moved.token if moved is not None else None) == token:
             grave.unlink(missing_ok=True)
             return True
@@ -237,18 +232,21 @@ class BlockClaims:
         grave.unlink(missing_ok=True)
         return False
 
-    def _read_file(self, path) -> ClaimRecord | None:
-        try:
-            data = json.loads(path.read_text())
-            return ClaimRecord(**data)
-        except (OSError, ValueError, TypeError):
-            return None
-
     def _unreadable_stale(self, block: str) -> bool:
         try:
             return self.clock() - self._path(block).stat().st_mtime >= self.lease_seconds
         except OSError:
             return True
+
+
+def _read_file(path: Path) -> ClaimRecord | None:
+    """A claim file's record, its fields type-checked; None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+        return ClaimRecord(block=str(data["block"]), host=str(data["host"]), pid=int(data["pid"]),
+                           token=str(data["token"]), run=str(data["run"]), expires=float(data["expires"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _check_name(block: str) -> None:
