@@ -9,8 +9,10 @@
   (started by ``dask scheduler`` / ``dask worker`` or dask-jobqueue on SLURM); every
   worker must see the cache path and the images at the same paths.
 
-Each task is one segment; a task writes only its own segment and commit part, so tasks
-need no coordination and a lost worker loses at most its current segment.
+Each task is one segment; a task writes only its own segment and commit part, so a run's tasks
+need no coordination and a lost worker loses at most its current segment. Other runs on the same
+store are kept off a task's blocks by claims (:mod:`.blocks`); blocks they hold come back as the
+next round's tasks (``next_round``), run on the same workers.
 dask.distributed is imported only when a cluster is used.
 """
 
@@ -67,8 +69,13 @@ def run_tasks(
     scheduler: str | None = None,
     on_result: Callable[[Any], None] | None = None,
     local_kwargs: dict[str, Any] | None = None,
+    next_round: Callable[[list[Any]], Sequence[Any]] | None = None,
 ) -> list[Any]:
     """Call ``fn(task, *args)`` for every task; results in task order. ``on_result`` sees each as it completes.
+
+    ``next_round(results)`` (optional) is called with each round's results once they are all in and
+    returns the tasks of another round (the run's deferred blocks), or none to stop; every round
+    runs on the same workers (one cluster for the whole run) and its results follow the last round's.
 
     ``fn`` must be an importable module-level function and ``args``/tasks picklable when a
     cluster is used. ``local_kwargs`` (e.g. a progress callback, which cannot travel to another
@@ -78,17 +85,22 @@ def run_tasks(
     if not tasks:
         return []
     if scheduler is None and workers <= 1:
-        results = []
-        for task in tasks:
-            res = fn(task, *args, **(local_kwargs or {}))
-            if on_result is not None:
-                on_result(res)
-            results.append(res)
+        results: list[Any] = []
+        while tasks:
+            done = []
+            for task in tasks:
+                res = fn(task, *args, **(local_kwargs or {}))
+                if on_result is not None:
+                    on_result(res)
+                done.append(res)
+            results += done
+            tasks = next_round(done) if next_round is not None else []
         return results
-    return list(_run_on_dask(fn, tasks, args=args, workers=workers, scheduler=scheduler, on_result=on_result))
+    return list(_run_on_dask(fn, tasks, args=args, workers=workers, scheduler=scheduler, on_result=on_result,
+                             next_round=next_round))
 
 
-def _run_on_dask(fn, tasks, *, args, workers, scheduler, on_result) -> Iterator[Any]:
+def _run_on_dask(fn, tasks, *, args, workers, scheduler, on_result, next_round) -> Iterator[Any]:
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -100,15 +112,20 @@ def _run_on_dask(fn, tasks, *, args, workers, scheduler, on_result) -> Iterator[
         log.info("submitting %d tasks to the dask scheduler at %s", len(tasks), scheduler)
         client = Client(scheduler)
     try:
-        futures = [client.submit(fn, task, *args, pure=False, key=f"sak-segment-{i}-{id(tasks)}") for i, task in enumerate(tasks)]
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(futures)
-        for fut in as_completed(futures):
-            res = fut.result()  # raises the task's exception
-            results[index[fut.key]] = res
-            if on_result is not None:
-                on_result(res)
-        yield from results
+        rounds = 0
+        while tasks:
+            futures = [client.submit(fn, task, *args, pure=False, key=f"sak-segment-{rounds}-{i}-{id(tasks)}")
+                       for i, task in enumerate(tasks)]
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list[Any] = [None] * len(futures)
+            for fut in as_completed(futures):
+                res = fut.result()  # raises the task's exception
+                results[index[fut.key]] = res
+                if on_result is not None:
+                    on_result(res)
+            yield from results
+            tasks = next_round(results) if next_round is not None else []
+            rounds += 1
     finally:
         client.close()
         if cluster is not None:

@@ -13,14 +13,15 @@
    (:mod:`.execution`: in-process, a LocalCluster, or a remote dask scheduler). A task decodes
    each image once for all teachers (:mod:`.extract_runner`).
 
-Concurrent runs of one spec are safe: each writes only its own segments and parts, a task
-skips samples that another writer committed since the plan was made, and remaining
-duplicates are resolved at read time (see :mod:`.store`).
+Concurrent runs of one spec split the work: each claims a block (:mod:`.blocks`) before running
+it, skips blocks other live runs hold and comes back to them, and skips samples committed since
+the plan; each writes only its own segments and parts, and any duplicate is resolved at read time.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -37,11 +38,13 @@ from ..data.datasets import index_dataset, list_datasets, open_dataset, write_da
 from ..data.images import ORIENTATIONS
 from ..devices import resolve_device
 from ..storage import Location
+from ..store.claims import DEFAULT_LEASE_SECONDS
 from ..store.feature_store import FeatureStore
 from ..store.quant import DEFAULT_QUANT
 from ..store.repair import repair_before_extract
 from ..store.spec import DTYPES, INPUT_PROTOCOLS, FeatureSpec
 from ..teachers import create_teacher, teacher_info
+from .blocks import BlockRounds, block_names, task_groups
 from .execution import drop_worker_cached, run_tasks, set_worker_cached
 from .forward import DEFAULT_MIN_COSINE
 from .segment import RunContext, Sample, SegmentResult, SegmentTask, run_segment, teacher_key
@@ -88,6 +91,8 @@ class ExtractConfig(Config):
     retry_failed: bool = False
     segment_size: int = 1024
     repair: bool = False  # verify each store first and uncommit its damaged samples, so this run extracts them again
+    claims: bool = True  # claim blocks in the store (expiring leases) so concurrent runs split the work; False: no claims
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a killed writer's blocks are taken over after this (renewed while running)
 
     def __post_init__(self) -> None:
         for name in ("cache", "data"):  # accept Path objects; the config stays JSON-able
@@ -127,6 +132,8 @@ class ExtractConfig(Config):
         for name in ("batch_size", "workers", "io_threads", "segment_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lease_seconds > 0:
+            raise ConfigError(f"lease_seconds must be > 0, got {self.lease_seconds}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"limit must be >= 0, got {self.limit}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -313,9 +320,11 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
         images = images[: cfg.limit]
     done = [_store_keys(s, "ok") for s in stores]
     failed = [_store_keys(s, "failed") for s in stores]
+    blocks = iter(block_names([(image[0], view) for image in images for view in range(cfg.views)], cfg.segment_size))
     samples = []
     for key, sample_id, source, root, path, error, semseg, fmt, pixels in images:
         for view in range(cfg.views):
+            block = next(blocks)  # over the full list: every writer computes the same blocks (.blocks)
             need = []
             for t, rep in enumerate(reports):
                 if (key, view) in done[t]:
@@ -325,7 +334,7 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
                 else:
                     need.append(t)
             if need:
-                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error, semseg, fmt, pixels))
+                samples.append(Sample(key, sample_id, source, root, path, view, tuple(need), error, semseg, fmt, pixels, block))
     return samples, len(images)
 
 
@@ -368,14 +377,17 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
     samples, n_images = plan_samples(cfg, datasets, stores, reports)
     ctx = RunContext(
         cfg=cfg, specs=tuple(specs), store_paths=tuple(str(s.path) for s in stores), device=device,
-        known_segments=tuple(frozenset(s.committed_segments()) for s in stores),
+        known_segments=tuple(frozenset(s.committed_segments()) for s in stores), run_token=secrets.token_hex(8),
     )
     in_process = cfg.scheduler is None and cfg.workers <= 1
     if in_process:  # reuse the teachers built above instead of building them again
         for t, teacher in enumerate(teachers):
             set_worker_cached(teacher_key(ctx, t), teacher.to(device))
     del teachers
-    tasks = [SegmentTask(index=i, samples=tuple(samples[j : j + cfg.segment_size])) for i, j in enumerate(range(0, len(samples), cfg.segment_size))]
+    def make_tasks(todo: list[Sample], first: int) -> list[SegmentTask]:  # whole blocks packed (claims), else chunks
+        return [SegmentTask(index=first + i, samples=tuple(g)) for i, g in enumerate(task_groups(todo, cfg.segment_size, cfg.claims))]
+
+    tasks = make_tasks(samples, 0)
     log.info("extracting %d samples of %d images in %d segment(s) for %s", len(samples), n_images, len(tasks), ", ".join(cfg.teachers))
     if progress is not None:
         progress(0, total=len(samples))
@@ -388,6 +400,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
         results = run_tasks(
             run_segment, tasks, args=(ctx,), workers=cfg.workers, scheduler=cfg.scheduler, on_result=on_result,
             local_kwargs={"progress": progress},
+            next_round=BlockRounds(cfg.lease_seconds, make_tasks, first=len(tasks)),
         )
     finally:
         if in_process:  # free the models (GPU memory) once the run is over
@@ -401,6 +414,7 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
             rep.done += part.done
             rep.failed += part.failed
             rep.skipped_cached += part.skipped_cached
+            rep.skipped_failed += part.skipped_failed
             rep.bytes_written += part.bytes_written
             rep.feature_bytes += part.feature_bytes
             rep.write_seconds += part.write_seconds

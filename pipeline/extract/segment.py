@@ -1,6 +1,7 @@
 """One extraction task: a segment of (image, view) samples, run through every teacher that needs them.
 
-Inside a task:
+Inside a task, once its blocks are claimed in each teacher's store (:mod:`.blocks`; blocks another
+live run holds are handed back as deferred) and what others committed meanwhile is dropped:
 * a thread pool reads each image's bytes once, checks them against the sha256 the index recorded
   (bytes that changed since indexing make a failed row: their features would otherwise be stored,
   and served to every dataset holding the original bytes, under the original's hash), decodes
@@ -36,17 +37,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from ...manifests.errors import SakError
 from ...manifests.paths import resolve_inside
 from ..data.augment import NEEDS_SEMSEG, View, apply_view_image, identity_view, sample_view
 from ..data.images import decode_rgb
 from ..data.labels import load_label
+from ..store.claims import BlockClaims, LeaseKeeper
 from ..store.feature_store import FeatureStore
 from ..store.spec import FeatureSpec
 from ..store.writer import SampleKey
 from ..teachers import create_teacher
+from .blocks import claim_blocks
 from .execution import worker_cached, worker_index
 from .forward import check_fidelity, forward
 
@@ -75,6 +77,7 @@ class Sample:
     semseg: str | None = None  # semseg label path relative to the root (the official crop retry reads it)
     fmt: str = "nyud"  # dataset format (how the label decodes)
     pixels: int = 0  # width * height from the index (the decode-ahead budget); 0: unknown
+    block: str = ""  # the block of work it belongs to (claimed per store before it runs: .blocks)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class RunContext:
     store_paths: tuple[str, ...]
     device: str
     known_segments: tuple[frozenset, ...]  # committed segments per store when the plan was made
+    run_token: str = ""  # this run's token in block claims (its dask workers share it)
 
 
 @dataclass
@@ -99,6 +103,7 @@ class TeacherPart:
     done: int = 0
     failed: int = 0
     skipped_cached: int = 0  # committed by another writer after the plan was made
+    skipped_failed: int = 0  # failed in a part another writer committed after the plan was made
     bytes_written: int = 0  # on disk (arrays, stats, commit part)
     feature_bytes: int = 0  # features handed to the writer (what crossed from the device)
     write_seconds: float = 0.0
@@ -109,9 +114,11 @@ class TeacherPart:
 @dataclass
 class SegmentResult:
     index: int
-    samples: int
+    samples: int  # samples handled (run or skipped) for every teacher that needed them
     teachers: list[TeacherPart]
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (teacher index, sample_id, error)
+    deferred: list[Sample] = field(default_factory=list)  # blocks another live run holds: the teachers still to do
+    holders: set[str] = field(default_factory=set)  # "host:pid" of those claims
 
 
 @dataclass
@@ -152,13 +159,25 @@ def _teacher(ctx: RunContext, t: int):
     )
 
 
-def _late_keys(store: FeatureStore, known: frozenset) -> set[tuple[str, int]]:
-    """(sha256, view) keys with an ok row in parts committed after the plan (by other writers)."""
-    new = [s for s in store.committed_segments() if s not in known]
-    if not new:
-        return set()
-    t = pa.concat_tables([store.read_part(s) for s in new])
-    return {(h, v) for h, v, st in zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), t.column("status").to_pylist(), strict=True) if st == "ok"}
+def _late_keys(store: FeatureStore, known: frozenset) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+    """(ok, failed) (sha256, view) keys of parts committed after the plan (by other writers).
+
+    Parts never change once committed, so each is read once per process (a run that comes back
+    to deferred blocks reads only the parts committed since its last look).
+    """
+    seen = worker_cached(("late-parts", str(store.path)), dict)
+    ok: set[tuple[str, int]] = set()
+    failed: set[tuple[str, int]] = set()
+    for seg in store.committed_segments():
+        if seg in known:
+            continue
+        if seg not in seen:
+            t = store.read_part(seg)
+            rows = zip(t.column("image_sha256").to_pylist(), t.column("view").to_pylist(), t.column("status").to_pylist(), strict=True)
+            seen[seg] = [((h, v), st == "ok") for h, v, st in rows]
+        for key, is_ok in seen[seg]:
+            (ok if is_ok else failed).add(key)
+    return ok, failed - ok
 
 
 def _prepare_image(group: list[Sample], teachers: list, cfg) -> list[_Prepared]:
@@ -284,16 +303,51 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
     result = SegmentResult(index=task.index, samples=len(task.samples), teachers=[TeacherPart() for _ in specs])
     stores = [worker_cached(("store", p), functools.partial(FeatureStore.open, p, read_only=False)) for p in ctx.store_paths]
     samples = list(task.samples)
+    held: list = []
+    if cfg.claims:  # claim each block per store; blocks another live run holds come back as deferred
+        claims = [BlockClaims(store.path, run=ctx.run_token, lease_seconds=cfg.lease_seconds) for store in stores]
+        samples, result.deferred, held, result.holders = claim_blocks(samples, claims)
+        waiting = {(s.image_sha256, s.view) for s in result.deferred}
+        result.samples = sum((s.image_sha256, s.view) not in waiting for s in task.samples)
+    keeper = LeaseKeeper(held)
+    try:
+        with keeper:  # renews the claims while the blocks run; released after their commit (or failure)
+            samples = _skip_late(samples, stores, ctx, result, progress)
+            _run_samples(samples, stores, ctx, result, progress)
+    finally:
+        keeper.release_all()
+    return result
+
+
+def _skip_late(samples: list[Sample], stores: list[FeatureStore], ctx: RunContext, result: SegmentResult,
+               progress: Callable[..., None] | None) -> list[Sample]:
+    """Drop what other writers committed since the plan (read after claiming, so nothing they
+    finished meanwhile is redone)."""
     late = [_late_keys(store, known) for store, known in zip(stores, ctx.known_segments, strict=True)]
-    if any(late):
-        kept = []
-        for s in samples:
-            need = tuple(t for t in s.teachers if (s.image_sha256, s.view) not in late[t])
-            for t in set(s.teachers) - set(need):
+    if not any(ok or failed for ok, failed in late):
+        return samples
+    kept, skipped = [], 0
+    for s in samples:
+        key = (s.image_sha256, s.view)
+        need = tuple(t for t in s.teachers if key not in late[t][0] and key not in late[t][1])
+        for t in set(s.teachers) - set(need):
+            if key in late[t][0]:
                 result.teachers[t].skipped_cached += 1
-            if need:
-                kept.append(dataclasses.replace(s, teachers=need))
-        samples = kept
+            else:
+                result.teachers[t].skipped_failed += 1
+        if need:
+            kept.append(dataclasses.replace(s, teachers=need))
+        else:
+            skipped += 1
+    if progress is not None and skipped:
+        progress(skipped)
+    return kept
+
+
+def _run_samples(samples: list[Sample], stores: list[FeatureStore], ctx: RunContext, result: SegmentResult,
+                 progress: Callable[..., None] | None) -> None:
+    """Run ``samples`` through their teachers and commit one segment per teacher store."""
+    cfg, specs = ctx.cfg, ctx.specs
     counts = [sum(t in s.teachers for s in samples) for t in range(len(specs))]
     teachers = [_teacher(ctx, t) if counts[t] else None for t in range(len(specs))]
     device = _worker_device(ctx.device)
@@ -351,7 +405,6 @@ def run_segment(task: SegmentTask, ctx: RunContext, progress: Callable[..., None
             if writer is not None:
                 writer.abort()
         raise
-    return result
 
 
 def _remember_rate(spec: FeatureSpec, part: TeacherPart, seconds: float) -> None:

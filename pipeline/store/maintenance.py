@@ -25,6 +25,7 @@ from ...manifests.errors import SakError
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location
 from .arrays import decode_stored, sample_arrays, sample_checksum
+from .claims import BlockClaims
 from .commits import rows_by_segment
 from .ids import check_inside
 from .quant import block_from_parts, dequantize_block, stored_parts
@@ -223,7 +224,7 @@ def verify_store(store, progress: Callable[..., None] | None = None) -> VerifyRe
 
 
 def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Location]:
-    """Uncommitted segments (and their stats) and stale temp files; deleted unless ``dry_run``.
+    """Uncommitted segments (and their stats), stale temp files and block claims; deleted unless ``dry_run``.
 
     A segment with a commit part is never touched. A segment without one is garbage when its
     writer is known dead (same host, pid gone) or it has not changed for ``grace_seconds``.
@@ -247,6 +248,7 @@ def gc_store(store, *, dry_run: bool = True, grace_seconds: float = 3600.0) -> l
             tmp = folder / name
             if now - tmp.stat().st_mtime >= grace_seconds:
                 garbage.append(tmp)
+    garbage += BlockClaims(store.path, run="gc").stale_files(grace_seconds)  # claims of dead or expired writers
     if not dry_run:
         if store.read_only:
             raise SakError(f"store {store.path} is open read-only; open it with read_only=False to delete garbage")

@@ -30,6 +30,7 @@ EXPECTED = {
                 "storage_int8_default_lz4_vs_raw_fp16", "encode_int8_vs_fp16", "decode_int8_vs_fp16"},
     "scaling": {"extract_2_vs_1_dask_workers", "open_2000_rows_within_1s", "open_2000_vs_200_rows_time",
                 "open_2000_rows_before_vs_after", "ls_2000_rows_within_1s"},
+    "concurrent_writers": {"concurrent_2_writers_work_per_image", "concurrent_4_writers_work_per_image"},
 }
 
 
