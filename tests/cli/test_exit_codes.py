@@ -156,7 +156,7 @@ def test_sak_debug_and_verbose_print_the_traceback_too(monkeypatch, tmp_path) ->
 
 
 def test_exit_130_when_interrupted_both_tools(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(cache_inspect, "list_stores", _interrupt)
+    monkeypatch.setattr(cache_inspect, "scan_stores", _interrupt)
     monkeypatch.setattr(train_fit, "evaluate", _interrupt)
     for app, args in ((cache_app, ["ls", "--cache", str(tmp_path)]), (train_app, ["eval", str(tmp_path / "run")])):
         res = runner.invoke(app, args)
@@ -178,7 +178,7 @@ import sys
 from sak.cli import cache, cache_inspect
 def boom(*a, **k):
     raise RuntimeError("boom")
-cache_inspect.list_stores = boom
+cache_inspect.scan_stores = boom
 sys.argv = ["sak-cache", "ls", "--cache", sys.argv[1]]
 cache.main()
 """
