@@ -7,8 +7,13 @@ reader (:class:`.shards.ShardReader`, :class:`.gather.StoreGather`, ``FeatureSto
 friends) checks each sample it reads against them:
 
 * the crc32c of every array read, after the read (and after decoding, for lz4/zstd): google_crc32c
-  runs at 13.5 GB/s on one core here, sha256 at 1.7 GB/s, so the check costs a few percent of a warm
-  read (``benchmarks/loader.py`` "checked_vs_unchecked");
+  runs at 13.5 GB/s on one core here, sha256 at 1.7 GB/s. Even so a second pass over bytes that a warm
+  read copies at 4-10 GB/s costs 19-58% of a warm loader's CPU on this machine
+  (``benchmarks/loader.py`` "checked_every_read_vs_unchecked"). So by default each (sample, array) is
+  checked the FIRST time this process reads it (:data:`READ_CHECKS` ``"first"``): every byte a run
+  trains on has been checked once in that run (the resident modes read each sample once anyway), later
+  epochs re-read committed files that never change and cost nothing more; ``SAK_READ_CHECKS=every``
+  checks every read again (a file changed under a running job is then caught at its next read);
 * a row a part names whose shard file, chunk or bytes are missing, or that lies beyond the arrays, is
   an error: never zeros;
 * parts written before issue 14 have no crc32c: a read that covers every array of a sample checks the
@@ -24,6 +29,7 @@ written in the wrong place (two swapped shards decode cleanly), and it costs abo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -31,11 +37,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...manifests.errors import StoreCorrupt
+from ...manifests.errors import ConfigError, StoreCorrupt
 from ...manifests.schemas import STATUS_OK
 from .arrays import crc32c, sample_checksum
 
 log = logging.getLogger(__name__)
+
+READ_CHECK_POLICIES = ("first", "every")
+
+
+def read_check_policy(value: str | None = None) -> str:
+    """``first`` (default: each sample's arrays checked at their first read in this process) or ``every`` read."""
+    value = (value if value is not None else os.environ.get("SAK_READ_CHECKS", "first")).strip().lower() or "first"
+    if value not in READ_CHECK_POLICIES:
+        raise ConfigError(f"SAK_READ_CHECKS={value!r}: use 'first' (check each sample at its first read in a process, "
+                          "the default) or 'every' (check every read)")
+    return value
+
+
+#: The policy of this process, read from ``SAK_READ_CHECKS`` at import (see the module doc).
+READ_CHECKS = read_check_policy()
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
@@ -83,6 +104,12 @@ class SegmentChecks:
                     f"part is damaged. {self.fix()}")
             self.crc[self.has_crc] = pc.list_flatten(crc).to_numpy().reshape(-1, len(self.names))
         self.legacy = not bool(self.has_crc.all())
+        self.every = READ_CHECKS == "every"
+        self.verified = np.zeros((len(rows), len(self.names)), dtype=bool)  # (ok row, array) checked in this process
+
+    def forget(self) -> None:
+        """Mark every sample unchecked again (measurements: the cost of a first epoch)."""
+        self.verified[:] = False
 
     def fix(self, source: str | None = None) -> str:
         return (f"Re-extract the damaged samples: `sak-cache extract --cache {self.cache_root} --teacher {self.teacher} "
@@ -101,15 +128,20 @@ class SegmentChecks:
         """Whether the part names ``row`` as an ok sample (its bytes must be there)."""
         return self._pos(int(row)) >= 0
 
-    def expected(self, rows: Sequence[int], name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(crc32c of array ``name`` per row, mask of the rows that have one) for ``rows``."""
+    def expected(self, rows: Sequence[int], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(crc32c of array ``name`` per row, mask of the rows to check, their positions) for ``rows``.
+
+        A row is checked when its part records a crc32c for it and, under the ``first`` policy, this
+        process has not checked that array of it yet.
+        """
         pos = self.positions(rows)
         known = pos >= 0
         have = np.zeros(len(pos), dtype=bool)
-        have[known] = self.has_crc[pos[known]]
+        column = self.index[name]
+        have[known] = self.has_crc[pos[known]] if self.every else self.has_crc[pos[known]] & ~self.verified[pos[known], column]
         crcs = np.zeros(len(pos), dtype=np.uint32)
-        crcs[have] = self.crc[pos[have], self.index[name]]
-        return crcs, have
+        crcs[have] = self.crc[pos[have], column]
+        return crcs, have, pos
 
     def corrupt(self, row: int, problem: str) -> StoreCorrupt:
         """The error for damaged ``row``: store, segment, row, sample id and sha256, the problem and the fix."""
@@ -120,11 +152,12 @@ class SegmentChecks:
 
     def check_rows(self, name: str, rows: Sequence[int], flat: np.ndarray, slots: Sequence[int]) -> None:
         """Compare ``crc32c(flat[slots[j]])`` with the recorded crc of array ``name`` for row ``rows[j]``."""
-        want, have = self.expected(rows, name)
+        want, have, pos = self.expected(rows, name)
         for j in np.flatnonzero(have).tolist():
             got = crc32c(flat[slots[j]])
             if got != int(want[j]):
                 raise self.mismatch(rows[j], name, got, int(want[j]))
+        self.verified[pos[have], self.index[name]] = True
 
     def mismatch(self, row: int, name: str, got: int, want: int) -> StoreCorrupt:
         """The error for a row whose array ``name`` does not match its recorded crc32c."""
@@ -134,7 +167,8 @@ class SegmentChecks:
     def check_legacy(self, rows: Sequence[int], parts: Mapping[str, np.ndarray], slots: Sequence[int]) -> None:
         """Rows without a crc32c: the sha256 over every array when ``parts`` holds them all, else warn once."""
         pos = [self._pos(int(r)) for r in rows]
-        legacy = [j for j, p in enumerate(pos) if p >= 0 and not self.has_crc[p] and self.checksums[p]]
+        legacy = [j for j, p in enumerate(pos) if p >= 0 and not self.has_crc[p] and self.checksums[p]
+                  and (self.every or not self.verified[p].all())]
         if not legacy:
             return
         if set(self.names) - set(parts):
@@ -145,6 +179,7 @@ class SegmentChecks:
             got = sample_checksum([parts[n][slots[j]] for n in self.names])
             if got != self.checksums[pos[j]]:
                 raise self.corrupt(rows[j], f"its stored bytes have sha256 {got}, the commit recorded {self.checksums[pos[j]]}")
+            self.verified[pos[j]] = True
 
 
 class RunCheck:
@@ -156,14 +191,24 @@ class RunCheck:
     def __init__(self, checks: SegmentChecks, name: str, flat: np.ndarray, rows: dict[int, int]) -> None:
         self.checks, self.name, self.flat = checks, name, flat
         slots = list(rows)
-        want, have = checks.expected([rows[j] for j in slots], name)
-        self.want = {j: (rows[j], int(w)) for j, w, h in zip(slots, want.tolist(), have.tolist(), strict=True) if h}
+        want, have, pos = checks.expected([rows[j] for j in slots], name)
+        self.want = {j: (rows[j], int(w), int(p)) for j, w, h, p in zip(slots, want.tolist(), have.tolist(), pos.tolist(), strict=True)
+                     if h}
+        self.column = checks.index[name]
+
+    def __bool__(self) -> bool:
+        """Whether any chunk is left to check (under the ``first`` policy, often none)."""
+        return bool(self.want)
 
     def __call__(self, run: Sequence[tuple[int, int, int]]) -> None:
         for _, _, j in run:
             hit = self.want.get(j)
-            if hit is not None and crc32c(self.flat[j]) != hit[1]:
-                raise self.checks.mismatch(hit[0], self.name, crc32c(self.flat[j]), hit[1])
+            if hit is None:
+                continue
+            got = crc32c(self.flat[j])
+            if got != hit[1]:
+                raise self.checks.mismatch(hit[0], self.name, got, hit[1])
+            self.checks.verified[hit[2], self.column] = True
 
 
 class ChunkCorrupt(StoreCorrupt):

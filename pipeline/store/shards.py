@@ -329,6 +329,7 @@ class ShardReader:
                     chunks.append((int(off), int(nbytes), j))
             check = (RunCheck(checks, self.name, flat, {j: k * s + local for local, j in members})
                      if checks is not None and verify and chunks else None)
+            check = check or None  # nothing left to check (every chunk checked at an earlier read: integrity.READ_CHECKS)
             chunks.sort()
             try:
                 self._read_chunks(k, chunks, flat, check)

@@ -23,7 +23,8 @@ EXPECTED = {
     "cached_vs_online": {"cached_speedup", "cached_speedup_vs_ideal"},
     "loader": {"loader_vs_cat_warm_224", "loader_vs_cat_cold_224", "loader_vs_cat_warm_paper", "loader_vs_cat_cold_paper",
                "resident_gather_vs_memcpy_paper", "target_stage_cpu_efficiency_vs_before_paper",
-               "checked_vs_unchecked_warm_224", "checked_vs_unchecked_warm_paper", "checked_vs_unchecked_warm_paper_int8",
+               *(f"checked_{side}_vs_unchecked_warm_{size}" for side in ("first_epoch", "later_epochs", "every_read")
+                 for size in ("224", "paper", "paper_int8")),
                "zstd_crc32c_vs_frame_checksum"},
     "storage": {"storage_fp16_none_vs_raw_fp16", "storage_fp16_zstd_vs_raw_fp16", "storage_int8_token-channel-offset_vs_raw_fp16",
                 "fidelity_int8_token-channel-offset_worst_layer_std_cosine", "fidelity_int8_token_worst_layer_std_cosine",

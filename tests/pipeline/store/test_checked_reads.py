@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from sak.manifests.errors import StoreCorrupt
+from sak.manifests.errors import ConfigError, StoreCorrupt
 from sak.manifests.schemas import COMMIT_SCHEMA, validate_table
+from sak.pipeline.store import integrity
 from sak.pipeline.store.arrays import sample_arrays
 from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.gather import FILES, StoreGather, read_checked
@@ -198,6 +199,41 @@ def test_layouts_only_zarr_reads_are_checked_too(st, tmp_path: Path) -> None:
     assert np.array_equal(out, store.read_parts(seg, [5, 1], 3)[0])
     path, off, nbytes = chunk_span(store, seg, "layer_3", 1)
     flip(path, off + nbytes - 2)
-    zarr_array = FeatureStore.open(store.path).array(seg, "layer_3")
+    reopened = FeatureStore.open(store.path)  # as a new process would: row 1 was checked by the read above
+    zarr_array = reopened.array(seg, "layer_3")
     with pytest.raises(StoreCorrupt, match=f"id-{SHAS[1]}"):
-        read_checked(zarr_array, "layer_3", [1], out[:1], [0], checks)
+        read_checked(zarr_array, "layer_3", [1], out[:1], [0], reopened.sample_checks(seg))
+
+
+@pytest.mark.parametrize("policy", ["first", "every"])
+def test_a_sample_is_checked_at_its_first_read_in_a_process_or_at_every_read(st, tmp_path: Path, monkeypatch,
+                                                                             policy: str) -> None:
+    """Default ``first``: a byte changed after a sample's first checked read is caught by the next process (and
+    verify), not by this one; ``SAK_READ_CHECKS=every`` catches it at the next read."""
+    monkeypatch.setattr(integrity, "READ_CHECKS", policy)
+    store, seg = _store(st, tmp_path)
+    store.read_parts(seg, [1, 2], 3)  # checked, and remembered
+    checks = store.sample_checks(seg)
+    col = checks.index["layer_3"]
+    assert checks.verified[checks.positions([1, 2]), col].all() and not checks.verified[checks.positions([0]), col].any()
+    path, off, nbytes = chunk_span(store, seg, "layer_3", 1)
+    flip(path, off + nbytes // 2)
+    FILES.close_all()
+    if policy == "every":
+        with pytest.raises(StoreCorrupt, match=f"id-{SHAS[1]}"):
+            store.read_parts(seg, [1], 3)
+    else:
+        store.read_parts(seg, [1], 3)  # not checked again in this process
+        with pytest.raises(StoreCorrupt, match=f"id-{SHAS[1]}"):
+            FeatureStore.open(store.path).read_parts(seg, [1], 3)
+    checks.forget()
+    with pytest.raises(StoreCorrupt, match=f"id-{SHAS[1]}"):
+        store.read_parts(seg, [1], 3)
+
+
+def test_the_read_check_policy_comes_from_sak_read_checks_and_refuses_typos(monkeypatch) -> None:
+    assert integrity.read_check_policy("") == "first" and integrity.read_check_policy(" Every ") == "every"
+    monkeypatch.setenv("SAK_READ_CHECKS", "every")
+    assert integrity.read_check_policy() == "every"
+    with pytest.raises(ConfigError, match="SAK_READ_CHECKS='always'.*'first'.*'every'"):
+        integrity.read_check_policy("always")
