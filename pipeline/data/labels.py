@@ -16,15 +16,18 @@ import numpy as np
 from PIL import Image
 
 from ...manifests.errors import BadImage, DatasetError
+from ...manifests.hashing import NotRegularFile, open_regular
 from ..tasks import get_task
 from ..tasks.pascal import read_mat
 
 
 def _read_png(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as fh, Image.open(fh) as img:  # a FIFO named .png fails at once, never blocks
             img.load()
             return np.asarray(img)  # palette ("P") pngs give their indices: the class values
+    except NotRegularFile as exc:
+        raise DatasetError(f"label file {exc}") from None
     except FileNotFoundError:
         raise DatasetError(f"label file {path} does not exist. Re-index the dataset (sak-cache index).") from None
     except Exception as exc:  # PIL raises many types for bad files
@@ -33,7 +36,10 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        with open_regular(path) as fh:
+            return np.load(fh, allow_pickle=False)
+    except NotRegularFile as exc:
+        raise DatasetError(f"label file {exc}") from None
     except FileNotFoundError:
         raise DatasetError(f"label file {path} does not exist. Re-index the dataset (sak-cache index).") from None
     except ValueError as exc:
@@ -50,6 +56,12 @@ def _read(path: Path) -> np.ndarray:
     if suffix == ".npy":
         return _read_npy(path)
     if suffix == ".mat":
+        try:
+            open_regular(path).close()  # scipy reads by name: refuse a FIFO before it can block
+        except NotRegularFile as exc:
+            raise DatasetError(f"label file {exc}") from None
+        except FileNotFoundError:
+            raise DatasetError(f"label file {path} does not exist. Re-index the dataset (sak-cache index).") from None
         return read_mat(path)  # PASCAL-Context LabelMap / PASCAL-Part anno (sak.pipeline.tasks.pascal)
     return _read_png(path)
 

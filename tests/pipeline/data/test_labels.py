@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -130,3 +133,24 @@ def test_corrupt_png_is_bad_image(tmp_path):
 def test_unknown_task(tmp_path):
     with pytest.raises(DatasetError, match="unknown task 'albedo'; known tasks: semseg, depth"):
         load_label("albedo", tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("name", ["depth.png", "depth.npy", "label.mat"])
+def test_a_fifo_named_like_a_label_is_an_error_not_a_hang(tmp_path, name):
+    """A label swapped for a FIFO after indexing: training gets a DatasetError naming it at once (the open used to block)."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    done = threading.Event()
+    caught: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_label("depth", fifo)
+        except BaseException as exc:  # handed to the test thread
+            caught.append(exc)
+        done.set()
+
+    threading.Thread(target=load, daemon=True).start()
+    assert done.wait(20), "load_label blocked on a FIFO"
+    assert len(caught) == 1 and isinstance(caught[0], DatasetError), caught
+    assert str(fifo) in str(caught[0]) and "FIFO" in str(caught[0])
