@@ -285,12 +285,15 @@ def measure(name: str, bench: Bench, data, store_paths: list[Path], rows: int, c
 
 def _checks_policy(data, *, every: bool, forget: bool) -> None:
     """Set the read-check policy of every segment record the loader holds (``every`` read, or the first read per
-    process) and, with ``forget``, mark every sample unchecked again (the first epoch of a run)."""
+    process): with ``forget`` every sample unchecked (a run's first epoch), else, under the first-read policy,
+    every sample checked (the epochs after the first, which read every train sample once)."""
     for store in data.stores:
         for checks in store._checks.values():
             checks.every = every
-            if forget:
+            if forget or every:  # every read: nothing is ever marked checked, so start from all pending
                 checks.forget()
+            else:
+                checks.mark_checked()
 
 
 def measure_checks(name: str, bench: Bench, data, cfg: dict) -> None:

@@ -105,11 +105,30 @@ class SegmentChecks:
             self.crc[self.has_crc] = pc.list_flatten(crc).to_numpy().reshape(-1, len(self.names))
         self.legacy = not bool(self.has_crc.all())
         self.every = READ_CHECKS == "every"
-        self.verified = np.zeros((len(rows), len(self.names)), dtype=bool)  # (ok row, array) checked in this process
+        self._ok_rows = rows[self.has_crc]
+        # (row, array) still to check in this process, indexed by ROW so that a read's lookup is one fancy index
+        self.pending = np.zeros((size, len(self.names)), dtype=bool)
+        self.pending[self._ok_rows] = True
+        self.verified = np.zeros((len(rows), len(self.names)), dtype=bool)  # legacy rows: (ok row, array) checked by sha256
 
     def forget(self) -> None:
         """Mark every sample unchecked again (measurements: the cost of a first epoch)."""
+        self.pending[self._ok_rows] = True
         self.verified[:] = False
+
+    def mark_checked(self) -> None:
+        """Mark every crc32c row checked (measurements: the state after a first epoch that read them all)."""
+        self.pending[self._ok_rows] = False
+
+    def checked(self, rows: Sequence[int], name: str) -> np.ndarray:
+        """Per row: whether this process has checked array ``name`` of it (crc32c rows; legacy rows by sha256)."""
+        pos = self.positions(rows)
+        out = np.zeros(len(pos), dtype=bool)
+        known = pos >= 0
+        col = self.index[name]
+        r = np.asarray(rows, dtype=np.int64)[known]
+        out[known] = np.where(self.has_crc[pos[known]], ~self.pending[r, col], self.verified[pos[known], col])
+        return out
 
     def fix(self, source: str | None = None) -> str:
         return (f"Re-extract the damaged samples: `sak-cache extract --cache {self.cache_root} --teacher {self.teacher} "
@@ -128,20 +147,32 @@ class SegmentChecks:
         """Whether the part names ``row`` as an ok sample (its bytes must be there)."""
         return self._pos(int(row)) >= 0
 
+    def any_pending(self, rows: Sequence[int], name: str) -> bool:
+        """Whether any of ``rows`` still needs its array ``name`` checked (True when unsure: the full path decides)."""
+        r = np.asarray(rows, dtype=np.int64)
+        if not len(r) or r.min() < 0 or r.max() >= len(self.pending):
+            return True
+        return bool(self.pending[r, self.index[name]].any())
+
     def expected(self, rows: Sequence[int], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(crc32c of array ``name`` per row, mask of the rows to check, their positions) for ``rows``.
 
         A row is checked when its part records a crc32c for it and, under the ``first`` policy, this
         process has not checked that array of it yet.
         """
+        column = self.index[name]
+        r = np.asarray(rows, dtype=np.int64)
+        if len(r) and 0 <= r.min() and r.max() < len(self.pending):  # the common case: one lookup, often nothing to do
+            have = self.pending[r, column]
+            if not have.any():
+                return np.zeros(len(r), dtype=np.uint32), have, r
         pos = self.positions(rows)
         known = pos >= 0
         have = np.zeros(len(pos), dtype=bool)
-        column = self.index[name]
-        have[known] = self.has_crc[pos[known]] if self.every else self.has_crc[pos[known]] & ~self.verified[pos[known], column]
+        have[known] = self.pending[r[known], column]
         crcs = np.zeros(len(pos), dtype=np.uint32)
         crcs[have] = self.crc[pos[have], column]
-        return crcs, have, pos
+        return crcs, have, r
 
     def corrupt(self, row: int, problem: str) -> StoreCorrupt:
         """The error for damaged ``row``: store, segment, row, sample id and sha256, the problem and the fix."""
@@ -152,12 +183,13 @@ class SegmentChecks:
 
     def check_rows(self, name: str, rows: Sequence[int], flat: np.ndarray, slots: Sequence[int]) -> None:
         """Compare ``crc32c(flat[slots[j]])`` with the recorded crc of array ``name`` for row ``rows[j]``."""
-        want, have, pos = self.expected(rows, name)
+        want, have, r = self.expected(rows, name)
         for j in np.flatnonzero(have).tolist():
             got = crc32c(flat[slots[j]])
             if got != int(want[j]):
                 raise self.mismatch(rows[j], name, got, int(want[j]))
-        self.verified[pos[have], self.index[name]] = True
+        if not self.every:
+            self.pending[r[have], self.index[name]] = False
 
     def mismatch(self, row: int, name: str, got: int, want: int) -> StoreCorrupt:
         """The error for a row whose array ``name`` does not match its recorded crc32c."""
@@ -191,9 +223,9 @@ class RunCheck:
     def __init__(self, checks: SegmentChecks, name: str, flat: np.ndarray, rows: dict[int, int]) -> None:
         self.checks, self.name, self.flat = checks, name, flat
         slots = list(rows)
-        want, have, pos = checks.expected([rows[j] for j in slots], name)
-        self.want = {j: (rows[j], int(w), int(p)) for j, w, h, p in zip(slots, want.tolist(), have.tolist(), pos.tolist(), strict=True)
-                     if h}
+        want, have, _ = checks.expected([rows[j] for j in slots], name)
+        self.want = ({j: (rows[j], int(w)) for j, w, h in zip(slots, want.tolist(), have.tolist(), strict=True) if h}
+                     if have.any() else {})
         self.column = checks.index[name]
 
     def __bool__(self) -> bool:
@@ -208,7 +240,8 @@ class RunCheck:
             got = crc32c(self.flat[j])
             if got != hit[1]:
                 raise self.checks.mismatch(hit[0], self.name, got, hit[1])
-            self.checks.verified[hit[2], self.column] = True
+            if not self.checks.every:
+                self.checks.pending[hit[0], self.column] = False
 
 
 class ChunkCorrupt(StoreCorrupt):

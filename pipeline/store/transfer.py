@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from ...manifests.errors import SakError, StoreCorrupt
 from ...manifests.schemas import STATUS_FAILED, STATUS_OK
 from .arrays import prefix_array_name, read_rows_contiguous
+from .commits import dropped_ok_rows
 from .feature_store import FeatureStore
 from .ids import check_inside, check_segment_id
 from .quant import block_from_parts
@@ -132,7 +133,12 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
 
 
 def compact_store(store, *, target_rows: int = 4096, progress: Progress | None = None) -> TransferReport:
-    """Merge committed segments smaller than ``target_rows`` into segments of up to ``target_rows`` rows."""
+    """Merge committed segments smaller than ``target_rows`` into segments of up to ``target_rows`` rows.
+
+    Segments holding rows that dedup hides (a sample committed twice: two writers, or a compaction
+    killed after its new parts were committed but before the old ones were removed) are rewritten too,
+    whatever their size, keeping only the rows readers use: the copies stop costing space.
+    """
     if store.read_only:
         raise SakError(f"store {store.path} is open read-only; open it with read_only=False to compact it")
     if target_rows < 1:
@@ -143,9 +149,13 @@ def compact_store(store, *, target_rows: int = 4096, progress: Progress | None =
     for seg, st in zip(raw.column("segment_id").to_pylist(), raw.column("status").to_pylist(), strict=True):
         counts[seg] = counts.get(seg, 0) + (st == STATUS_OK)
     small = sorted(check_segment_id(s, f"{store.path}/manifest", store.path) for s, n in counts.items() if n < target_rows)
-    if len(small) < 2:
+    doubled = set(dropped_ok_rows(raw).column("segment_id").to_pylist())
+    if len(small) < 2 and not doubled:
         log.info("nothing to compact in %s (%d small segment(s))", store.path, len(small))
         return report
+    if doubled:
+        log.info("%s: %d segment(s) hold rows committed twice; rewriting them without the copies", store.path, len(doubled))
+    small = sorted(set(small) | {check_segment_id(s, f"{store.path}/manifest", store.path) for s in doubled})
     doomed = [(store.part_path(seg), store.path / "stats" / f"{seg}.json", store.path / "segments" / seg) for seg in small]
     for paths in doomed:  # ids come from files: every target must resolve inside the store, checked before anything is written
         for path in paths:

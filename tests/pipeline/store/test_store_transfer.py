@@ -118,3 +118,19 @@ def test_verify_reports_a_committed_segment_missing_on_disk(fragmented) -> None:
     (fragmented.path / "segments" / seg).remove_tree()
     report = FeatureStore.open(str(fragmented.path)).verify()
     assert report.missing_segments == [seg] and len(report.corrupt) == 3 and not report.ok
+
+
+def test_compact_rewrites_full_segments_that_hold_rows_committed_twice(root, st) -> None:
+    """Two writers committed the same 4 samples in full-size segments: nothing is small, but the copy readers
+    never use is dropped (it stayed forever before), and the data readers see are unchanged."""
+    store = FeatureStore.create(root, st.make_spec(keep_prefix=True))
+    st.write_segment(store, SHAS[:4], seed=1)
+    second, _, _ = st.write_segment(store, SHAS[:4], seed=2)  # a second writer's copies: dedup keeps the first writer's rows
+    before = features(store)
+    assert store.raw_commits().num_rows == 8
+    report = compact_store(FeatureStore.open(str(store.path), read_only=False), target_rows=4)
+    after = FeatureStore.open(str(store.path))
+    # only the segment whose rows are all hidden copies goes; nothing of it is worth copying
+    assert after.raw_commits().num_rows == 4 and report.copied == 0 and report.removed_segments == [second.segment_id]
+    assert_same(features(after), before)
+    assert after.verify().ok
