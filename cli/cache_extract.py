@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ..pipeline.extract.job import ExtractConfig
+from ..pipeline.extract.config import ExtractConfig
 from ..pipeline.extract.job import extract as run_extract
 from .common import (
     console,
@@ -83,6 +83,7 @@ def extract(
     resolution: int | None = typer.Option(None, "--resolution", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits), float32, or int8 (codes + float32 scales, quantized on the GPU: half the bytes of float16 on disk, over PCIe and in the loader; use it at the paper's sizes, e.g. SAM's 64x64x768 maps = 25 MB per sample in float16). int8 is fidelity-gated: see --min-cosine."),
     quant: str | None = typer.Option(None, "--quant", help="int8 scales: token-channel-offset (default: each channel centred on its mean and scaled by its std, then a scale per token; real teachers have outlier channels, channels with large constant offsets and high-norm tokens), token-channel, channel, or token (faster to decode, lower fidelity on real features; benchmarks/storage.py measures all four)."),
+    orientation: str = typer.Option(None, "--orientation", help="Image orientation on decode, recorded in the spec: exif (the default: the EXIF Orientation tag applied, the image as a viewer shows it) or raw (stored pixel order: stores before EXIF support, and --input-protocol native)."),
     codec: str = typer.Option("none", "--codec", help="Compression of the feature arrays: none (default and fastest: float16/int8 features compress by under 10%, and decoding would bound training reads), lz4 (cheap, rarely pays), zstd (saves <10% at a large CPU cost; every store before this option)."),
     min_cosine: float = typer.Option(0.9999, "--min-cosine", help="int8 fidelity gate: the extraction stops (before writing) when a layer's standardized mean cosine between the int8 codes and the teacher's maps, on any batch, is below this. Shown per layer by `sak-cache info`."),
     force_quant: bool = typer.Option(False, "--force-quant", help="int8: keep going below --min-cosine with a warning (the measured fidelity is recorded in the store)."),
@@ -130,7 +131,7 @@ def extract(
         cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None, replace=replace,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
         input_protocol=input_protocol, img_size=parse_hw_option(img_size, "--img-size"),
-        resolution=resolution, dtype=dtype, quant=quant, codec=codec, min_cosine=min_cosine, force_quant=force_quant,
+        resolution=resolution, dtype=dtype, quant=quant, codec=codec, orientation=orientation, min_cosine=min_cosine, force_quant=force_quant,
         encode_threads=encode_threads, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
         device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
         retry_failed=retry_failed, segment_size=segment_size, repair=repair,

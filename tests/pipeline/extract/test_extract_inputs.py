@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from sak.cli.cache import app as cache_app
 from sak.manifests.config import config_hash
 from sak.manifests.errors import BadImage, DatasetError
 from sak.pipeline.data.datasets import index_dataset, open_dataset, write_dataset_index
@@ -214,3 +217,24 @@ def test_decode_ahead_is_bounded_by_decoded_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(segment, "DECODE_AHEAD_BYTES", 2 * 64 * 64 * 3)
     list(segment._prepared_batches([s for s in samples if s.sample_id != "big"], teachers, cfg))
     assert 0 < live["peak"] <= 2 * 64 * 64 * 3
+
+
+def test_a_new_exif_store_beside_a_raw_one_is_announced_with_the_flag_that_keeps_the_old_one(tmp_path, caplog):
+    """Upgrading: the default (exif) spec differs from a store written before EXIF support (raw), so extraction
+    starts a new store and extracts everything again; it says so, and --orientation raw keeps the old store."""
+    cache, root = tmp_path / "cache", tmp_path / "d"
+    _png(root / "a.png", seed=1)
+    _index(cache, root, "d")
+    old = extract(_cfg(cache, orientation="raw")).teachers[0].store
+    with caplog.at_level(logging.WARNING, logger="sak.pipeline.extract.job"):
+        again = extract(_cfg(cache, orientation="raw"))
+    twin = [r for r in caplog.records if "--orientation raw" in r.getMessage()]
+    assert again.teachers[0].store == old and again.teachers[0].skipped_cached == 1 and not twin
+    with caplog.at_level(logging.WARNING, logger="sak.pipeline.extract.job"):
+        new = extract(_cfg(cache))
+    assert new.teachers[0].store != old and new.teachers[0].done == 1
+    assert any(str(old) in r.getMessage() and "--orientation raw" in r.getMessage() for r in caplog.records)
+    res = CliRunner().invoke(cache_app, ["extract", "--cache", str(cache), "--teacher", "test:tiny", "--random-init",
+                                         "--dataset", "d", "--img-size", "48x48", "--device", "cpu", "--orientation", "raw"])
+    assert res.exit_code == 0, res.output
+    assert FeatureStore.open(old).commits("ok").num_rows == 1  # reused the raw store: nothing extracted twice
