@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     bench = Bench("concurrent_writers", args)
 
     from sak.pipeline.extract.job import ExtractConfig
-    from sak.pipeline.store.feature_store import list_stores
+    from sak.pipeline.store.catalog import list_stores
     from sak.pipeline.teachers import create_teacher
 
     n = cfg["images"]

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from sak.manifests.errors import SpecMismatch, StoreCorrupt
 from sak.manifests.schemas import COMMIT_SCHEMA, STATUS_FAILED, STATUS_OK, validate_table
-from sak.pipeline.store.feature_store import list_stores
+from sak.pipeline.store.catalog import list_stores
 from sak.pipeline.store.stats import LayerStats, merge_all, stats_from_json
 from sak.student.data.stores import Coverage, CoverageError, Item, extract_hint, split_rows
 

@@ -19,7 +19,8 @@ from rich.table import Table
 from ..manifests.errors import StoreCorrupt
 from ..pipeline.cache import scan_stores, store_damage
 from ..pipeline.storage import as_location
-from ..pipeline.store.feature_store import FEATURES_DIR, SPEC_FILE, list_stores, resolve_store
+from ..pipeline.store.catalog import list_stores, resolve_store
+from ..pipeline.store.feature_store import FEATURES_DIR, SPEC_FILE
 from ..pipeline.store.maintenance import FIXES
 from ..pipeline.store.repair import repair_store
 from .common import EXIT_PARTIAL, console, friendly_errors, out

@@ -13,7 +13,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from ..pipeline.store.feature_store import FeatureStore, resolve_store
+from ..pipeline.store.catalog import resolve_store
+from ..pipeline.store.feature_store import FeatureStore
 from ..pipeline.store.transfer import compact_store, export_store
 from .common import console, friendly_errors, out
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from ..manifests.errors import SakError
 from .data.datasets import Dataset, list_datasets, open_dataset
 from .storage import Location, as_location
-from .store.feature_store import FEATURES_DIR, SPEC_FILE, FeatureStore, list_stores, resolve_store
+from .store.catalog import list_stores, resolve_store
+from .store.feature_store import FEATURES_DIR, SPEC_FILE, FeatureStore
 
 
 @dataclass(frozen=True)

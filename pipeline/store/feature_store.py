@@ -46,15 +46,16 @@ from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrup
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location, as_location, read_parquet
 from .arrays import decode_stored, prefix_array_name, prefix_dtype, sample_arrays
-from .commits import dedup_commits, dropped_ok_rows, merge_stacked, rows_by_segment
+from .commits import dedup_commits
 from .gather import read_arrays
 from .ids import check_part_rows, check_segment_id
 from .integrity import SegmentChecks
 from .maintenance import VerifyReport, gc_store, verify_store
 from .quant import block_from_parts, dequantize_block, stored_parts
 from .shards import ShardReader, fast_shards_supported
-from .spec import ABSENT_CODEC, FORMAT_VERSION, UNHASHED, FeatureSpec
-from .stats import LayerStats, fidelity_from_json, fidelity_summary, merge_fidelity, stats_from_json
+from .spec import ABSENT_CODEC, FORMAT_VERSION, FeatureSpec, mismatch_message, spec_differences
+from .stats import LayerStats, fidelity_summary, merge_fidelity
+from .store_stats import merged_stats, segment_fidelity
 from .writer import SegmentWriter, write_text_atomic
 
 if TYPE_CHECKING:
@@ -67,30 +68,6 @@ CREATED_FILE = "created.json"  # who/when, kept out of spec.json (the spec is th
 FEATURES_DIR = "features"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 PART_READERS = 4  # threads reading commit parts on open (remote stores: overlapped GETs)
-
-#: Which command-line flag sets each spec field, for SpecMismatch messages.
-_FLAG = {
-    "layers": "--layers", "resolution": "--resolution", "dtype": "--dtype", "views": "--views", "aug": "--aug",
-    "keep_prefix": "--keep-prefix", "weights": "--weights / --random-init", "aug_seed": "--seed", "teacher": "--teacher",
-    "input_protocol": "--input-protocol", "img_size": "--img-size", "resize": "--input-protocol", "aug_version": "--aug sak|sak-v1",
-}
-
-
-# -- spec comparison -------------------------------------------------------------
-def spec_differences(have: FeatureSpec, want: FeatureSpec | dict) -> list[tuple[str, object, object]]:
-    """[(field, stored value, asked value)] for the fields that differ."""
-    a = have.to_dict()
-    b = want.to_dict() if isinstance(want, FeatureSpec) else {k: json.loads(canonical_json(v)) for k, v in want.items()}
-    return [(k, a.get(k), b[k]) for k in sorted(b) if a.get(k) != b[k] and k not in UNHASHED]
-
-
-def _mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> str:
-    parts = [f"{k} {v_have!r} (you asked for {v_want!r}; pass {_FLAG.get(k, k)} to match)" for k, v_have, v_want in diffs]
-    return (
-        f"store {where} was written with " + "; ".join(parts) + ". "
-        "Pass the stored values, or extract again (a different spec gets its own store)."
-    )
-
 
 def write_created_record(path: Location) -> None:
     """Write ``<store>/created.json`` (``created_by`` user@host, ``created_at`` UTC) unless it exists."""
@@ -141,7 +118,7 @@ class FeatureStore:
             store = cls.open(path, read_only=False)
             diffs = spec_differences(store.spec, spec)
             if diffs:
-                raise SpecMismatch(_mismatch_message(str(path), diffs))
+                raise SpecMismatch(mismatch_message(str(path), diffs))
             if store.spec.codec != spec.codec:  # not hashed: the store's own codec wins
                 log.info("store %s writes codec %r (its spec.json); keeping it instead of %r", path, store.spec.codec, spec.codec)
             return store
@@ -203,7 +180,7 @@ class FeatureStore:
         """Raise :class:`SpecMismatch` naming the fields whose stored value differs, e.g. ``require(layers=(11,))``."""
         diffs = spec_differences(self.spec, expected)
         if diffs:
-            raise SpecMismatch(_mismatch_message(str(self.path), diffs))
+            raise SpecMismatch(mismatch_message(str(self.path), diffs))
 
     # -- commits ----------------------------------------------------------------
     def part_names(self) -> list[str]:
@@ -392,30 +369,8 @@ class FeatureStore:
         """
         segments, raw = self._snapshot()
         with self._lock:
-            totals = self._cached("stats", segments, lambda: self._merged_stats(raw))
+            totals = self._cached("stats", segments, lambda: merged_stats(self, raw, self._segment_stats))
         return dict(totals)
-
-    def _merged_stats(self, raw: pa.Table) -> dict[int, LayerStats]:
-        ok_segments = sorted(pc.unique(raw.filter(pc.equal(raw.column("status"), STATUS_OK)).column("segment_id")).to_pylist())
-        per_layer: dict[int, list[LayerStats]] = {i: [] for i in self.spec.layers}
-        for seg in ok_segments:
-            parsed = self._segment_stats.get(seg)
-            if parsed is None:
-                path = self.path / "stats" / f"{seg}.json"
-                if not path.exists():
-                    raise StoreCorrupt(f"{path} is missing for committed segment {seg}; run `sak-cache verify {self.path}`.")
-                parsed = self._segment_stats[seg] = stats_from_json(path.read_text(encoding="utf-8"), str(path))
-            for layer, st in parsed.items():
-                if layer in per_layer:
-                    per_layer[layer].append(st)
-        totals = {i: merge_stacked(v, self.spec.width) for i, v in per_layer.items()}
-        dropped = dropped_ok_rows(raw)
-        if dropped.num_rows:  # duplicates from concurrent writers: remove what dedup hides
-            for seg, rows in rows_by_segment(dropped).items():
-                for layer, values in self.read_rows(seg, rows).items():
-                    for v in values:
-                        totals[layer] = totals[layer].subtract(LayerStats.from_values(v))
-        return totals
 
     def fidelity(self) -> dict[int, dict[str, dict[str, float]]]:
         """Fidelity measured at extraction, merged over committed segments: {layer: {"raw"|"std": {"mean", "min", "count"}}}.
@@ -427,12 +382,7 @@ class FeatureStore:
 
     def segment_fidelity(self, segment_id: str):
         """The fidelity record of one segment's statistics file ({} when it has none or no file)."""
-        path = self.path / "stats" / f"{segment_id}.json"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        return fidelity_from_json(text, str(path))
+        return segment_fidelity(self.path, segment_id)
 
     # -- writing ------------------------------------------------------------------
     def writer(self, capacity: int, *, segment_id: str | None = None, durable: bool = True,
@@ -466,39 +416,3 @@ class FeatureStore:
 def gc(store: FeatureStore, dry_run: bool = True, grace_seconds: float = 3600.0) -> list[Location]:
     """Module-level alias of :meth:`FeatureStore.gc`."""
     return store.gc(dry_run=dry_run, grace_seconds=grace_seconds)
-
-
-def list_stores(cache_root: str | os.PathLike[str]) -> list[FeatureStore]:
-    """Every store of a cache (``<cache>/features/*/spec.json``) whose spec opens, sorted by name.
-
-    A store whose spec.json is damaged is left out with a warning (it must not hide the others);
-    :func:`..cache.scan_stores` reports those, and ``sak-cache ls`` marks them.
-    """
-    root = as_location(cache_root) / FEATURES_DIR
-    stores = []
-    for n in root.list_names():
-        if (root / n / SPEC_FILE).exists():
-            try:
-                stores.append(FeatureStore.open(root / n))
-            except SakError as exc:
-                log.warning("skipping damaged store %s: %s", root / n, exc)
-    return stores
-
-
-def resolve_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None) -> FeatureStore:
-    """A store by path, or by name (or unique name prefix / teacher name) inside ``cache_root``."""
-    path = as_location(ref)
-    if (path / SPEC_FILE).exists():
-        return FeatureStore.open(path)
-    if cache_root is not None:
-        stores = list_stores(cache_root)
-        hits = [s for s in stores if s.name == str(ref)] or [
-            s for s in stores if s.name.startswith(str(ref)) or s.spec.teacher == str(ref)
-        ]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise SakError(f"{ref!r} matches several stores: {', '.join(s.name for s in hits)}; pass the full name")
-        names = ", ".join(s.name for s in stores) or "none"
-        raise SakError(f"no store {ref!r} in {as_location(cache_root) / FEATURES_DIR} (stores: {names})")
-    raise SakError(f"{ref} is not a feature store directory; pass a store path or --cache with a store name")

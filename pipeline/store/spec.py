@@ -44,10 +44,11 @@ field the same way (with its legacy value in :data:`LEGACY_VALUES`), or bump
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from ...manifests.config import Config, config_hash
+from ...manifests.config import Config, canonical_json, config_hash
 from ...manifests.errors import ConfigError
 from ..data.images import ORIENTATIONS
 from .quant import QUANT_MODES
@@ -197,3 +198,27 @@ class FeatureSpec(Config):
     @property
     def store_name(self) -> str:
         return f"{self.short_teacher}-{self.spec_id}"
+
+
+#: Which command-line flag sets each spec field, for SpecMismatch messages.
+_FLAG = {
+    "layers": "--layers", "resolution": "--resolution", "dtype": "--dtype", "views": "--views", "aug": "--aug",
+    "keep_prefix": "--keep-prefix", "weights": "--weights / --random-init", "aug_seed": "--seed", "teacher": "--teacher",
+    "input_protocol": "--input-protocol", "img_size": "--img-size", "resize": "--input-protocol", "aug_version": "--aug sak|sak-v1",
+    "quant": "--quant", "orientation": "--orientation",
+}
+
+
+def spec_differences(have: FeatureSpec, want: FeatureSpec | dict) -> list[tuple[str, object, object]]:
+    """[(field, stored value, asked value)] for the fields that differ."""
+    a = have.to_dict()
+    b = want.to_dict() if isinstance(want, FeatureSpec) else {k: json.loads(canonical_json(v)) for k, v in want.items()}
+    return [(k, a.get(k), b[k]) for k in sorted(b) if a.get(k) != b[k] and k not in UNHASHED]
+
+
+def mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> str:
+    parts = [f"{k} {v_have!r} (you asked for {v_want!r}; pass {_FLAG.get(k, k)} to match)" for k, v_have, v_want in diffs]
+    return (
+        f"store {where} was written with " + "; ".join(parts) + ". "
+        "Pass the stored values, or extract again (a different spec gets its own store)."
+    )

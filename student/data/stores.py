@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 
 from ...manifests.errors import DatasetError, SakError, SpecMismatch
 from ...manifests.schemas import STATUS_OK
+from ...pipeline.store.catalog import list_stores
 from ...pipeline.store.commits import commit_keys
-from ...pipeline.store.feature_store import list_stores
 from ...pipeline.teachers import aliases
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sak.cli import cache_extract, common
-from sak.pipeline.store.feature_store import list_stores
+from sak.pipeline.store.catalog import list_stores
 
 
 @pytest.fixture()

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from sak.cli import cache_extract, cache_inspect, cache_share, common
 from sak.pipeline.data.datasets import index_dataset, write_dataset_index
-from sak.pipeline.store.feature_store import FeatureStore, list_stores
+from sak.pipeline.store.catalog import list_stores
+from sak.pipeline.store.feature_store import FeatureStore
 
 
 @pytest.fixture()

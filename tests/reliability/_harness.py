@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sak.pipeline.store.feature_store import FeatureStore, list_stores
+from sak.pipeline.store.catalog import list_stores
+from sak.pipeline.store.feature_store import FeatureStore
 
 SEED = int(os.environ.get("SAK_RELIABILITY_SEED", "14"))
 MODULES = {"sak-cache": "sak.cli.cache", "sak-train": "sak.cli.train"}

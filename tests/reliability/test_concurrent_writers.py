@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from sak.pipeline.extract.job import ExtractConfig, extract
-from sak.pipeline.store.feature_store import FeatureStore, list_stores
+from sak.pipeline.store.catalog import list_stores
+from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.writer import parse_segment_id
 from sak.pipeline.teachers import create_teacher
 

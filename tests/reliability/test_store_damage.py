@@ -18,7 +18,8 @@ import typer
 from typer.testing import CliRunner
 
 from sak.cli import cache_extract, cache_inspect, common
-from sak.pipeline.store.feature_store import FeatureStore, list_stores
+from sak.pipeline.store.catalog import list_stores
+from sak.pipeline.store.feature_store import FeatureStore
 
 pytestmark = pytest.mark.reliability
 

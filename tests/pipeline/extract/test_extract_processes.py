@@ -13,7 +13,8 @@ import numpy as np
 
 from sak.pipeline.data.datasets import index_dataset, write_dataset_index
 from sak.pipeline.extract.job import ExtractConfig, extract
-from sak.pipeline.store.feature_store import FeatureStore, list_stores
+from sak.pipeline.store.catalog import list_stores
+from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.writer import parse_segment_id
 from sak.pipeline.teachers import create_teacher
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from sak.pipeline.storage import FsspecLocation, as_location
-from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
+from sak.pipeline.store.catalog import list_stores, resolve_store
+from sak.pipeline.store.feature_store import FeatureStore
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as hst
 from sak.manifests.errors import SakError, SpecMismatch, StoreCorrupt
 from sak.pipeline.storage import ReadOnlyStorage
 from sak.pipeline.store.arrays import contiguous_runs, float32_to_bf16_bits, read_rows_contiguous
-from sak.pipeline.store.feature_store import FeatureStore, list_stores, resolve_store
+from sak.pipeline.store.catalog import list_stores, resolve_store
+from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.writer import SampleKey, new_segment_id, parse_segment_id
 
 PLAIN_READER = textwrap.dedent(
