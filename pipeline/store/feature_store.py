@@ -309,7 +309,7 @@ class FeatureStore:
             root = self.path.parent.parent if self.path.parent.name == FEATURES_DIR else "<cache>"
             checks = self._checks[segment_id] = SegmentChecks(
                 str(self.path), segment_id, [n for n, _, _ in sample_arrays(self.spec)], part,
-                cache_root=str(root), teacher=self.spec.teacher)
+                cache_root=str(root), spec=self.spec)
         return checks
 
     def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None, *,

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 from ...manifests.errors import ConfigError, StoreCorrupt
 from ...manifests.schemas import STATUS_OK
 from .arrays import crc32c, sample_checksum
+from .spec import FeatureSpec, extract_command
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ def warn_legacy_once(store_path: str, what: str) -> None:
                 "rewrites it with a crc32c per sample", store_path, what, store_path)
 
 
+class SampleCorrupt(StoreCorrupt):
+    """One named sample is damaged (the message names it): readers pass it on as it is."""
+
+
 class SegmentChecks:
     """The integrity record of one committed segment (from its commit part), by row.
 
@@ -79,9 +84,9 @@ class SegmentChecks:
     """
 
     def __init__(self, store_path: str, segment_id: str, names: Sequence[str], part: pa.Table, *,
-                 cache_root: str = "<cache>", teacher: str = "<teacher>") -> None:
+                 cache_root: str = "<cache>", spec: FeatureSpec | None = None) -> None:
         self.store_path, self.segment_id, self.names = store_path, segment_id, list(names)
-        self.cache_root, self.teacher = cache_root, teacher
+        self.cache_root, self.spec = cache_root, spec
         self.index = {n: i for i, n in enumerate(self.names)}
         ok = part.filter(pc.and_(pc.equal(part.column("status"), STATUS_OK), pc.is_valid(part.column("row"))))
         rows = ok.column("row").to_numpy().astype(np.int64)
@@ -131,8 +136,10 @@ class SegmentChecks:
         return out
 
     def fix(self, source: str | None = None) -> str:
-        return (f"Re-extract the damaged samples: `sak-cache extract --cache {self.cache_root} --teacher {self.teacher} "
-                f"--dataset {source or '<dataset>'} --repair` (or `sak-cache verify {self.store_path} --fix` to drop them)")
+        """The two ways out, with the extract command that writes into this very store (every spec option)."""
+        again = (extract_command(self.spec, self.cache_root, [source or "<dataset>"]) if self.spec is not None
+                 else f"sak-cache extract --cache {self.cache_root} ... --repair")
+        return f"Re-extract the damaged samples: `{again}` (or `sak-cache verify {self.store_path} --fix` to drop them)"
 
     def _pos(self, row: int) -> int:
         return int(self.position[row]) if 0 <= row < len(self.position) else -1
@@ -174,12 +181,12 @@ class SegmentChecks:
         crcs[have] = self.crc[pos[have], column]
         return crcs, have, r
 
-    def corrupt(self, row: int, problem: str) -> StoreCorrupt:
+    def corrupt(self, row: int, problem: str) -> SampleCorrupt:
         """The error for damaged ``row``: store, segment, row, sample id and sha256, the problem and the fix."""
         p = self._pos(int(row))
         who = f" (sample_id {self.sample_ids[p]}, image sha256 {self.shas[p]})" if p >= 0 else ""
-        return StoreCorrupt(f"store {self.store_path}: segment {self.segment_id} row {int(row)}{who} is damaged: "
-                            f"{problem}. {self.fix(self.sources[p] if p >= 0 else None)}")
+        return SampleCorrupt(f"store {self.store_path}: segment {self.segment_id} row {int(row)}{who} is damaged: "
+                             f"{problem}. {self.fix(self.sources[p] if p >= 0 else None)}")
 
     def check_rows(self, name: str, rows: Sequence[int], flat: np.ndarray, slots: Sequence[int]) -> None:
         """Compare ``crc32c(flat[slots[j]])`` with the recorded crc of array ``name`` for row ``rows[j]``."""
@@ -191,7 +198,7 @@ class SegmentChecks:
         if not self.every:
             self.pending[r[have], self.index[name]] = False
 
-    def mismatch(self, row: int, name: str, got: int, want: int) -> StoreCorrupt:
+    def mismatch(self, row: int, name: str, got: int, want: int) -> SampleCorrupt:
         """The error for a row whose array ``name`` does not match its recorded crc32c."""
         return self.corrupt(row, f"array {name} reads with crc32c {got:08x}, the commit recorded {want:08x} (a "
                                  "changed byte, or a shard written in another place)")

@@ -22,7 +22,6 @@ any point leaves a store that verifies as well as before or better, and running 
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ from ..storage import Location, write_parquet_atomic
 from .feature_store import FeatureStore
 from .ids import check_inside
 from .maintenance import FIXES, VerifyReport, verify_store
-from .spec import FeatureSpec
+from .spec import extract_command
 from .stats import LayerStats, fidelity_from_json, stats_to_json
 from .writer import write_text_atomic
 
@@ -60,34 +59,6 @@ class RepairReport:
     @property
     def changed(self) -> bool:
         return bool(self.dropped or self.moved_parts or self.rewritten_stats)
-
-
-def extract_command(spec: FeatureSpec, cache: object, datasets: Sequence[str]) -> str:
-    """The ``sak-cache extract`` command that writes into the store of ``spec`` again, with ``--repair``."""
-    args = ["sak-cache", "extract", "--cache", str(cache), "--teacher", spec.teacher, "--layers", ",".join(map(str, spec.layers))]
-    for name in datasets:
-        args += ["--dataset", name]
-    if spec.dtype != "float16":
-        args += ["--dtype", spec.dtype]
-    if spec.quant:
-        args += ["--quant", spec.quant]
-    if spec.input_protocol == "native":
-        args += ["--input-protocol", "native", "--resolution", str(spec.resolution[0])]
-        if spec.aug_crop is not None:
-            args += ["--aug-crop", f"{spec.aug_crop[0]}x{spec.aug_crop[1]}"]
-    elif spec.img_size is not None:
-        args += ["--img-size", f"{spec.img_size[0]}x{spec.img_size[1]}"]
-    if spec.aug != "none":
-        args += ["--aug", "sak" if spec.aug_version == 2 else "sak-v1", "--views", str(spec.views)]
-    if spec.keep_prefix:
-        args.append("--keep-prefix")
-    if spec.random_init:
-        args.append("--random-init")
-    elif spec.weights.startswith("file:"):
-        args += ["--weights", "<the .safetensors file this store was extracted with>"]
-    if spec.aug_seed:
-        args += ["--seed", str(spec.aug_seed)]
-    return " ".join(shlex.quote(a) if not a.startswith("<") else a for a in args + ["--repair"])
 
 
 def _part_sources(path: Location) -> list[tuple[str, str]]:

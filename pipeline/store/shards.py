@@ -25,7 +25,7 @@ from ...manifests.errors import StoreCorrupt
 from ..storage import LocalLocation, Location
 from .gather import FILES, advise_willneed, preadv_fd, preadv_full, probe_cached, scratch
 from .gather import local_tail as _local_tail
-from .integrity import ChunkCorrupt, RunCheck, SegmentChecks, blame
+from .integrity import ChunkCorrupt, RunCheck, SampleCorrupt, SegmentChecks, blame
 
 _IOV_MAX = 1024  # POSIX minimum of IOV_MAX on Linux: buffers per preadv
 
@@ -337,6 +337,8 @@ class ShardReader:
                 self._read_chunks(k, chunks, flat, check)
             except ChunkCorrupt as exc:  # one chunk: blame its row
                 raise blame(checks, [k * s + local for local, j in members if j == exc.slot], str(exc)) from exc
+            except SampleCorrupt:  # already names its sample (a crc mismatch)
+                raise
             except StoreCorrupt as exc:
                 raise blame(checks, [k * s + local for local, _ in members], str(exc)) from exc
 

@@ -45,6 +45,8 @@ field the same way (with its legacy value in :data:`LEGACY_VALUES`), or bump
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,3 +224,32 @@ def mismatch_message(where: str, diffs: list[tuple[str, object, object]]) -> str
         f"store {where} was written with " + "; ".join(parts) + ". "
         "Pass the stored values, or extract again (a different spec gets its own store)."
     )
+
+
+def extract_command(spec: FeatureSpec, cache: object, datasets: Sequence[str]) -> str:
+    """The ``sak-cache extract`` command that writes into the store of ``spec`` again, with ``--repair``."""
+    args = ["sak-cache", "extract", "--cache", str(cache), "--teacher", spec.teacher, "--layers", ",".join(map(str, spec.layers))]
+    for name in datasets:
+        args += ["--dataset", name]
+    if spec.dtype != "float16":
+        args += ["--dtype", spec.dtype]
+    if spec.quant:
+        args += ["--quant", spec.quant]
+    if spec.input_protocol == "native":
+        args += ["--input-protocol", "native", "--resolution", str(spec.resolution[0])]
+        if spec.aug_crop is not None:
+            args += ["--aug-crop", f"{spec.aug_crop[0]}x{spec.aug_crop[1]}"]
+    elif spec.img_size is not None:
+        args += ["--img-size", f"{spec.img_size[0]}x{spec.img_size[1]}"]
+    if spec.aug != "none":
+        args += ["--aug", "sak" if spec.aug_version == 2 else "sak-v1", "--views", str(spec.views)]
+    args += ["--orientation", spec.orientation]  # explicit: the default depends on the protocol and on sak's version
+    if spec.keep_prefix:
+        args.append("--keep-prefix")
+    if spec.random_init:
+        args.append("--random-init")
+    elif spec.weights.startswith("file:"):
+        args += ["--weights", "<the .safetensors file this store was extracted with>"]
+    if spec.aug_seed:
+        args += ["--seed", str(spec.aug_seed)]
+    return " ".join(shlex.quote(a) if not a.startswith("<") else a for a in args + ["--repair"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from sak.cli import cache_inspect, common
+from sak.cli.cache import app as cache_app
 from sak.pipeline.extract.job import ExtractConfig, extract
 from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.writer import SampleKey
@@ -175,10 +177,17 @@ def test_verify_fix_uncommits_a_flipped_shard_and_prints_the_extract_command(app
     text = _flat(res.output)
     assert f"repaired {store.path}: uncommitted {bad} damaged sample(s), moved 0 part(s)" in text
     cache = store.path.parent.parent
-    assert (f"sak-cache extract --cache {cache} --teacher test:tiny --layers 1,3 --dataset nyud --img-size 64x80 "
-            "--random-init --repair") in text
+    command = (f"sak-cache extract --cache {cache} --teacher test:tiny --layers 1,3 --dataset nyud --img-size 64x80 "
+               "--orientation exif --random-init --repair")
+    assert command in text
     res = _run(app, "verify", store.path)
     assert res.exit_code == 0 and f"ok: {9 - bad} committed samples match" in _flat(res.output), res.output
+    # the printed command writes into this very store (not a sibling of another spec) and restores the samples
+    res = CliRunner().invoke(cache_app, shlex.split(command)[1:] + ["--limit", "9", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (cache / "features").iterdir()] == [store.path.name]
+    res = _run(app, "verify", store.path)
+    assert res.exit_code == 0 and "ok: 9 committed samples match" in _flat(res.output), res.output
 
 
 @pytest.mark.parametrize("damage", ["not json", "version 7", "codec zfoo"])

@@ -236,3 +236,16 @@ def test_the_read_check_policy_comes_from_sak_read_checks_and_refuses_typos(monk
     assert integrity.read_check_policy() == "every"
     with pytest.raises(ConfigError, match="SAK_READ_CHECKS='always'.*'first'.*'every'"):
         integrity.read_check_policy("always")
+
+
+def test_a_crc_mismatch_names_the_damaged_row_even_when_it_is_not_the_first_of_its_shard(st, tmp_path: Path) -> None:
+    """The per-chunk error passes through the shard reader as it is: it used to be re-wrapped as the error of the
+    shard's first committed row (naming the wrong sample, the fix text twice)."""
+    store, seg = _store(st, tmp_path)
+    path, off, nbytes = chunk_span(store, seg, "layer_3", 1)
+    flip(path, off + nbytes // 2)
+    with pytest.raises(StoreCorrupt) as err:
+        FeatureStore.open(store.path).read_rows(seg, [0, 1, 2, 3])
+    msg = str(err.value)
+    assert msg.startswith(f"store {store.path}: segment {seg} row 1 (sample_id id-{SHAS[1]}"), msg
+    assert msg.count("Re-extract the damaged samples") == 1 and "array layer_3 reads with crc32c" in msg

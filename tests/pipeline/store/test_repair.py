@@ -11,7 +11,8 @@ import pytest
 
 from sak.manifests.errors import StoreCorrupt
 from sak.pipeline.store.feature_store import FeatureStore
-from sak.pipeline.store.repair import extract_command, recompute_stats, repair_store
+from sak.pipeline.store.repair import recompute_stats, repair_store
+from sak.pipeline.store.spec import extract_command
 
 SHAS = [f"{i:064x}" for i in range(10)]
 
@@ -112,5 +113,5 @@ def test_extract_command_names_the_flags_that_reach_the_same_store(st) -> None:
     spec = st.make_spec(dtype="int8", quant="token-channel", keep_prefix=True)
     assert extract_command(spec, "/c c", ["nyud", "pascal"]) == (
         "sak-cache extract --cache '/c c' --teacher test:tiny --layers 1,3 --dataset nyud --dataset pascal --dtype int8 "
-        "--quant token-channel --input-protocol native --resolution 64 --keep-prefix --random-init --repair"
+        "--quant token-channel --input-protocol native --resolution 64 --orientation raw --keep-prefix --random-init --repair"
     )
