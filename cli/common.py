@@ -114,12 +114,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
+#: Exception types that are programming errors even when raised while an OS error was being handled.
+_BUG_TYPES = (AttributeError, NameError, TypeError, KeyError, IndexError, AssertionError, ZeroDivisionError, RecursionError)
+
+
 def environment_error(exc: BaseException) -> tuple[int, str | None] | None:
     """(errno, path or None) when ``exc`` or its cause is an OS error of the user's environment, else None.
 
     Libraries re-raise OS errors in their own types (pyarrow, zarr, dask); their message keeps
-    ``[Errno N]`` or the OS's text, so both are recognised.
+    ``[Errno N]`` or the OS's text, so both are recognised. A programming error (``AttributeError``,
+    ``KeyError``, ...) is a bug even when it happened while an OS error was being handled.
     """
+    if isinstance(exc, _BUG_TYPES):
+        return None
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRORS:
             path = e.filename if e.filename is not None else e.filename2

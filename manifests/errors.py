@@ -15,6 +15,11 @@ class SchemaMismatch(SakError):
     """A Parquet file does not have the columns or types this version expects."""
 
 
+class NewerFormat(SchemaMismatch):
+    """A file carries columns or fields this version does not know: most likely a newer sak wrote it. Never
+    "repair" such a file: upgrade sak to read it."""
+
+
 class SpecMismatch(SakError):
     """A feature store was written with another spec than the one asked for."""
 

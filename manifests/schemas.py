@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_write
-from .errors import ConfigError, SchemaMismatch
+from .errors import ConfigError, NewerFormat, SchemaMismatch
 
 LABEL_PREFIX = "label_"
 #: Field metadata key of a column that files written by older versions may lack (read as nulls).
@@ -119,9 +119,10 @@ def validate_table(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
             raise SchemaMismatch(f"{where}: column '{fld.name}' has {col.null_count} null value(s); it may not be null.")
     extra = sorted(names - set(schema.names))
     if extra:
-        raise SchemaMismatch(
-            f"{where}: unexpected column(s) {extra}; this is not a sak "
-            f"{schema.metadata[b'sak.kind'].decode()} file."
+        raise NewerFormat(
+            f"{where}: unexpected column(s) {extra}: a newer sak wrote it, or this is not a sak "
+            f"{schema.metadata[b'sak.kind'].decode()} file. Upgrade sak (pip install -U sak) to read it; "
+            "do not delete or repair it with this version."
         )
     return table.select(schema.names).cast(schema)
 

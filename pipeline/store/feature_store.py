@@ -200,6 +200,7 @@ class FeatureStore:
             self._segment_stats.clear()
             self._views.clear()
             self._arrays.clear()
+            self._checks.clear()  # a rewritten part (repair) must be what later reads are checked against
 
     def _cached(self, what: str, segments: tuple[str, ...], make: Callable[[], Any]) -> Any:
         """``make()`` once per set of committed segments (parts, stats and segments never change once committed)."""
@@ -307,9 +308,9 @@ class FeatureStore:
             if part is None:
                 part = self.read_part(segment_id)
             root = self.path.parent.parent if self.path.parent.name == FEATURES_DIR else "<cache>"
-            checks = self._checks[segment_id] = SegmentChecks(
-                str(self.path), segment_id, [n for n, _, _ in sample_arrays(self.spec)], part,
-                cache_root=str(root), spec=self.spec)
+            made = SegmentChecks(str(self.path), segment_id, [n for n, _, _ in sample_arrays(self.spec)], part,
+                                 cache_root=str(root), spec=self.spec)
+            checks = self._checks.setdefault(segment_id, made)  # one record per segment, whichever thread made it first
         return checks
 
     def read_rows(self, segment_id: str, rows: Sequence[int], layers: Sequence[int] | None = None, *,

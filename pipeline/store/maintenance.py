@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...manifests.errors import SakError
+from ...manifests.errors import NewerFormat, SakError
 from ...manifests.schemas import COMMIT_SCHEMA, STATUS_OK
 from ..storage import Location
 from .arrays import decode_stored, sample_arrays, sample_checksum
@@ -42,6 +42,8 @@ FIXES = {
     "part": "`sak-cache verify {store} --fix` moves the part aside to manifest/damaged/; then re-extract its rows with "
             "`sak-cache extract ... --repair`",
     "stats": "`sak-cache verify {store} --fix` recomputes the statistics from the segment's committed rows",
+    "newer": "upgrade sak (pip install -U sak): a newer version wrote these files, and this one leaves them untouched "
+             "(verify --fix refuses to repair the store)",
     "sample": "`sak-cache verify {store} --fix` uncommits the damaged samples; then re-extract them with "
               "`sak-cache extract ... --repair`",
 }
@@ -59,8 +61,9 @@ class VerifyReport:
     checked: int = 0
     corrupt: list[tuple[str, int, str, str]] = field(default_factory=list)  # (segment, row, sha256, reason)
     missing_segments: list[str] = field(default_factory=list)  # committed (a part names them) but absent
-    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (kind: spec|part|stats, where, detail)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (kind: spec|part|newer|stats, where, detail)
     bad_parts: list[str] = field(default_factory=list)  # part file names that cannot be used (unreadable, bad ids)
+    newer_parts: list[str] = field(default_factory=list)  # part file names a newer sak wrote (unknown columns): kept as they are
     bad_stats: list[str] = field(default_factory=list)  # committed segments whose stats file is missing, unreadable or wrong
     rows: pa.Table | None = None  # the rows of the usable parts (raw, duplicates included)
 
@@ -79,6 +82,9 @@ def read_parts_checked(store, report: VerifyReport) -> pa.Table:
         path = store.path / "manifest" / f"part-{seg}.parquet"
         try:
             tables.append(store.read_part(seg))
+        except NewerFormat as exc:  # not damage: never move it aside (its segment would then be garbage to gc)
+            report.add("newer", path, str(exc))
+            report.newer_parts.append(path.name)
         except SakError as exc:
             report.add("part", path, str(exc))
             report.bad_parts.append(path.name)

@@ -108,6 +108,10 @@ def repair_store(store: FeatureStore, report: VerifyReport | None = None, *,
     if store.read_only:
         raise SakError(f"store {store.path} is open read-only; open it with read_only=False to repair it")
     report = report if report is not None else verify_store(store, progress)
+    if report.newer_parts:
+        raise SakError(f"{store.path}: {len(report.newer_parts)} commit part(s) were written by a newer sak (e.g. "
+                       f"{report.newer_parts[0]}); a repair by this version could drop their rows, so nothing was changed. "
+                       f"To fix: {FIXES['newer']}.")
     spec_problems = [p for p in report.problems if p[0] == "spec"]
     if spec_problems:
         kind, where, detail = spec_problems[0]
@@ -127,6 +131,10 @@ def repair_store(store: FeatureStore, report: VerifyReport | None = None, *,
         damaged.setdefault(seg, set()).add(row)
     by_segment = {seg: raw.filter(pc.equal(raw.column("segment_id"), seg)) for seg in sorted(set(damaged) | set(report.bad_stats))}
     for seg in sorted(damaged):
+        if not store.part_path(seg).exists():  # a compact (or another repair) removed it since the verify: not ours now
+            log.warning("segment %s of %s was removed since it was verified (a compact running?); skipped", seg, store.path)
+            by_segment.pop(seg, None)
+            continue
         part = by_segment[seg]
         is_ok = pc.equal(part.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
         drop = [bool(ok) and r in damaged[seg] for ok, r in zip(is_ok, part.column("row").to_pylist(), strict=True)]
@@ -138,7 +146,7 @@ def repair_store(store: FeatureStore, report: VerifyReport | None = None, *,
         if kept.num_rows:
             write_parquet_atomic(kept, path, COMMIT_SCHEMA)
         else:
-            path.unlink()  # no row left: the segment is uncommitted (gc collects it)
+            path.unlink(missing_ok=True)  # no row left: the segment is uncommitted (gc collects it)
         out.rewritten_parts.append(seg)
         log.warning("uncommitted %d damaged sample(s) of segment %s in %s", sum(drop), seg, store.path)
     for seg, part in by_segment.items():

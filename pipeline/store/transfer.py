@@ -35,9 +35,10 @@ import pyarrow.compute as pc
 
 from ...manifests.errors import SakError, StoreCorrupt
 from ...manifests.schemas import STATUS_FAILED, STATUS_OK
-from .arrays import prefix_array_name, read_rows_contiguous
+from .arrays import prefix_array_name
 from .commits import dropped_ok_rows
 from .feature_store import FeatureStore
+from .gather import read_arrays
 from .ids import check_inside, check_segment_id
 from .quant import block_from_parts
 from .stats import merge_fidelity
@@ -111,7 +112,8 @@ def copy_rows(src, table: pa.Table, dest, *, segment_rows: int, make_id: Callabl
                 rows = piece.column("row").to_pylist()
                 parts = [src.read_parts(seg, rows, i) for i in spec.layers]
                 layers = [block_from_parts(spec.quant, p) if spec.dtype == "int8" else p[0] for p in parts]
-                prefix = [read_rows_contiguous(src.array(seg, n, fast=True), rows) for n in prefix_names] or None
+                got = read_arrays(src, seg, rows, prefix_names) if prefix_names else {}  # checked like the layers
+                prefix = [got[n] for n in prefix_names] or None
                 writer.append(_keys(piece), layers, prefix)
                 if progress is not None:
                     progress(piece.num_rows, segment=seg)

@@ -106,6 +106,20 @@ def test_an_os_error_wrapped_by_a_library_is_recognised() -> None:
     assert environment_error(RuntimeError("boom")) is None
 
 
+def test_a_bug_raised_while_handling_an_os_error_is_still_a_bug() -> None:
+    """An AttributeError raised in an ``except OSError`` block carries the ENOSPC as its context: it is a bug (exit 3
+    with a report), not "free some space"."""
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/c/f")
+        except OSError:
+            None.missing  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert exc.__context__ is not None and environment_error(exc) is None
+    else:
+        pytest.fail("no AttributeError")
+
+
 @pytest.mark.parametrize("target,code", [("write_text_atomic", errno.EACCES), ("write_parquet_atomic", errno.ENOSPC)])
 def test_stats_and_part_write_errors_exit_2_naming_the_file(demo_cache, monkeypatch, target, code) -> None:
     """Issue 14 item 7: EACCES / ENOSPC on the stats or part write of an extraction were tracebacks with exit 1.

@@ -249,3 +249,19 @@ def test_a_crc_mismatch_names_the_damaged_row_even_when_it_is_not_the_first_of_i
     msg = str(err.value)
     assert msg.startswith(f"store {store.path}: segment {seg} row 1 (sample_id id-{SHAS[1]}"), msg
     assert msg.count("Re-extract the damaged samples") == 1 and "array layer_3 reads with crc32c" in msg
+
+
+def test_compact_checks_prefix_tokens_as_it_reads_them(st, tmp_path: Path) -> None:
+    """Prefix arrays are read checked like the layers: a damaged prefix chunk stops compact at the read, naming the
+    sample, before anything is written (it used to be copied and caught only by the sha256 after the commit)."""
+    store = FeatureStore.create(tmp_path / "cache", st.make_spec(keep_prefix=True))
+    segs = [st.write_segment(store, SHAS[k : k + 3], seed=k)[0].segment_id for k in (0, 3)]
+    store = FeatureStore.open(store.path, read_only=False)
+    path, off, nbytes = chunk_span(store, segs[1], "prefix_3", 1)
+    flip(path, off + nbytes // 2)
+    parts = sorted(p.name for p in Path(str(store.path), "manifest").iterdir())
+    with pytest.raises(StoreCorrupt) as err:
+        compact_store(store, target_rows=8)
+    assert str(err.value).startswith(f"store {store.path}: segment {segs[1]} row 1 (sample_id id-{SHAS[4]}"), str(err.value)
+    assert "array prefix_3 reads with crc32c" in str(err.value)
+    assert sorted(p.name for p in Path(str(store.path), "manifest").iterdir()) == parts

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from sak.manifests.errors import StoreCorrupt
+from sak.manifests.errors import SakError, StoreCorrupt
 from sak.pipeline.store.feature_store import FeatureStore
 from sak.pipeline.store.repair import recompute_stats, repair_store
 from sak.pipeline.store.spec import extract_command
@@ -115,3 +117,22 @@ def test_extract_command_names_the_flags_that_reach_the_same_store(st) -> None:
         "sak-cache extract --cache '/c c' --teacher test:tiny --layers 1,3 --dataset nyud --dataset pascal --dtype int8 "
         "--quant token-channel --input-protocol native --resolution 64 --orientation raw --keep-prefix --random-init --repair"
     )
+
+
+def test_a_part_from_a_newer_sak_is_reported_and_never_moved_or_collected(store) -> None:
+    """A part with a column this version does not know (a newer sak wrote it) is not damage: verify says to upgrade,
+    `--fix` refuses and changes nothing, gc keeps its segment. It used to be moved aside and its segment collected."""
+    seg = store.committed_segments()[0]
+    path = Path(str(store.part_path(seg)))
+    table = pq.read_table(path)
+    pq.write_table(table.append_column("from_the_future", pa.array([1] * table.num_rows, pa.int64())), path)
+    files = sorted(str(p.relative_to(store.path)) for p in Path(store.path).rglob("*") if p.is_file())
+    fresh = FeatureStore.open(store.path, read_only=False)
+    report = fresh.verify()
+    assert [(k, Path(w).name) for k, w, _ in report.problems] == [("newer", path.name)]
+    assert report.newer_parts == [path.name] and report.bad_parts == []
+    assert "Upgrade sak" in report.problems[0][2]
+    with pytest.raises(SakError, match="written by a newer sak.*nothing was changed"):
+        repair_store(fresh)
+    assert fresh.gc(dry_run=False, grace_seconds=0.0) == []
+    assert sorted(str(p.relative_to(store.path)) for p in Path(store.path).rglob("*") if p.is_file()) == files
