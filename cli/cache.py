@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cache_extract, cache_index, cache_inspect, cache_share
+from . import cache_extract, cache_index, cache_inspect, cache_share, cache_teachers
 from .common import _main, set_debug, setup_logging, with_exit_codes
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
         "  sak-cache index ./demo --cache ./cache --name nyud\n\n"
         "  sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache\n\n"
         "  sak-cache ls --cache ./cache\n\n"
+        "  sak-cache teachers                    # every teacher name -t accepts, built-in and plugins\n\n"
         "Then train students from the cache with `sak-train --cache ./cache`."
     ),
     no_args_is_help=True,
@@ -27,6 +28,7 @@ cache_index.register(app)
 cache_extract.register(app)
 cache_inspect.register(app)
 cache_share.register(app)
+cache_teachers.register(app)
 with_exit_codes(app)
 
 

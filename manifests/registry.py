@@ -29,15 +29,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}  # name -> "built-in" or "plugin <distribution> (<module:object>)"
         self._plugins_loaded = entry_point_group is None
 
-    def register(self, name: str, entry: T, *, replace: bool = False) -> T:
-        """Add ``entry`` under ``name``; returns it (so it can be used as an expression)."""
+    def register(self, name: str, entry: T, *, replace: bool = False, origin: str = "built-in") -> T:
+        """Add ``entry`` under ``name``; returns it (so it can be used as an expression). ``origin``: who registered it."""
         if not name or not isinstance(name, str):
             raise ConfigError(f"a {self.kind} needs a non-empty name, got {name!r}")
         if name in self._entries and not replace and self._entries[name] is not entry:
             raise ConfigError(f"{self.kind} {name!r} is registered twice; pass replace=True to override it on purpose")
         self._entries[name] = entry
+        self._origins[name] = origin
         return entry
 
     def decorator(self, name: str) -> Callable[[T], T]:
@@ -57,8 +59,10 @@ class Registry(Generic[T]):
             if ep.name in self._entries:
                 log.warning("%s plugin %s (%s) is ignored: a built-in %s has that name", self.kind, ep.name, ep.value, self.kind)
                 continue
+            dist = getattr(ep, "dist", None)
+            origin = f"plugin {dist.name if dist is not None else '?'} ({ep.value})"
             try:
-                self.register(ep.name, ep.load())
+                self.register(ep.name, ep.load(), origin=origin)
             except Exception as exc:  # a broken plugin must not break the built-ins
                 log.warning("%s plugin %s (%s) failed to load and is skipped: %s", self.kind, ep.name, ep.value, exc)
 
@@ -76,6 +80,12 @@ class Registry(Generic[T]):
         if name not in self._entries:
             self._load_plugins()
         return name in self._entries
+
+    def origin(self, name: str) -> str:
+        """Who registered ``name``: ``built-in`` (this package, or code that called :meth:`register`) or
+        ``plugin <distribution> (<module:object>)`` (an entry point)."""
+        self.get(name)
+        return self._origins[name]
 
     def names(self) -> tuple[str, ...]:
         self._load_plugins()

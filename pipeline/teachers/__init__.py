@@ -19,7 +19,9 @@ from .registry import (
     register_source,
     register_teacher,
     resolve_name,
+    source_origin,
     teacher_info,
+    teacher_origin,
 )
 from .source import TeacherRequest, TeacherSource
 
@@ -41,5 +43,7 @@ __all__ = [
     "register_source",
     "register_teacher",
     "resolve_name",
+    "source_origin",
     "teacher_info",
+    "teacher_origin",
 ]

@@ -72,6 +72,16 @@ def list_teachers() -> dict[str, TeacherInfo]:
     return dict(TEACHERS.items())
 
 
+def teacher_origin(name: str) -> str:
+    """``built-in`` or ``plugin <distribution> (<module:object>)`` for a registered teacher name or alias."""
+    return TEACHERS.origin(name)
+
+
+def source_origin(prefix: str) -> str:
+    """``built-in`` or ``plugin <distribution> (<module:object>)`` for a registered source prefix."""
+    return SOURCES.origin(prefix)
+
+
 def list_sources() -> tuple[str, ...]:
     """Registered source prefixes: any ``<prefix>:<model>`` name may be asked for."""
     return SOURCES.names()
