@@ -162,17 +162,15 @@ class SegmentChecks:
         return bool(self.pending[r, self.index[name]].any())
 
     def expected(self, rows: Sequence[int], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(crc32c of array ``name`` per row, mask of the rows to check, their positions) for ``rows``.
+        """(crc32c of array ``name`` per row, mask of the rows to check, ``rows`` as an int64 array).
 
         A row is checked when its part records a crc32c for it and, under the ``first`` policy, this
         process has not checked that array of it yet.
         """
         column = self.index[name]
         r = np.asarray(rows, dtype=np.int64)
-        if len(r) and 0 <= r.min() and r.max() < len(self.pending):  # the common case: one lookup, often nothing to do
-            have = self.pending[r, column]
-            if not have.any():
-                return np.zeros(len(r), dtype=np.uint32), have, r
+        if not self.any_pending(rows, name):  # the common case after a first epoch: one lookup, nothing to do
+            return np.zeros(len(r), dtype=np.uint32), np.zeros(len(r), dtype=bool), r
         pos = self.positions(rows)
         known = pos >= 0
         have = np.zeros(len(pos), dtype=bool)

@@ -39,6 +39,17 @@ def store(demo_cache) -> FeatureStore:
     return s
 
 
+def _flip_first_shard(store: FeatureStore) -> str:
+    """Flip 8 bytes a third into the first shard of layer_1 of the first committed segment; returns that segment."""
+    seg = store.commits().column("segment_id")[0].as_py()
+    shard = next(p for p in (store.path / "segments" / seg / "layer_1" / "c").rglob("*") if p.is_file())
+    data = bytearray(shard.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 8):
+        data[i] ^= 0xA5
+    shard.write_bytes(bytes(data))
+    return seg
+
+
 def _run(app, *args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -91,12 +102,7 @@ def test_info_and_ls_show_int8_quant_codec_and_fidelity(app, tmp_path) -> None:
 def test_verify_passes_then_finds_a_flipped_shard(app, store) -> None:
     res = _run(app, "verify", store.path)
     assert res.exit_code == 0 and "ok: 9 committed samples match" in _flat(res.output)
-    seg = store.commits().column("segment_id")[0].as_py()
-    shard = next(p for p in (store.path / "segments" / seg / "layer_1" / "c").rglob("*") if p.is_file())
-    data = bytearray(shard.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 8):
-        data[i] ^= 0xA5
-    shard.write_bytes(bytes(data))
+    seg = _flip_first_shard(store)
     res = _run(app, "verify", store.path)
     assert res.exit_code == 1, res.output
     text = _flat(res.output)
@@ -164,12 +170,7 @@ def test_verify_reports_stats_spec_and_part_problems_with_their_fix(app, store) 
 
 
 def test_verify_fix_uncommits_a_flipped_shard_and_prints_the_extract_command(app, store) -> None:
-    seg = store.commits().column("segment_id")[0].as_py()
-    shard = next(p for p in (store.path / "segments" / seg / "layer_1" / "c").rglob("*") if p.is_file())
-    data = bytearray(shard.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 8):
-        data[i] ^= 0xA5
-    shard.write_bytes(bytes(data))
+    _flip_first_shard(store)
     bad = len(FeatureStore.open(store.path).verify().corrupt)
     assert bad >= 1
     res = _run(app, "verify", store.path, "--fix")
