@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import train_describe, train_fit
+from . import train_describe, train_eval, train_fit
 from .common import _main, with_exit_codes
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 
 train_describe.register(app)
 train_fit.register(app)
+train_eval.register(app)
 with_exit_codes(app)
 
 

@@ -1,4 +1,4 @@
-"""`sak-train fit | eval | export` and plain `sak-train --cache ./cache` (fit with defaults)."""
+"""`sak-train fit` and plain `sak-train --cache ./cache` (fit with defaults); eval/export live in :mod:`.train_eval`."""
 
 from __future__ import annotations
 
@@ -7,20 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Group
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
-from ..pipeline.tasks import metric_direction
-from ..student.evaluate.evaluator import evaluate, export_run
 from ..student.runs.config import TrainConfig  # option defaults are the config's
 from ..student.runs.config import field_default as D
 from ..student.runs.recipes import get_recipe
@@ -34,58 +22,7 @@ from .common import (
     parse_str_list,
     setup_logging,
 )
-
-
-class LiveView:
-    """Progress bar + a table of the latest loss parts, throughput, data wait and ETA."""
-
-    def __init__(self, total: int) -> None:
-        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=console)
-        self.task = self.bar.add_task("train", total=total)
-        self.info: dict[str, Any] = {}
-
-    def __call__(self, advance: int, **info: Any) -> None:
-        self.info = info
-        self.bar.update(self.task, completed=info.get("step", 0), total=info.get("total"))
-
-    def __rich__(self) -> Group:
-        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        i = self.info
-        for col in ("loss part", "value"):
-            table.add_column(col, justify="right" if col == "value" else "left")
-        for name, value in sorted(i.get("losses", {}).items(), key=lambda kv: (kv[0] != "total", kv[0])):
-            table.add_row(name, f"{value:.4f}")
-        if i:
-            table.add_row("lr", f"{i['lr']:.3g}")
-            table.add_row("samples/s", f"{i['samples_per_s']:.1f}")
-            table.add_row("s/step", f"{i['s_per_step']:.3f}")
-            table.add_row("data wait", f"{i['data_wait']:.0%}")
-            table.add_row("ETA", f"{i['eta_s']:.0f} s")
-        return Group(self.bar, table)
-
-
-def _better(key: str, new: float, old: float) -> bool:
-    return new > old if metric_direction(key) else new < old
-
-
-def metrics_table(metrics: dict[str, float], baseline: dict[str, float] | None, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    if baseline:
-        table.add_column("untrained (step 0)", justify="right")
-    table.add_column("trained", justify="right")
-    for key in sorted(metrics):
-        row = [key]
-        value = f"{metrics[key]:.4g}"
-        if baseline:
-            base = baseline.get(key)
-            row.append("-" if base is None else f"{base:.4g}")
-            if base is not None and key.split("/")[-1] != "ods_threshold":
-                value = f"[green]{value}[/]" if _better(key, metrics[key], base) else f"[red]{value}[/]"
-        row.append(value)
-        table.add_row(*row)
-    return table
+from .train_view import LiveView, metrics_table
 
 
 def _run_fit(cfg: TrainConfig, resume: bool) -> None:
@@ -217,48 +154,3 @@ def register(app: typer.Typer) -> None:
         )
         cfg = _with_recipe(ctx, recipe, given) if recipe else TrainConfig(**given)
         _run_fit(cfg, resume)
-
-    @app.command("eval")
-    @friendly_errors
-    def eval_cmd(
-        run: Path = typer.Argument(..., help="Run dir (runs/NAME)."),
-        split: str = typer.Option("val", "--split", help="Dataset split to evaluate."),
-        step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
-        device: str = typer.Option("auto", "--device"),
-        max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
-        amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
-        miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
-    ) -> None:
-        """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
-        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)
-        out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
-
-    @app.command("export")
-    @friendly_errors
-    def export_cmd(
-        run: Path = typer.Argument(..., help="Run dir (runs/NAME)."),
-        task: str = typer.Option(..., "--task", help="The task of the sub-model (semseg, depth, ...)."),
-        out_file: Path = typer.Option(..., "--out", help="Output .safetensors file."),
-        threshold: float = typer.Option(0.1, "--threshold", help="Keep teachers whose mean routing weight exceeds this."),
-        split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
-        max_images: int = typer.Option(64, "--max-images", min=1),
-        device: str = typer.Option("auto", "--device"),
-    ) -> None:
-        """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
-        table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
-        table.add_column("expert")
-        table.add_column("weight", justify="right")
-        table.add_column("kept")
-        for name, w in zip(res["experts"], res["routing"], strict=True):
-            table.add_row(name, f"{w:.3f}", "yes" if name == "stem" or name in res["kept"] else "[red]dropped[/]")
-        out.print(table)
-        cmp = Table(title="full student vs sub-model", title_justify="left")
-        cmp.add_column("metric")
-        cmp.add_column("full", justify="right")
-        cmp.add_column("sub-model", justify="right")
-        for key in sorted(res["full_metrics"]):
-            cmp.add_row(key, f"{res['full_metrics'][key]:.4g}", f"{res['sub_metrics'][key]:.4g}")
-        cmp.add_row("parameters", f"{res['full_params'] / 1e6:.2f}M", f"{res['sub_params'] / 1e6:.2f}M")
-        out.print(cmp)
-        out.print(f"dropped gate mass {res['dropped_gate_mass']:.3f}; wrote {res['path']}", highlight=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sak.cli import cache_inspect, train_fit
+from sak.cli import cache_inspect, train_eval
 from sak.cli.cache import app as cache_app
 from sak.cli.common import EXIT_CODES_HELP, environment_error
 from sak.cli.train import app as train_app
@@ -82,7 +82,7 @@ def test_exit_2_on_an_os_error_of_the_environment_both_tools(monkeypatch, tmp_pa
         raise OSError(code, os.strerror(code), "/data/cache/features/x/stats/seg.json")
 
     monkeypatch.setattr(cache_inspect, "scan_stores", fail)
-    monkeypatch.setattr(train_fit, "evaluate", fail)
+    monkeypatch.setattr(train_eval, "evaluate", fail)
     for app, args in ((cache_app, ["ls", "--cache", str(tmp_path)]), (train_app, ["eval", str(tmp_path / "run")])):
         res = runner.invoke(app, args)
         msg = _one_line(res.output)
@@ -141,7 +141,7 @@ def test_stats_and_part_write_errors_exit_2_naming_the_file(demo_cache, monkeypa
 
 def test_exit_3_on_an_internal_error_with_the_traceback_in_a_log_file(monkeypatch, tmp_path, state_home) -> None:
     monkeypatch.setattr(cache_inspect, "scan_stores", _boom)
-    monkeypatch.setattr(train_fit, "evaluate", _boom)
+    monkeypatch.setattr(train_eval, "evaluate", _boom)
     logs = []
     for app, args in ((cache_app, ["ls", "--cache", str(tmp_path)]), (train_app, ["eval", str(tmp_path / "run")])):
         res = runner.invoke(app, args)
@@ -160,7 +160,7 @@ def test_exit_3_on_an_internal_error_with_the_traceback_in_a_log_file(monkeypatc
 
 def test_sak_debug_and_verbose_print_the_traceback_too(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(cache_inspect, "scan_stores", _boom)
-    monkeypatch.setattr(train_fit, "evaluate", _boom)
+    monkeypatch.setattr(train_eval, "evaluate", _boom)
     res = runner.invoke(train_app, ["--verbose", "eval", str(tmp_path / "run")])
     assert res.exit_code == 3 and "Traceback (most recent call last)" in res.output and BUG.search(_one_line(res.output))
     res = runner.invoke(cache_app, ["ls", "--cache", str(tmp_path)])
@@ -171,7 +171,7 @@ def test_sak_debug_and_verbose_print_the_traceback_too(monkeypatch, tmp_path) ->
 
 def test_exit_130_when_interrupted_both_tools(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(cache_inspect, "scan_stores", _interrupt)
-    monkeypatch.setattr(train_fit, "evaluate", _interrupt)
+    monkeypatch.setattr(train_eval, "evaluate", _interrupt)
     for app, args in ((cache_app, ["ls", "--cache", str(tmp_path)]), (train_app, ["eval", str(tmp_path / "run")])):
         res = runner.invoke(app, args)
         assert res.exit_code == 130 and "committed work is kept" in res.output, res.output
