@@ -241,8 +241,8 @@ def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa
                         root: str | os.PathLike[str], *, replace: bool = False) -> Location:
     """Write ``table`` atomically to ``<cache>/datasets/<name>.parquet``, recording the absolute ``root``.
 
-    An existing index of that name from another root, or whose ok images are removed or changed in
-    ``table``, is refused with :class:`DatasetError` unless ``replace`` (:func:`.reindex.check_replace`).
+    An existing index of that name from another root or layout, or whose ok images are removed, changed,
+    moved to another split or lost labels in ``table``, is refused with :class:`DatasetError` unless ``replace`` (:func:`.reindex.check_replace`).
     """
     path = dataset_index_path(cache_root, name)
     if path.exists():
@@ -254,7 +254,10 @@ def write_dataset_index(cache_root: str | os.PathLike[str], name: str, table: pa
             log.warning("replacing unreadable dataset index %s", path)
         else:
             old_root = old_meta[ROOT_KEY].decode() if ROOT_KEY in old_meta else None
-            check_replace(name, path, old, old_root, table, Path(root).resolve(), replace=replace)
+            old_fmt = old_meta[FORMAT_KEY].decode() if FORMAT_KEY in old_meta else None
+            new_fmt = (table.schema.metadata or {}).get(FORMAT_KEY)
+            check_replace(name, path, old, old_root, table, Path(root).resolve(), replace=replace,
+                          old_format=old_fmt, new_format=None if new_fmt is None else new_fmt.decode())
     fmt = (table.schema.metadata or {}).get(FORMAT_KEY, b"folder")
     meta = {ROOT_KEY: str(Path(root).resolve()).encode(), FORMAT_KEY: fmt}
     write_parquet_atomic(table, path, manifest_schema(), meta)  # local: temp + rename; URL: one PUT
