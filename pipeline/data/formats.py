@@ -14,7 +14,12 @@ Layouts:
 ``folder``  any image folder, searched recursively (hidden entries skipped, symlinked folders
             not followed). split = the first folder name when it is train/val/test, else train.
             sample_id = the relative path without extension (with it, when two files differ
-            only by extension).
+            only by extension). A folder holding images under a label folder of a layout
+            (segmentation/, depth/, edge/, semseg/, human_parts/, ...: any task's ``layout_dirs``)
+            is refused with :class:`LayoutsInFolder`, which names one ``sak-cache index`` command
+            per layout: indexed as images, its label PNGs would become training images. Refused
+            rather than indexed layout by layout: one command that writes several indexes under
+            guessed names is harder to undo than the printed commands are to run.
 ``nyud``    the NYUD-v2 multi-task layout: images/<id>.png|jpg, segmentation/<id>.png,
             depth/<id>.npy, normals/<id>.png, edge/<id>.png, gt_sets/{train,val,test}.txt.
 ``pascal``  the PASCAL-Context multi-task layout: JPEGImages/<id>.jpg,
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -69,6 +76,23 @@ LAYOUTS: dict[str, _Layout] = {
     "nyud": _Layout(split_dir="gt_sets", images=("images", (".png", ".jpg", ".jpeg"))),
     "pascal": _Layout(split_dir="ImageSets/Context", images=("JPEGImages", (".jpg", ".jpeg", ".png"))),
 }
+
+
+class LayoutsInFolder(DatasetError):
+    """A folder indexed as plain images holds label folders of dataset layouts; ``commands`` index each layout."""
+
+    def __init__(self, root: Path, found: dict[str, tuple[str, ...]], commands: list[str]):
+        self.root, self.found, self.commands = root, found, commands
+        where = "; ".join(f"{rel or '.'}/: {', '.join(f'{d}/' for d in dirs)}" for rel, dirs in found.items())
+        todo = "".join(f"\n  {c}" for c in commands) if commands else (
+            " write its split lists (gt_sets/ for nyud, ImageSets/Context/ for pascal) and index it with --format "
+            "nyud or pascal, or index its image folder alone with --format folder")
+        super().__init__(f"{root} holds dataset layouts; as an image folder their label files would be indexed as "
+                         f"images ({where}). Index each layout on its own:{todo}")
+
+    def with_options(self, options: str) -> LayoutsInFolder:
+        """The same refusal with ``options`` (e.g. ``--cache DIR``) appended to every command."""
+        return LayoutsInFolder(self.root, self.found, [f"{c} {options}" for c in self.commands])
 
 
 def label_dirs(fmt: str) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -133,6 +157,7 @@ def _discover_folder(root: Path) -> list[Candidate]:
             if why is not None:
                 bad[rel] = why
     rels.sort()
+    _refuse_label_folders(root, rels)
     stems: dict[str, int] = {}
     for rel in rels:
         stem = rel.rsplit(".", 1)[0]
@@ -144,6 +169,48 @@ def _discover_folder(root: Path) -> list[Candidate]:
         split = first if first in SPLITS else "train"
         out.append(Candidate(sample_id=stem if stems[stem] == 1 else rel, path=rel, split=split, error=bad.get(rel)))
     return out
+
+
+def _label_folder_names() -> frozenset[str]:
+    """First path component of every task's label folder in every layout (segmentation, semseg, edge, ...)."""
+    return frozenset(folder.split("/", 1)[0] for task in all_tasks() for folder, _ in task.layout_dirs.values())
+
+
+def _dataset_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-._")[:128] or "dataset"
+
+
+def _refuse_label_folders(root: Path, rels: list[str]) -> None:
+    """Raise :class:`LayoutsInFolder` when an image of ``rels`` lies in a label folder (see the module docstring)."""
+    names = _label_folder_names()
+    found: dict[str, set[str]] = {}
+    for rel in rels:
+        parts = rel.split("/")[:-1]
+        at = next((i for i, p in enumerate(parts) if p in names), None)
+        if at is not None:
+            found.setdefault("/".join(parts[:at]), set()).add(parts[at])
+    if not found:
+        return
+    planned: list[tuple[Path, str, str]] = []  # (folder, format, default name)
+    for layout in sorted(found):
+        where = root / layout if layout else root
+        fmt = detect_format(where)
+        if fmt != "folder":
+            planned.append((where, fmt, fmt))
+            continue
+        prefix = f"{layout}/" if layout else ""
+        image_dirs = sorted({r[len(prefix):].split("/", 1)[0] for r in rels if r.startswith(prefix)
+                             and r[len(prefix):].count("/") >= 1} - names)
+        planned += [(where / d, "folder", _dataset_name(d)) for d in image_dirs]
+    default_names = [name for _, _, name in planned]
+    commands = []
+    for where, fmt, name in planned:
+        cmd = f"sak-cache index {shlex.quote(str(where))} --format {fmt}"
+        if default_names.count(name) > 1:
+            own = where.name if fmt != "folder" else f"{where.parent.name}-{where.name}"
+            cmd += f" --name {_dataset_name(own)}"
+        commands.append(cmd)
+    raise LayoutsInFolder(root, {k: tuple(sorted(v)) for k, v in sorted(found.items())}, commands)
 
 
 def _listing(folder: Path) -> dict[str, bool]:

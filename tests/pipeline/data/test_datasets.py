@@ -180,9 +180,11 @@ def test_folder_default_name_is_the_folder_name(tmp_path):
 
 def test_auto_detection(tmp_path, nyud_root):
     assert index_dataset(nyud_root, fmt="auto").schema.metadata[b"sak.format"] == b"nyud"
-    folder = index_dataset(nyud_root, fmt="folder")  # the same tree read as a plain folder
+    with pytest.raises(DatasetError, match="--format nyud"):  # read as a plain folder: label pngs as images (refused)
+        index_dataset(nyud_root, fmt="folder")
+    folder = index_dataset(nyud_root / "images", fmt="folder")  # its image folder alone
     assert folder.schema.metadata[b"sak.format"] == b"folder"
-    assert "images/unlisted" in folder.column("sample_id").to_pylist()
+    assert "unlisted" in folder.column("sample_id").to_pylist()
 
 
 # ---------------------------------------------------------------- failures
