@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,7 +19,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.markup import escape
 from rich.table import Table
 
 from ..manifests.errors import DatasetError
@@ -146,7 +146,8 @@ def demo_data(
     write, default_size, what, index_options = DEMO_FORMATS[fmt]
     height, width = _parse_size(size if size is not None else default_size)
     root = write(out_dir, n=n, size=(height, width), seed=seed)
-    out.print(f"wrote {n} {what.format(size=f'{height}x{width}', seed=seed)} to [bold]{escape(str(root))}[/]")
+    out.print(f"wrote {n} {what.format(size=f'{height}x{width}', seed=seed)} to [bold]{escape(str(root))}[/]",
+              soft_wrap=True, highlight=False)
     name = root.resolve().name
     try:
         check_name(name)
