@@ -26,6 +26,7 @@ from ..data.online import OnlineTeachers
 from ..data.resident import ResidentTargets, TargetsChoice, choose_targets, gpu_free, mem_available
 from ..data.stores import check_input_size, describe, select_stores, teacher_key
 from ..model.config import StudentConfig, TaskSpec, TeacherTarget
+from ..model.distill import target_stats as _target_stats  # the val metric standardizes as training does
 from ..model.student import SAKStudent
 from ..model.weights import RANDOM_INIT, handoff, load_backbone_weights
 from ..runs.checkpoint import CheckpointError
@@ -139,18 +140,6 @@ def _dataset_name(cache: str, name: str | None) -> str:
         raise SakError(f"cache {cache} has datasets {names or 'none'}: pass --dataset NAME"
                        + ("" if names else " after indexing one (sak-cache index)"))
     return names[0]
-
-
-def _target_stats(keys: tuple[str, ...], stores: list, device: torch.device) -> dict | None:
-    """Per-level (mean, var) of every store that has stats for all its layers; None when none has."""
-    stats = {}
-    for key, store in zip(keys, stores, strict=True):
-        st = store.stats()
-        if all(st[layer].count > 0 for layer in store.spec.layers):
-            stats[key] = [(torch.as_tensor(st[i].mean, dtype=torch.float32, device=device),
-                           torch.as_tensor(st[i].var, dtype=torch.float32, device=device))
-                          for i in store.spec.layers]
-    return stats or None
 
 
 def start_weights(model: SAKStudent, cfg: TrainConfig, *, main: bool) -> dict[str, Any]:
