@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -23,9 +24,14 @@ def register(app: typer.Typer) -> None:
         max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
         miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object ({step, split, metrics, baseline}) instead of a table."),
     ) -> None:
-        """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
+        """Metrics of a run's last checkpoint (next to the untrained step-0 student when known), distillation
+        cosines per teacher and level included."""
         res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)
+        if as_json:
+            out.print_json(json.dumps(res))
+            return
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
 
     @app.command("export")

@@ -16,11 +16,30 @@ from rich.progress import (
 from rich.table import Table
 
 from ..pipeline.tasks import metric_direction
+from ..student.evaluate.distill_metric import split_key
 from .common import console
 
 
+def distill_lines(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """One ``(teacher, text)`` per teacher: its mean val cosine, then the cosine per level (``(L1 0.710 L2 0.801)``)."""
+    teachers: dict[str, dict[int | None, float]] = {}
+    for key, value in metrics.items():
+        parsed = split_key(key)
+        if parsed is not None:
+            teachers.setdefault(parsed[0], {})[parsed[1]] = value
+    lines = []
+    for name, values in sorted(teachers.items()):
+        parts = [f"{values[None]:.3f}"] if None in values else []
+        levels = sorted((k, v) for k, v in values.items() if k is not None)
+        if levels:
+            parts.append("(" + " ".join(f"L{k} {v:.3f}" for k, v in levels) + ")")
+        lines.append((name, " ".join(parts)))
+    return lines
+
+
 class LiveView:
-    """Progress bar + a table of the latest loss parts, throughput, data wait and ETA."""
+    """Progress bar + a table of the latest loss parts, throughput, data wait and ETA, and the latest evaluation's
+    distillation cosines (one line per teacher)."""
 
     def __init__(self, total: int) -> None:
         self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -45,6 +64,9 @@ class LiveView:
             table.add_row("s/step", f"{i['s_per_step']:.3f}")
             table.add_row("data wait", f"{i['data_wait']:.0%}")
             table.add_row("ETA", f"{i['eta_s']:.0f} s")
+        latest = i.get("eval") or {}
+        for label, text in distill_lines(latest.get("metrics", {})):
+            table.add_row(f"val cosine {label} (step {latest.get('step')})", text)
         return Group(self.bar, table)
 
 

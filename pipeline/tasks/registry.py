@@ -48,14 +48,21 @@ def all_tasks() -> tuple[TaskDef, ...]:
     return tuple(get_task(name) for name in list_tasks())
 
 
+#: Direction of the distillation metrics on val (``distill/<teacher>[/level<k>]/<metric>``): True = higher is better.
+DISTILL_METRICS: dict[str, bool] = {"cosine": True}
+
+
 def metric_direction(key: str) -> bool | None:
     """True if a larger value of metric ``key`` is better, False if smaller, None if unknown.
 
     ``key`` is ``"<task>/<metric>"`` (as evaluation reports it) or a bare metric name. The task's
     own declaration decides; otherwise the metric name is looked up in every task (None when
-    no task declares it, or when tasks disagree).
+    no task declares it, or when tasks disagree). Distillation metrics ``"distill/.../<metric>"`` (evaluation
+    of the student against teacher targets, not a task) improve as :data:`DISTILL_METRICS` says.
     """
     head, _, short = key.rpartition("/")
+    if key.startswith("distill/"):
+        return DISTILL_METRICS.get(short)
     if head in TASKS and short in get_task(head).higher_is_better:
         return get_task(head).higher_is_better[short]
     found = {task.higher_is_better[short] for task in all_tasks() if short in task.higher_is_better}

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from ..model.io import save_student
 from ..runs.config import AMP_MODES
 from ..runs.rundir import RunDir
 from ..runs.runtime import autocast
+from .distill_metric import DistillCosine, run_targets
 from .metrics import metric_for_task
 from .plots import display_map
 
@@ -44,40 +46,66 @@ def evaluate_model(
     progress: Callable[..., None] | None = None,
     amp: str = "off",
     miou: str = "official",
+    targets: CachedTargets | None = None,
+    stats: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` over ``data`` (every item once, in order; at most ``max_samples``).
 
     ``amp``: ``"off"`` (fp32, the official evaluation) or ``"auto"`` / ``"bf16"`` (bf16 autocast on
     cuda); ``miou``: ``"official"`` or ``"present"`` (see :class:`~sak.pipeline.tasks.metrics.MeanIoU`).
+    Distillation metrics (:mod:`.distill_metric`) are scored on ``data`` when it reads teacher targets,
+    else on ``targets`` (the split joined with the stores, :func:`~.distill_metric.eval_splits`), with the
+    run's ``stats`` when it standardizes its targets; none when neither carries targets or the student
+    has no distillation outputs.
     """
     if amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)} (off: fp32 as the official evaluation), got {amp!r}")
     device = torch.device(device)
+    distills = getattr(model, "has_distill", False)
+    metrics = {t: metric_for_task(t, data.dataset.format, miou=miou) for t in data.tasks}
+    cosine = DistillCosine(stats) if distills and (data.read_targets or targets is not None) else None
+    run = partial(_score, model, batch_size=batch_size, device=device, max_samples=max_samples, workers=workers,
+                  progress=progress, amp=amp)
     was_training = model.training
     model.eval()
-    metrics = {t: metric_for_task(t, data.dataset.format, miou=miou) for t in data.tasks}
-    sampler = data.sampler(block_size=max(1, batch_size), window=1, shuffle=False)
-    seen = 0
     try:
-        with data.batches(batch_size, sampler, workers=workers, drop_last_epoch=True) as loader:
-            for batch in loader:
-                if max_samples is not None and seen >= max_samples:
-                    break
-                batch = batch.to(device)
-                with autocast(device, amp):
-                    out = model(batch.image, distill=False)
-                for task, metric in metrics.items():
-                    metric.update(out.tasks[task].float(), batch.labels[task], batch.masks[task])
-                seen += batch.image.shape[0]
-                if progress is not None:
-                    progress(batch.image.shape[0])
+        if metrics or (cosine is not None and data.read_targets):
+            run(data, metrics, cosine if data.read_targets else None)
+        if cosine is not None and not data.read_targets and targets is not None:
+            run(targets, {}, cosine)  # a second pass: the images as the loss saw them
     finally:
         model.train(was_training)
     result: dict[str, float] = {}
     for task, metric in metrics.items():
         for key, value in metric.compute().items():
             result[f"{task}/{key}"] = float(value)
+    if cosine is not None:
+        result.update(cosine.compute())
     return result
+
+
+def _score(model: torch.nn.Module, data: CachedTargets, metrics: dict[str, Any], cosine: DistillCosine | None, *,
+           batch_size: int, device: torch.device, max_samples: int | None, workers: int,
+           progress: Callable[..., None] | None, amp: str) -> None:
+    """One pass over ``data`` (at most ``max_samples`` items, the last batch cut to fit) into the accumulators."""
+    sampler = data.sampler(block_size=max(1, batch_size), window=1, shuffle=False)
+    seen = 0
+    with data.batches(batch_size, sampler, workers=workers, drop_last_epoch=True) as loader:
+        for host in loader:
+            n = host.image.shape[0] if max_samples is None else min(host.image.shape[0], max_samples - seen)
+            if n <= 0:
+                break
+            batch = host.to(device)
+            with autocast(device, amp):
+                out = model(batch.image[:n], distill=cosine is not None)
+            for task, metric in metrics.items():
+                metric.update(out.tasks[task].float(), batch.labels[task][:n], batch.masks[task][:n])
+            if cosine is not None:
+                cosine.update(out.distill, {k: [m[:n] for m in maps] for k, maps in batch.decoded_targets().items()})
+            host.release()  # every result above is on the host or computed: the loader may reuse the buffers
+            seen += n
+            if progress is not None:
+                progress(n)
 
 
 def evaluate(
@@ -105,15 +133,15 @@ def evaluate(
     model, step = loaded.trained_model()
     miou = miou or loaded.cfg.eval.miou  # the run's own convention unless asked otherwise
     bs = batch_size or loaded.cfg.loader.batch_size
+    data, targets, stats = run_targets(loaded, split, dev)
+    score = partial(evaluate_model, data=data, batch_size=bs, device=dev, max_samples=max_samples, amp=amp, miou=miou,
+                    targets=targets, stats=stats)
     out: dict[str, Any] = {"step": step, "split": split}
     if step0:
-        fresh = loaded.build_model().to(dev)
-        out["baseline"] = evaluate_model(fresh, loaded.data, batch_size=bs, device=dev, max_samples=max_samples,
-                                         amp=amp, miou=miou)
+        out["baseline"] = score(loaded.build_model().to(dev))
     elif split == loaded.cfg.eval.val_split and run.has_eval(0) and miou == loaded.cfg.eval.miou:  # same convention
         out["baseline"] = run.read_eval(0)
-    out["metrics"] = evaluate_model(model.to(dev), loaded.data, batch_size=bs, device=dev,
-                                    max_samples=max_samples, progress=progress, amp=amp, miou=miou)
+    out["metrics"] = score(model.to(dev), progress=progress)
     return out
 
 

@@ -4,7 +4,8 @@ Distillation, per (teacher, level), as in the official ``losses.py``:
 ``0.9 * mean_b(1 - cos(s_b, t_b)) + 0.1 * SmoothL1(s, t)``, cosine over the flattened C*H*W map
 of each image (``nn.CosineEmbeddingLoss`` formula, eps 1e-12 inside the squared norms),
 SmoothL1 with beta 1 averaged over every element; :func:`distill_loss` *sums* the terms over
-teachers and levels.
+teachers and levels. Standardization, grid matching and the cosine are
+:mod:`sak.student.model.distill` (shared with the val metric); ``standardize`` stays importable here.
 
 Task losses: each task's loss function and default weight are its declaration in
 :mod:`sak.pipeline.tasks` (reductions documented in ``sak.pipeline.tasks.losses``);
@@ -23,49 +24,14 @@ import torch.nn.functional as F
 
 from ...manifests.errors import ConfigError
 from ...pipeline.tasks import TASKS, get_task, list_tasks
-
+from ..model.distill import aligned_pairs, cosine, match_grids, stat_pair
+from ..model.distill import standardize as standardize  # re-exported: its home before the val metric
 
 # -- distillation -----------------------------------------------------------------------------
-def _stat_pair(stat: Any) -> tuple[Any, Any]:
-    if hasattr(stat, "mean") and hasattr(stat, "var"):
-        return stat.mean, stat.var
-    mean, var = stat
-    return mean, var
-
-
-def standardize(
-    target: torch.Tensor,
-    mean: Any,
-    var: Any,
-    *,
-    layout: str | None = None,
-    eps: float = 1e-6,
-) -> torch.Tensor:
-    """Per-channel ``(target - mean) / sqrt(var + eps)`` in float32.
-
-    ``target`` is (B, H, W, C) (the store's layout) or (B, C, H, W); ``layout`` ("bhwc" or
-    "bchw") is inferred from which axis has ``len(mean)`` channels and must be given when both do.
-    """
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=target.device).flatten()
-    var_t = torch.as_tensor(var, dtype=torch.float32, device=target.device).flatten()
-    c = mean_t.numel()
-    if layout is None:
-        last, second = target.shape[-1] == c, target.ndim == 4 and target.shape[1] == c
-        if last and second:
-            raise ConfigError(
-                f"standardize: target {tuple(target.shape)} has {c} channels on two axes; pass layout='bhwc' or 'bchw'"
-            )
-        if not (last or second):
-            raise ConfigError(f"standardize: stats have {c} channels but target is {tuple(target.shape)}; "
-                              "use the stats of this teacher layer")
-        layout = "bhwc" if last else "bchw"
-    inv = torch.rsqrt(var_t + eps)
-    x = target.float()
-    if layout == "bhwc":
-        return (x - mean_t) * inv
-    if layout == "bchw":
-        return (x - mean_t[:, None, None]) * inv[:, None, None]
-    raise ConfigError(f"standardize: layout must be 'bhwc' or 'bchw', got {layout!r}")
+# standardize, grid matching and the cosine live in sak.student.model.distill (the val metric uses them
+# too); the old names stay importable from here.
+_stat_pair = stat_pair
+_match_grids = match_grids
 
 
 def cosine_smoothl1(
@@ -81,21 +47,7 @@ def cosine_smoothl1(
     # squares over a whole C*H*W map overflow.
     s = student_bchw.float().flatten(1)
     t = teacher_bchw.float().flatten(1)
-    eps = 1e-12  # as nn.CosineEmbeddingLoss
-    cos = (s * t).sum(1) / torch.sqrt(((s * s).sum(1) + eps) * ((t * t).sum(1) + eps))
-    return cos_weight * (1.0 - cos).mean() + l1_weight * F.smooth_l1_loss(s, t, beta=beta)
-
-
-def _match_grids(s: torch.Tensor, t: torch.Tensor, resize: str) -> tuple[torch.Tensor, torch.Tensor]:
-    # The official code compares heights only (tea H > stu H -> upsample the student, else resize
-    # the teacher); we compare grid cells, which agrees whenever both grids have the same aspect.
-    if s.shape[-2:] == t.shape[-2:]:
-        return s, t
-    if resize == "teacher" or (resize == "larger" and t.shape[-2] * t.shape[-1] > s.shape[-2] * s.shape[-1]):
-        return F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False), t
-    if resize == "larger":
-        return s, F.interpolate(t.to(s.dtype), size=s.shape[-2:], mode="bilinear", align_corners=False)
-    raise ConfigError(f"resize must be 'larger' or 'teacher', got {resize!r}")
+    return cos_weight * (1.0 - cosine(s, t, 1)).mean() + l1_weight * F.smooth_l1_loss(s, t, beta=beta)
 
 
 def distill_loss_terms(
@@ -116,40 +68,14 @@ def distill_loss_terms(
     layout); ``stats[t][k]``: (mean, var) or an object with ``.mean``/``.var`` to standardize the
     target per channel first. ``resize="larger"`` (official) resizes whichever map has fewer
     grid cells bilinearly to the other's grid; ``"teacher"`` always resizes the student map.
-    Every teacher in ``teacher_maps`` must be in ``student_maps`` with as many levels.
+    Every teacher in ``teacher_maps`` must be in ``student_maps`` with as many levels
+    (:func:`~sak.student.model.distill.aligned_pairs`, shared with the val metric).
     """
-    terms: dict[str, torch.Tensor] = {}
-    for name, targets in teacher_maps.items():
-        if name not in student_maps:
-            raise ConfigError(
-                f"teacher {name!r} has targets but the student has no distillation output for it "
-                f"(student teachers: {sorted(student_maps)}); build the student with this teacher"
-            )
-        preds = student_maps[name]
-        if len(preds) != len(targets):
-            raise ConfigError(
-                f"teacher {name!r}: the student gives {len(preds)} levels but {len(targets)} target layers were "
-                "given; read the store layers that match the student's levels"
-            )
-        layer_stats = stats.get(name) if stats else None
-        for k, (s, t) in enumerate(zip(preds, targets, strict=True)):
-            if layer_stats is not None:
-                mean, var = _stat_pair(layer_stats[k])
-                t = standardize(t, mean, var, layout=teacher_layout)
-            if teacher_layout == "bhwc":
-                t = t.permute(0, 3, 1, 2)
-            elif teacher_layout != "bchw":
-                raise ConfigError(f"teacher_layout must be 'bchw' or 'bhwc', got {teacher_layout!r}")
-            if t.shape[:2] != s.shape[:2]:
-                raise ConfigError(
-                    f"teacher {name!r} level {k + 1}: target {tuple(t.shape)} (as B,C,H,W) does not match the "
-                    f"student map {tuple(s.shape)} in batch or channels; check teacher_layout and the width"
-                )
-            s2, t2 = _match_grids(s, t.to(s.dtype), resize)
-            terms[f"{name}/level{k + 1}"] = cosine_smoothl1(
-                s2, t2, cos_weight=cos_weight, l1_weight=l1_weight, beta=beta
-            )
-    return terms
+    return {
+        f"{name}/level{level}": cosine_smoothl1(s, t, cos_weight=cos_weight, l1_weight=l1_weight, beta=beta)
+        for name, level, s, t in aligned_pairs(student_maps, teacher_maps, stats, teacher_layout=teacher_layout,
+                                               resize=resize)
+    }
 
 
 def distill_loss(

@@ -126,15 +126,22 @@ class MetricsLogger:
 
 
 class PeriodicEvaluator:
-    """Scores the student on the val split and writes ``eval/step_<k>.json`` (rank 0, when there is a val split)."""
+    """Scores the student on the val split and writes ``eval/step_<k>.json`` (rank 0, when there is a val split).
+
+    Task metrics and the distillation cosines per teacher and level (:mod:`sak.student.evaluate.distill_metric`,
+    against the stores' val targets, standardized as the loss does); :attr:`latest` is the last evaluation
+    (``{"step", "metrics"}``), for a live view.
+    """
 
     def __init__(self, run: RunDir, setup: RunSetup, *, main: bool) -> None:
         self.run, self.val, self.device = run, setup.val, setup.device
+        self.targets, self.stats = setup.val_targets, setup.stats
         cfg = setup.cfg
         self.every, self.total = cfg.eval.eval_every, cfg.optim.iters
         self.batch_size, self.max_samples, self.miou = cfg.loader.batch_size, cfg.eval.eval_samples, cfg.eval.miou
         self.amp = cfg.runtime.amp
         self.active = main and self.val is not None
+        self.latest: dict[str, Any] = {}
 
     def evaluate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
         """The metrics after ``step`` ({} when this rank does not evaluate)."""
@@ -142,7 +149,9 @@ class PeriodicEvaluator:
             return {}
         metrics = evaluate_model(model, self.val, batch_size=self.batch_size, device=self.device,
                                  max_samples=self.max_samples, miou=self.miou,
-                                 amp="bf16" if self.amp == "bf16" else "off")  # float32 unless bf16 is asked for
+                                 amp="bf16" if self.amp == "bf16" else "off",  # float32 unless bf16 is asked for
+                                 targets=self.targets, stats=self.stats)
+        self.latest = {"step": step, "metrics": metrics}
         return self.run.write_eval(step, metrics)
 
     def due(self, step: int) -> bool:

@@ -25,7 +25,10 @@ from ..data.cached import CachedTargets
 from ..data.online import OnlineTeachers
 from ..data.resident import ResidentTargets, TargetsChoice, choose_targets, gpu_free, mem_available
 from ..data.stores import check_input_size, describe, select_stores, teacher_key
+from ..evaluate.distill_metric import eval_splits
+from ..evaluate.distill_metric import train_fit as _train_fit
 from ..model.config import StudentConfig, TaskSpec, TeacherTarget
+from ..model.distill import target_stats as _target_stats  # the val metric standardizes as training does
 from ..model.student import SAKStudent
 from ..model.weights import RANDOM_INIT, handoff, load_backbone_weights
 from ..runs.checkpoint import CheckpointError
@@ -76,6 +79,7 @@ class RunSetup:
     start: dict[str, Any] = field(default_factory=dict)  # the starting weights (see start_weights)
     targets_choice: TargetsChoice | None = None  # where the targets live (None: online, or no stores)
     _resident: ResidentTargets | None = None
+    val_targets: CachedTargets | None = None  # the val split joined with the stores, when val itself has no targets
 
     def target_source(self, world: int = 1) -> ResidentTargets | None:
         """The resident targets of ``targets_choice`` (loaded on first use), or None: read them per batch."""
@@ -141,18 +145,6 @@ def _dataset_name(cache: str, name: str | None) -> str:
     return names[0]
 
 
-def _target_stats(keys: tuple[str, ...], stores: list, device: torch.device) -> dict | None:
-    """Per-level (mean, var) of every store that has stats for all its layers; None when none has."""
-    stats = {}
-    for key, store in zip(keys, stores, strict=True):
-        st = store.stats()
-        if all(st[layer].count > 0 for layer in store.spec.layers):
-            stats[key] = [(torch.as_tensor(st[i].mean, dtype=torch.float32, device=device),
-                           torch.as_tensor(st[i].var, dtype=torch.float32, device=device))
-                          for i in store.spec.layers]
-    return stats or None
-
-
 def start_weights(model: SAKStudent, cfg: TrainConfig, *, main: bool) -> dict[str, Any]:
     """Put the run's starting weights into ``model``: the --init hand-off, else the backbone weights; returns
     what was loaded, for the run record (``backbone_weights``: ``hub:...``, ``file:<sha256>`` or ``random-init``)."""
@@ -174,16 +166,6 @@ def start_weights(model: SAKStudent, cfg: TrainConfig, *, main: bool) -> dict[st
                     "demos, not the paper's student, which starts from ImageNet-21k->1k weights "
                     "(--backbone-weights hub or FILE.safetensors)", model.cfg.backbone)
     return {"backbone_weights": weights_id}
-
-
-def _train_fit(stores: list) -> str:
-    """How training fits an image without a stored view to the input size: as its teachers saw it.
-
-    Under the student protocol extraction centre-pads such an image (official val transform), so the
-    student must too; native stores (and sak before issue 12) resize it.
-    """
-    spec = stores[0].spec if stores else None
-    return "pad" if spec is not None and spec.input_protocol == "student" and spec.aug == "none" else "resize"
 
 
 def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int = 1, resuming: bool = False) -> RunSetup:
@@ -219,13 +201,14 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
                           allow_missing=data.allow_missing, read_targets=not data.online,
                           teacher_preprocess=online.preprocess if online else None, cache_hint=data.cache,
                           tasks=train_tasks, aug=data.aug, seed=seed, fit=_train_fit(stores))
-    val = None
+    val = val_targets = None
     val_split = cfg.eval.val_split
     if val_split is None:
         pass
-    elif val_split in dataset.splits():
-        val = CachedTargets(dataset, (), val_split, img, tasks=train_tasks, seed=seed,
-                            fit="resize" if cfg.eval.eval_resize else "pad")
+    elif val_split in dataset.splits():  # with the stores' targets for the distillation metrics
+        val, val_targets = eval_splits(dataset, stores, val_split, img, tasks=train_tasks, fit=_train_fit(stores),
+                                       eval_fit="resize" if cfg.eval.eval_resize else "pad", aug=data.aug, seed=seed,
+                                       cache_hint=data.cache)
     elif rank == 0:
         log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", name, val_split, dataset.splits())
 
@@ -244,7 +227,8 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     if rank == 0:
         log.info("%s; teachers %s; student %s at %dx%d; stage %s", train.coverage.summary(), ", ".join(keys),
                  cfg.model.backbone, img[0], img[1], stage)
-    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device, start, choice)
+    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device, start, choice,
+                    val_targets=val_targets)
 
 
 def ranks_per_node(world: int) -> int:

@@ -175,7 +175,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
                 result.metrics = evaluator.evaluate(step, model)
             checkpointer.maybe_save(step, position, model, opt)
             if progress is not None and main:
-                progress(1, **info)  # after the checkpoint: a stop here loses nothing
+                progress(1, **info, eval=evaluator.latest)  # after the checkpoint: a stop here loses nothing
     finally:
         loader.close()
         meter.close()

@@ -70,5 +70,8 @@ def test_training_from_a_legacy_store_reproduces_the_recorded_losses(legacy_cach
     assert len(losses) == len(GOLDEN["losses"]) == 6
     for got, want in zip(losses, GOLDEN["losses"], strict=True):
         assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
-    assert result.metrics == pytest.approx(GOLDEN["metrics"], rel=1e-6, abs=1e-7)
-    assert result.baseline == pytest.approx(GOLDEN["baseline"], rel=1e-6, abs=1e-7)
+    # every recorded metric reproduced; evaluation has since added the distillation cosines (issue 15), nothing else
+    for got, want in ((result.metrics, GOLDEN["metrics"]), (result.baseline, GOLDEN["baseline"])):
+        assert {k: v for k, v in got.items() if k in want} == pytest.approx(want, rel=1e-6, abs=1e-7)
+        assert {k for k in got if k not in want} == {f"distill/tiny/level{i}/cosine" for i in (1, 2, 3, 4)} | {
+            "distill/tiny/cosine"}
