@@ -8,7 +8,8 @@ today's ``{"<task>/<metric>": value}`` for one.
 
 Delta_m (:func:`delta_m_by_dataset`): per dataset, the mean relative gain of its metrics over a
 baseline's (``sak.student.evaluate.metrics.delta_m``), over the metric keys both have and that have
-a direction (``edge/ods_threshold`` has none). A baseline is a run dir (its last evaluation) or a
+a direction (``edge/ods_threshold`` has none) and a non-zero baseline value (the relative gain of a 0 is
+undefined; such keys are listed as ``skipped``). A baseline is a run dir (its last evaluation) or a
 JSON file of metrics (``eval/step_<k>.json``, ``summary.json`` or a flat ``{"<task>/<metric>": value}``).
 """
 
@@ -120,11 +121,13 @@ def delta_m_by_dataset(metrics: Mapping[str, float], datasets: Sequence[str],
             raise ConfigError(f"--baseline {item}: the run has no dataset {name!r}; its datasets: {', '.join(datasets)}")
         if len(base_datasets) > 1:  # a multi-dataset baseline: its metrics of this dataset
             base = split_by_dataset(base, base_datasets).get(name, {})
-        keys = sorted(k for k in by_ds[name] if k in base and metric_direction(k) is not None)
+        shared = sorted(k for k in by_ds[name] if k in base and metric_direction(k) is not None)
+        keys = [k for k in shared if base[k] != 0]
         if not keys:
-            raise ConfigError(f"--baseline {item}: no metric of dataset {name!r} in it (run: {sorted(by_ds[name])}; "
-                              f"baseline: {sorted(base)})")
-        out[name] = {"delta_m": delta_m({k: by_ds[name][k] for k in keys}, base), "keys": keys, "baseline": str(path)}
+            raise ConfigError(f"--baseline {item}: no metric of dataset {name!r} with a non-zero value in it "
+                              f"(run: {sorted(by_ds[name])}; baseline: {sorted(base)})")
+        out[name] = {"delta_m": delta_m({k: by_ds[name][k] for k in keys}, base), "keys": keys,
+                     "skipped": [k for k in shared if base[k] == 0], "baseline": str(path)}
     return out
 
 
