@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..student.evaluate.datasets import evaluate_run
+from ..student.evaluate.datasets import evaluate_run as evaluate  # every run, one dataset or several
 from ..student.evaluate.evaluator import export_run
 from .common import friendly_errors, out
 from .train_view import metrics_table
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known); per dataset in a
         multi-dataset run (keys DATASET/TASK/METRIC), with Delta_m per dataset against --baseline runs."""
-        res = evaluate_run(run, split, baselines=baseline or (), step0=step0, device=device, max_samples=max_samples,
+        res = evaluate(run, split, baselines=baseline or (), step0=step0, device=device, max_samples=max_samples,
                            amp=amp, miou=miou)
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
         if res["delta_m"]:
