@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ..student.evaluate.evaluator import evaluate, export_run
+from ..student.evaluate.datasets import evaluate_run as evaluate  # every run, one dataset or several
+from ..student.evaluate.evaluator import export_run
 from .common import friendly_errors, out
 from .train_view import metrics_table
 
@@ -24,15 +26,25 @@ def register(app: typer.Typer) -> None:
         max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
         miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object ({step, split, metrics, baseline}) instead of a table."),
+        baseline: list[str] | None = typer.Option(None, "--baseline", help="[DATASET=]RUN_DIR_OR_JSON: Delta_m of the run's metrics on DATASET against this run's last evaluation (or a JSON file of metrics), e.g. a single-dataset run; repeatable, one per dataset."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object ({step, split, metrics, baseline, datasets, delta_m}) instead of tables."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known), distillation
-        cosines per teacher and level included."""
-        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)
+        cosines per teacher and level included; per dataset in a multi-dataset run (keys DATASET/TASK/METRIC),
+        with Delta_m per dataset against --baseline runs."""
+        res = evaluate(run, split, baselines=baseline or (), step0=step0, device=device, max_samples=max_samples,
+                       amp=amp, miou=miou)
         if as_json:
             out.print_json(json.dumps(res))
             return
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
+        if res["delta_m"]:
+            table = Table(title="Delta_m per dataset (mean relative gain over the baseline, %)", title_justify="left")
+            for col in ("dataset", "Delta_m", "metrics", "baseline"):
+                table.add_column(col, justify="right" if col == "Delta_m" else "left", overflow="fold")
+            for name, row in res["delta_m"].items():
+                table.add_row(name, f"{row['delta_m']:+.2f}", ", ".join(row["keys"]), escape(row["baseline"]))
+            out.print(table)
 
     @app.command("export")
     @friendly_errors

@@ -43,7 +43,12 @@ def _run_fit(cfg: TrainConfig, resume: bool) -> None:
 
 
 #: TrainConfig fields whose fit option has another name
-OPTION_OF = {"out": "out_dir", "student": "levels"}
+OPTION_OF = {"out": "out_dir", "student": "levels", "datasets": "dataset"}
+
+
+def _datasets(values: list[str] | None) -> tuple[str, ...]:
+    """Every -d value, comma lists split, in order (a name given twice is refused by the config)."""
+    return tuple(name for value in values or () for name in parse_str_list(value) or ())
 
 
 def _with_recipe(ctx: typer.Context, name: str, given: dict[str, Any]) -> TrainConfig:
@@ -85,7 +90,8 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         recipe: str | None = typer.Option(D("recipe"), "--recipe", "-r", help="Start from an official recipe (sak-train recipes lists them); flags given here override its values."),
         cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root with datasets/ and features/: a directory or an fsspec URL (s3://bucket/cache); opened read-only."),
-        dataset: str | None = typer.Option(D("dataset"), "--dataset", "-d", help="Indexed dataset name (default: the only one)."),
+        dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help="Indexed dataset name; repeat it (or give a comma list) to train on several: the student gets every dataset's tasks, each sample's loss covers the tasks it is labelled for. Default: the cache's only dataset."),
+        mix: str = typer.Option(D("mix"), "--mix", help="Several datasets: how samples are drawn. proportional (dataset k with probability n_k/N: every item once per epoch) | balanced (1/K: small datasets repeat) | temperature:T (n_k^(1/T) / sum)."),
         teachers: str | None = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
         backbone: str = typer.Option(D("backbone"), "--backbone", help="timm ViT of the student."),
         backbone_weights: str = typer.Option(D("backbone_weights"), "--backbone-weights", help="Student backbone start: hub (timm's pretrained weights of --backbone, as official: vit_base_patch16_384.augreg_in21k_ft_in1k), none (random init, flagged) or FILE.safetensors."),
@@ -141,7 +147,7 @@ def register(app: typer.Typer) -> None:
         """
         student = {"levels": parse_int_list(levels, "--levels")} if levels else None
         given: dict[str, Any] = dict(
-            cache=str(cache), dataset=dataset, teachers=parse_str_list(teachers) or (), backbone=backbone,
+            cache=str(cache), datasets=_datasets(dataset), mix=mix, teachers=parse_str_list(teachers) or (), backbone=backbone,
             backbone_weights=backbone_weights, img_size=parse_hw_option(img_size, "--img-size"), student=student,
             stage=stage, iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay, decay_scope=decay_scope,
             warmup=warmup, warmup_lr=warmup_lr, min_lr=min_lr, schedule=schedule, schedule_style=schedule_style,

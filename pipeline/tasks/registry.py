@@ -58,10 +58,11 @@ def metric_direction(key: str) -> bool | None:
     ``key`` is ``"<task>/<metric>"`` (as evaluation reports it) or a bare metric name. The task's
     own declaration decides; otherwise the metric name is looked up in every task (None when
     no task declares it, or when tasks disagree). Distillation metrics ``"distill/.../<metric>"`` (evaluation
-    of the student against teacher targets, not a task) improve as :data:`DISTILL_METRICS` says.
+    of the student against teacher targets, not a task; ``"<dataset>/distill/..."`` in a multi-dataset run)
+    improve as :data:`DISTILL_METRICS` says.
     """
     head, _, short = key.rpartition("/")
-    if key.startswith("distill/"):
+    if key.startswith("distill/") or "/distill/" in key:  # a multi-dataset run: <dataset>/distill/...
         return DISTILL_METRICS.get(short)
     if head in TASKS and short in get_task(head).higher_is_better:
         return get_task(head).higher_is_better[short]

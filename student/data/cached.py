@@ -45,7 +45,7 @@ from ...pipeline.tasks import get_task
 from ...pipeline.teachers.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 from . import views
 from .prefetch import BackgroundIterator, ordered_map
-from .sampler import Block, BlockShuffleSampler, make_blocks
+from .sampler import Block, BlockShuffleSampler, Draw, Position, make_blocks
 from .stores import Item, StoreJoin, teacher_key
 from .targets import StreamTargets, TargetBatch, decode_item
 
@@ -69,7 +69,7 @@ class Batch:
     masks: dict[str, torch.Tensor]  # task -> (B,) bool
     targets: dict[str, TargetBatch]  # teacher key -> stored parts
     sample_ids: list[str]
-    position: tuple[int, int] = (0, 0)
+    position: Position = (0, 0)
     teacher_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # online mode: key -> (B, 3, h, w)
 
     def _map(self, fn, targets, *, masks: bool = True) -> Batch:
@@ -254,6 +254,10 @@ class CachedTargets:
     def __getitem__(self, index: int) -> dict:
         return self.build(self.items[index], self.read_item(index) if self.read_targets else None)
 
+    def sample(self, index: int, flip: bool = False) -> dict:
+        """Item ``index`` without its targets (the loader gathers those per batch)."""
+        return self.build(self.items[index], None, flip)
+
     # -- blocks and batches ---------------------------------------------------------
     def blocks(self, block_size: int) -> list[Block]:
         """Contiguous row blocks of the first store (one block per item when there are no stores)."""
@@ -267,7 +271,7 @@ class CachedTargets:
         return BlockShuffleSampler(self.blocks(block_size), seed=seed, rank=rank, world=world, window=window,
                                    shuffle=shuffle)
 
-    def batches(self, batch_size: int, sampler: BlockShuffleSampler, *, start: tuple[int, int] = (0, 0),
+    def batches(self, batch_size: int, sampler: Sampler, *, start: Position = (0, 0),
                 workers: int = 4, prefetch: int = 4, pin_memory: bool = False,
                 drop_last_epoch: bool = False, targets: TargetSource | None = None) -> Loader:
         """Endless batches from sampler position ``start`` (``drop_last_epoch``: stop after one epoch).
@@ -278,6 +282,26 @@ class CachedTargets:
         return Loader(self, batch_size, sampler, start, workers, prefetch, pin_memory, drop_last_epoch, targets)
 
 
+class Sampler(Protocol):
+    """What a :class:`Loader` takes its order from (:class:`~.sampler.BlockShuffleSampler`, :class:`~.sampler.MixedSampler`)."""
+
+    def draws(self, start: Position) -> Iterator[Draw]: ...
+
+
+class Samples(Protocol):
+    """What a :class:`Loader` serves: :class:`CachedTargets`, or :class:`~.mixed.MixedTargets` (several datasets)."""
+
+    items: list[Item]
+    stores: list[Any]
+    keys: tuple[str, ...]
+    gathers: list[StoreGather]
+    read_targets: bool
+
+    def sample(self, index: int, flip: bool = False) -> dict: ...
+
+    def flip_of(self, epoch: int, index: int) -> bool: ...
+
+
 class TargetSource(Protocol):
     """What a :class:`Loader` takes a batch's targets from (stream reads or resident memory)."""
 
@@ -286,7 +310,7 @@ class TargetSource(Protocol):
     def batch(self, indices: Sequence[int], flips: Sequence[bool]) -> dict[str, TargetBatch]: ...
 
 
-def collate(samples: Sequence[dict], position: tuple[int, int] = (0, 0),
+def collate(samples: Sequence[dict], position: Position = (0, 0),
             targets: dict[str, TargetBatch] | None = None) -> Batch:
     """Stack samples (images, labels) into a batch; ``targets`` are already batched (see :class:`~.targets.TargetBatch`)."""
     first = samples[0]
@@ -307,14 +331,14 @@ class BatchPlan:
 
     items: tuple[int, ...]
     flips: tuple[bool, ...]
-    position: tuple[int, int]
+    position: Position
 
 
 class Loader(Iterator[Batch]):
     """Batches in the sampler's order, ``workers`` batches built at once on a thread pool (targets gathered
     into reusable buffers, images and labels decoded), ``prefetch`` ready ahead. Deterministic for any ``workers``."""
 
-    def __init__(self, data: CachedTargets, batch_size: int, sampler: BlockShuffleSampler, start: tuple[int, int],
+    def __init__(self, data: Samples, batch_size: int, sampler: Sampler, start: Position,
                  workers: int, prefetch: int, pin_memory: bool, one_epoch: bool,
                  targets: TargetSource | None = None) -> None:
         if batch_size < 1:
@@ -339,31 +363,26 @@ class Loader(Iterator[Batch]):
     def plans(self) -> Iterator[BatchPlan]:
         """The batches from the start position, without reading anything (pure function of the sampler)."""
         first_epoch = self.start[0]
-        windows = self.sampler.windows_from(*self.start)
+        draws = self.sampler.draws(self.start)
         if self.one_epoch:
-            windows = itertools.takewhile(lambda entry: entry[0] == first_epoch, windows)
-        lengths: dict[int, int] = {}
+            draws = itertools.takewhile(lambda d: d.epoch == first_epoch, draws)
         items: list[int] = []
         flips: list[bool] = []
         position = self.start
-        for epoch, offset, win in windows:
-            if epoch not in lengths:
-                lengths = {epoch: self.sampler.epoch_len(epoch)}
-            for k, i in enumerate(win.order):
-                after = offset + k + 1
-                items.append(i)
-                flips.append(self.data.flip_of(epoch, i))
-                position = (epoch + 1, 0) if after >= lengths[epoch] else (epoch, after)
-                if len(items) == self.batch_size:
-                    yield BatchPlan(tuple(items), tuple(flips), position)
-                    items, flips = [], []
+        for d in draws:
+            items.append(d.item)
+            flips.append(self.data.flip_of(d.flip_epoch, d.item))
+            position = d.after
+            if len(items) == self.batch_size:
+                yield BatchPlan(tuple(items), tuple(flips), position)
+                items, flips = [], []
         if items:  # one_epoch: the last, short batch
             yield BatchPlan(tuple(items), tuple(flips), position)
 
     def make(self, plan: BatchPlan) -> Batch:
         """Build one planned batch: its targets from the target source, its images and labels decoded."""
         targets = self.targets.batch(plan.items, plan.flips) if self.targets is not None else None
-        samples = [self.data.build(self.data.items[i], None, f) for i, f in zip(plan.items, plan.flips, strict=True)]
+        samples = [self.data.sample(i, f) for i, f in zip(plan.items, plan.flips, strict=True)]
         batch = collate(samples, plan.position, targets)
         return batch.pin_memory() if self.pin_memory and torch.cuda.is_available() else batch
 

@@ -9,17 +9,93 @@ length (the smallest rank's), so ranks step in lock-step and epochs line up.
 
 The sampler is a pure function of ``(seed, epoch, rank, world)``: a position is
 just ``(epoch, offset)``, which is what a checkpoint stores.
+
+Several datasets (:class:`MixedSampler`): each keeps its own block-shuffle sampler (reads stay
+contiguous inside each dataset's store rows) and a seeded *dataset schedule* decides, slot by
+slot, which dataset serves the next sample. An epoch of a mixed run is ``L`` slots, ``L`` the
+sum of the datasets' epoch lengths (on one process: every training item of every dataset once);
+dataset k gets exactly ``c_k`` of them, ``c_k = p_k * L`` rounded by largest remainder, the slot
+order a seeded permutation (seed, epoch, rank). ``p_k`` is the mixing strategy (:func:`mix_probabilities`):
+``proportional`` ``n_k / N`` (c_k = n_k: every item once per epoch), ``balanced`` ``1 / K`` (small
+datasets repeat, large ones are sub-sampled), ``temperature:T`` ``n_k^(1/T) / sum`` (T = 1 is
+proportional, T -> inf balanced). Each dataset advances through its own epochs as it is drawn, so a
+mixed position is ``(epoch, offset, ((epoch_k, offset_k), ...))``: the schedule's place plus every
+dataset sampler's place, all a checkpoint needs to resume bit for bit. Every rank draws its own
+schedule over its own blocks of every dataset; all ranks have the same ``L``, so they stay in step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from ...manifests.errors import ConfigError
+
+#: A sampler position: ``(epoch, offset)``, or ``(epoch, offset, ((epoch_k, offset_k), ...))`` for a mixed run.
+Position = tuple[Any, ...]
+
+#: Dataset mixing strategies of a multi-dataset run (``temperature:T`` takes T > 0).
+MIX_MODES = ("proportional", "balanced", "temperature:T")
+
+
+def parse_position(value: Sequence[Any]) -> Position:
+    """A position read back from JSON (lists) as the tuples the samplers produce; old ``[epoch, offset]`` stay pairs."""
+    if len(value) == 2:
+        return int(value[0]), int(value[1])
+    if len(value) == 3:
+        return int(value[0]), int(value[1]), tuple((int(e), int(o)) for e, o in value[2])
+    raise ConfigError(f"a sampler position is [epoch, offset] or [epoch, offset, [[epoch, offset], ...]], got {value!r}")
+
+
+def parse_mix(mix: str) -> float | None:
+    """The temperature of a ``--mix`` value (None for proportional and balanced); raises on anything else."""
+    if mix in ("proportional", "balanced"):
+        return None
+    kind, _, value = mix.partition(":")
+    try:
+        temp = float(value) if kind == "temperature" else math.nan
+    except ValueError:
+        temp = math.nan
+    if not temp > 0 or math.isinf(temp):
+        raise ConfigError(f"--mix must be proportional, balanced or temperature:T with T > 0 (e.g. temperature:2), got {mix!r}")
+    return temp
+
+
+def mix_probabilities(mix: str, sizes: Sequence[int]) -> list[float]:
+    """Probability of drawing from each dataset: ``n_k/N`` (proportional), ``1/K`` (balanced), ``n_k^(1/T)/sum``."""
+    temp = parse_mix(mix)
+    if mix == "balanced":
+        weights = [1.0] * len(sizes)
+    else:
+        weights = [float(n) ** (1.0 / (temp or 1.0)) for n in sizes]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def mix_counts(probs: Sequence[float], total: int) -> list[int]:
+    """``probs * total`` rounded to integers that sum to ``total`` (largest remainder, ties to the first)."""
+    raw = [p * total for p in probs]
+    counts = [int(math.floor(r)) for r in raw]
+    order = sorted(range(len(raw)), key=lambda k: (-(raw[k] - counts[k]), k))
+    for k in order[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One sample the sampler serves: its item index, the epoch it belongs to, the epoch its flip is drawn
+    for (its dataset's own epoch), and the sampler position after it."""
+
+    item: int
+    epoch: int
+    flip_epoch: int
+    after: Position
 
 
 @dataclass(frozen=True)
@@ -137,4 +213,69 @@ class BlockShuffleSampler:
                     skip = max(0, offset - pos)
                     yield epoch, pos + skip, Window(win.blocks, win.order[skip:]) if skip else win
                 pos = end
+            epoch, offset = epoch + 1, 0
+
+    def draws(self, start: Position = (0, 0)) -> Iterator[Draw]:
+        """Endless samples from position ``start`` = (epoch, offset), each with the position after it."""
+        lengths: dict[int, int] = {}
+        for epoch, offset, win in self.windows_from(int(start[0]), int(start[1])):
+            if epoch not in lengths:
+                lengths = {epoch: self.epoch_len(epoch)}
+            for k, i in enumerate(win.order):
+                after = offset + k + 1
+                yield Draw(i, epoch, epoch, (epoch + 1, 0) if after >= lengths[epoch] else (epoch, after))
+
+
+class MixedSampler:
+    """Samples of several datasets mixed by a seeded per-epoch schedule; see the module docstring.
+
+    ``samplers[k]`` serves dataset k's items, which are ``offsets[k] + i`` in the combined item list.
+    """
+
+    def __init__(self, samplers: Sequence[BlockShuffleSampler], offsets: Sequence[int], probs: Sequence[float], *,
+                 seed: int = 0, rank: int = 0) -> None:
+        if not len(samplers) == len(offsets) == len(probs) or not samplers:
+            raise ValueError("one sampler, offset and probability per dataset")
+        self.samplers, self.offsets, self.probs = tuple(samplers), tuple(offsets), tuple(probs)
+        self.seed, self.rank = seed, rank
+        self.length = sum(s.epoch_len(0) for s in self.samplers)
+        self.counts = mix_counts(self.probs, self.length)
+        self.num_items = sum(s.num_items for s in self.samplers)
+        self._schedule = lru_cache(maxsize=2)(self._make_schedule)
+
+    def _make_schedule(self, epoch: int) -> tuple[int, ...]:
+        slots = np.repeat(np.arange(len(self.samplers)), self.counts)
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 0x4D4958])  # "MIX"
+        return tuple(int(k) for k in rng.permutation(slots))
+
+    def schedule(self, epoch: int) -> tuple[int, ...]:
+        """The dataset of every slot of ``epoch`` on this rank (``counts[k]`` slots of dataset k)."""
+        return self._schedule(epoch)
+
+    def epoch_len(self, epoch: int) -> int:
+        return self.length
+
+    def start(self) -> Position:
+        return 0, 0, tuple((0, 0) for _ in self.samplers)
+
+    def draws(self, start: Position | None = None) -> Iterator[Draw]:
+        """Endless samples from a mixed position (``(0, 0)``, an old-style start, means the very beginning)."""
+        if start is None or len(start) == 2:
+            if start is not None and tuple(start) != (0, 0):
+                raise ConfigError(f"sampler position {tuple(start)} is a single-dataset position; this run mixes "
+                                  f"{len(self.samplers)} datasets: resume it with the datasets it was trained on")
+            start = self.start()
+        epoch, offset, places = int(start[0]), int(start[1]), list(start[2])
+        if len(places) != len(self.samplers):
+            raise ConfigError(f"sampler position holds {len(places)} dataset positions, this run mixes "
+                              f"{len(self.samplers)} datasets: resume it with the datasets it was trained on")
+        streams = [s.draws(p) for s, p in zip(self.samplers, places, strict=True)]
+        while True:
+            order = self.schedule(epoch)
+            for slot in range(offset, len(order)):
+                k = order[slot]
+                d = next(streams[k])
+                places[k] = d.after
+                after = (epoch + 1, 0) if slot + 1 >= len(order) else (epoch, slot + 1)
+                yield Draw(d.item + self.offsets[k], epoch, d.flip_epoch, (*after, tuple(places)))
             epoch, offset = epoch + 1, 0

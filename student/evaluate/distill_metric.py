@@ -41,7 +41,13 @@ def metric_key(teacher: str, level: int | None = None) -> str:
 
 
 def split_key(key: str) -> tuple[str, int | None] | None:
-    """(teacher, level or None for the mean) of a distillation metric key; None for any other key."""
+    """(teacher, level or None for the mean) of a distillation metric key; None for any other key.
+
+    A multi-dataset run's ``<dataset>/distill/<teacher>/...`` gives the teacher as ``<dataset>/<teacher>``."""
+    dataset, sep, rest = key.partition("/" + PREFIX)
+    if sep and "/" not in dataset:
+        parsed = split_key(PREFIX + rest)
+        return None if parsed is None else (f"{dataset}/{parsed[0]}", parsed[1])
     if not key.startswith(PREFIX) or not key.endswith("/cosine"):
         return None
     middle = key[len(PREFIX) : -len("/cosine")]
@@ -121,16 +127,18 @@ def eval_splits(dataset: Any, stores: Sequence[Any], split: str, img_size: tuple
     return plain(), joined
 
 
-def run_targets(loaded: LoadedRun, split: str, device: torch.device | str,
-                cache: str | None = None) -> tuple[CachedTargets, CachedTargets | None, dict | None]:
+def run_targets(loaded: LoadedRun, split: str, device: torch.device | str, cache: str | None = None,
+                data: CachedTargets | None = None) -> tuple[CachedTargets, CachedTargets | None, dict | None]:
     """:func:`eval_splits` for a trained run, with its stores (found again by the names and spec ids in its
-    config.json, in ``cache`` or the run's own) and target stats: ``(data, targets, stats)``.
+    config.json, in ``cache`` or the run's own) and target stats: ``(data, targets, stats)``. ``data``: the
+    split of one of the run's datasets (default: the first's, ``loaded.data``).
 
     A store that is gone or changed costs the distillation metrics (logged), never the evaluation.
     """
     cfg, record = loaded.cfg, loaded.run.read_record()
     cache = cache or cfg.data.cache
-    dataset, data = loaded.data.dataset, loaded.data
+    data = data if data is not None else loaded.data
+    dataset = data.dataset
     recorded = record.get("stores") or []
     try:
         stores = select_stores(cache, dataset, [r["name"] for r in recorded], cfg.data.train_split) if recorded else []

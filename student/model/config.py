@@ -53,10 +53,16 @@ class TeacherTarget(Config):
 
 @dataclass(frozen=True, kw_only=True)
 class TaskSpec(Config):
-    """One dense prediction task: its name (``semseg``, ``depth``, ...) and output channels."""
+    """One dense prediction task: its head's name (``semseg``, ``depth``, ...), output channels and kind.
+
+    ``kind``: the registered task the head predicts (its loss and metrics), when the name is not one:
+    a multi-dataset run names a second head of a task after its dataset format (``semseg_pascal``,
+    kind ``semseg``). None (configs written before it existed): the name is the kind.
+    """
 
     name: str
     channels: int
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if not _TASK_NAME.match(self.name):
@@ -66,6 +72,8 @@ class TaskSpec(Config):
             )
         if self.channels <= 0:
             raise ConfigError(f"task {self.name!r}: channels must be positive, got {self.channels}")
+        if self.kind is not None and not _TASK_NAME.match(self.kind):
+            raise ConfigError(f"task {self.name!r}: kind {self.kind!r} must name a registered task, e.g. 'semseg'")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ from ...manifests.errors import ConfigError
 from ...manifests.sizes import parse_hw
 from ...pipeline.tasks.metrics import check_miou
 from ..data.resident import TARGET_MODES
+from ..data.sampler import parse_mix
 
 STAGES = ("auto", "distill", "multitask")  # auto: multitask when the dataset has labels, else distill
 AUG_MODES = ("auto", "none")
@@ -85,7 +86,14 @@ class DataConfig(Config):
     cache: str
     """Cache root with datasets/ and features/ (a directory or an fsspec URL); opened read-only."""
     dataset: str | None = None
-    """Indexed dataset name; None: the cache's only dataset."""
+    """Indexed dataset name; None: the cache's only dataset. A multi-dataset run records its first dataset here
+    (records written before ``datasets`` existed name their one dataset only here)."""
+    datasets: tuple[str, ...] = ()
+    """Every dataset the run trains on, in order (the union of their tasks: one head per task and dataset format);
+    (): ``dataset`` alone."""
+    mix: str = "proportional"
+    """How a multi-dataset run draws its samples: proportional (dataset k with probability n_k/N) | balanced (1/K) |
+    temperature:T (n_k^(1/T) / sum). An epoch is as many draws as the datasets have training items together."""
     teachers: tuple[str, ...] = ()
     """Store names, teacher names or aliases; (): every store covering the dataset."""
     train_split: str = "train"
@@ -106,11 +114,22 @@ class DataConfig(Config):
     """Train on the covered samples when a store lacks some (else refuse)."""
 
     def __post_init__(self) -> None:
+        parse_mix(self.mix)
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ConfigError(f"datasets {list(self.datasets)} name a dataset twice: pass each --dataset once")
+        if self.dataset is not None and self.datasets and self.dataset != self.datasets[0]:
+            raise ConfigError(f"dataset {self.dataset!r} must be the first of datasets {list(self.datasets)}")
         if self.aug not in AUG_MODES:
             raise ConfigError(f"aug must be one of {AUG_MODES}, got {self.aug!r}")
         for item in self.teacher_weights:
             if "=" not in item:
                 raise ConfigError(f"teacher_weights entries look like 'dinov2=/path/w.safetensors', got {item!r}")
+
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The datasets named by the config, in order (empty: the cache's only dataset)."""
+        return self.datasets or ((self.dataset,) if self.dataset is not None else ())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,17 +135,33 @@ class RunDir:
         return model, int(ckpt.record["step"])
 
     def load(self, split: str = "val") -> LoadedRun:
-        """The run's configs and ``split`` of its dataset (in order, no augmentation), ready to evaluate."""
+        """The run's configs and ``split`` of its dataset(s) (in order, no augmentation), ready to evaluate.
+
+        A multi-dataset run: ``data`` is its first dataset's split, ``datasets`` every dataset's that has
+        ``split`` (each with its own tasks), ``heads`` each dataset's task -> student head."""
         cfg = self.train_config()
         scfg = self.student_config()
-        name, img_size = cfg.data.dataset, cfg.model.img_size
-        if name is None or img_size is None:  # training records the resolved config, which names both
+        names, img_size = cfg.data.names, cfg.model.img_size
+        if not names or img_size is None:  # training records the resolved config, which names both
             raise SakError(f"{self.config_file} does not name the dataset and img_size of the run: "
                            "it was not written by sak-train fit; train the run again")
-        dataset = open_dataset(cfg.data.cache, name)
-        data = CachedTargets(dataset, (), split, (img_size[0], img_size[1]), tasks=scfg.task_names,
-                             seed=cfg.runtime.seed, fit="resize" if cfg.eval.eval_resize else "pad")
-        return LoadedRun(self, cfg, scfg, data)
+        hw = (img_size[0], img_size[1])
+        fit = "resize" if cfg.eval.eval_resize else "pad"
+        if len(names) == 1:
+            dataset = open_dataset(cfg.data.cache, names[0])
+            data = CachedTargets(dataset, (), split, hw, tasks=scfg.task_names, seed=cfg.runtime.seed, fit=fit)
+            heads = {names[0]: {t: t for t in scfg.task_names}}
+            return LoadedRun(self, cfg, scfg, data, {names[0]: data}, heads)
+        recorded = {d["name"]: d.get("tasks", {}) for d in self.read_record().get("datasets", [])}
+        heads = {n: dict(recorded.get(n, {})) for n in names}
+        parts = {}
+        for n in names:
+            dataset = open_dataset(cfg.data.cache, n)
+            if split in dataset.splits():
+                parts[n] = CachedTargets(dataset, (), split, hw, tasks=tuple(heads[n]), seed=cfg.runtime.seed, fit=fit)
+        if names[0] not in parts:
+            raise SakError(f"dataset '{names[0]}' of run {self.path} has no '{split}' split; pick another (--split)")
+        return LoadedRun(self, cfg, scfg, parts[names[0]], parts, heads)
 
 
 @dataclass
@@ -154,6 +170,8 @@ class LoadedRun:
     cfg: TrainConfig
     student_cfg: StudentConfig
     data: CachedTargets
+    datasets: dict[str, CachedTargets] = field(default_factory=dict)  # name -> its split (multi-dataset runs: all)
+    heads: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {task: student head}
 
     def build_model(self) -> SAKStudent:
         """The student as the run built it at step 0 (same seed, same init)."""

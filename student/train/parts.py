@@ -20,7 +20,9 @@ import torch
 
 from ...manifests.errors import ConfigError
 from ..data.cached import Loader
-from ..evaluate.evaluator import evaluate_model, predictions
+from ..data.sampler import Position, parse_position
+from ..evaluate.datasets import HeadView, evaluate_datasets
+from ..evaluate.evaluator import predictions
 from ..evaluate.plots import loss_plot, predictions_plot
 from ..runs.checkpoint import Checkpoint, CheckpointError, restore_rng
 from ..runs.config import OptimConfig, TrainConfig
@@ -28,8 +30,6 @@ from ..runs.rundir import RunDir
 from .setup import RunSetup
 
 log = logging.getLogger(__name__)
-
-Position = tuple[int, int]  # (sampler epoch, offset)
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -71,19 +71,24 @@ class Checkpointer:
                                   f"from it; start a new run from its weights with --init {self.run.path}")
         model.load_state_dict(ckpt.weights)
         opt.load_state_dict(ckpt.optimizer)
-        step, position = int(ckpt.record["step"]), tuple(ckpt.record["sampler"])
+        step, position = int(ckpt.record["step"]), parse_position(ckpt.record["sampler"])
         restore_rng(ckpt.record)
         if self.main:
             self.run.truncate_metrics(step)  # the records after the checkpoint are logged again
-        log.info("resumed %s at step %d (sampler epoch %d, offset %d)", self.run.path, step, *position)
+        log.info("resumed %s at step %d (sampler epoch %d, offset %d)", self.run.path, step, position[0], position[1])
         return step, position
 
     def maybe_save(self, step: int, position: Position, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         every, last = self.cfg.checkpoint.ckpt_every, self.cfg.optim.iters
         if self.main and (step == last or (every and step % every == 0)):
             self.run.save_checkpoint(model=model.state_dict(), optimizer=opt.state_dict(),
-                                     record={"step": step, "sampler": list(position), "config": self.cfg.to_dict(),
+                                     record={"step": step, "sampler": _plain(position), "config": self.cfg.to_dict(),
                                              "student": self.student})
+
+
+def _plain(position: Position) -> list:
+    """A sampler position as JSON lists (``[epoch, offset]``, mixed runs ``[epoch, offset, [[e, o], ...]]``)."""
+    return [list(map(list, v)) if isinstance(v, tuple) else v for v in position]
 
 
 class MetricsLogger:
@@ -129,28 +134,30 @@ class PeriodicEvaluator:
     """Scores the student on the val split and writes ``eval/step_<k>.json`` (rank 0, when there is a val split).
 
     Task metrics and the distillation cosines per teacher and level (:mod:`sak.student.evaluate.distill_metric`,
-    against the stores' val targets, standardized as the loss does); :attr:`latest` is the last evaluation
-    (``{"step", "metrics"}``), for a live view.
+    against the stores' val targets, standardized as the loss does); several datasets: each dataset's val split
+    with its own tasks, keys ``<dataset>/<task>/<metric>`` and ``<dataset>/distill/...``. :attr:`latest` is the
+    last evaluation (``{"step", "metrics"}``), for a live view.
     """
 
     def __init__(self, run: RunDir, setup: RunSetup, *, main: bool) -> None:
         self.run, self.val, self.device = run, setup.val, setup.device
-        self.targets, self.stats = setup.val_targets, setup.stats
+        self.vals, self.heads = setup.vals, setup.heads
+        self.targets, self.stats = setup.vals_targets, setup.stats
         cfg = setup.cfg
         self.every, self.total = cfg.eval.eval_every, cfg.optim.iters
         self.batch_size, self.max_samples, self.miou = cfg.loader.batch_size, cfg.eval.eval_samples, cfg.eval.miou
         self.amp = cfg.runtime.amp
-        self.active = main and self.val is not None
+        self.active = main and bool(self.vals)
         self.latest: dict[str, Any] = {}
 
     def evaluate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
         """The metrics after ``step`` ({} when this rank does not evaluate)."""
-        if not self.active or self.val is None:  # active implies a val split
+        if not self.active:
             return {}
-        metrics = evaluate_model(model, self.val, batch_size=self.batch_size, device=self.device,
-                                 max_samples=self.max_samples, miou=self.miou,
-                                 amp="bf16" if self.amp == "bf16" else "off",  # float32 unless bf16 is asked for
-                                 targets=self.targets, stats=self.stats)
+        metrics = evaluate_datasets(model, self.vals, self.heads, batch_size=self.batch_size, device=self.device,
+                                    max_samples=self.max_samples, miou=self.miou,
+                                    amp="bf16" if self.amp == "bf16" else "off",  # float32 unless bf16 is asked for
+                                    targets=self.targets, stats=self.stats)
         self.latest = {"step": step, "metrics": metrics}
         return self.run.write_eval(step, metrics)
 
@@ -160,7 +167,11 @@ class PeriodicEvaluator:
 
 
 def write_plots(run: RunDir, model: torch.nn.Module, setup: RunSetup) -> None:
-    """plots/loss.png from metrics.jsonl and plots/predictions.png of the first val samples."""
+    """plots/loss.png from metrics.jsonl and plots/predictions.png of the first val samples (of the first dataset
+    with a val split: ``predictions.png``; the others: ``predictions_<dataset>.png``)."""
     loss_plot(run.read_metrics(), run.plot_file("loss"))
-    if setup.val is not None and len(setup.val):
-        predictions_plot(predictions(model, setup.val, n=4, device=setup.device), run.plot_file("predictions"))
+    for k, (name, val) in enumerate(setup.vals.items()):
+        if len(val):
+            view = HeadView(model, setup.heads[name]) if setup.multi else model
+            predictions_plot(predictions(view, val, n=4, device=setup.device),
+                             run.plot_file("predictions" if k == 0 else f"predictions_{name}"))

@@ -22,6 +22,7 @@ from ...manifests.errors import ConfigError, SakError, SpecMismatch, StoreCorrup
 from ...pipeline.data.datasets import list_datasets, open_dataset
 from ..data import views
 from ..data.cached import CachedTargets
+from ..data.mixed import Heads, MixedTargets, assign_heads, head_kinds
 from ..data.online import OnlineTeachers
 from ..data.resident import ResidentTargets, TargetsChoice, choose_targets, gpu_free, mem_available
 from ..data.stores import check_input_size, describe, select_stores, teacher_key
@@ -65,11 +66,14 @@ def infer_img_size(dataset: Any, stores: list, split: str, backbone: str) -> tup
 
 @dataclass
 class RunSetup:
+    """What :func:`prepare` resolved. Several datasets: ``dataset`` and ``val`` are the first one's, ``datasets``
+    and ``vals`` all of them, ``train`` a :class:`MixedTargets`, ``heads`` each dataset's task -> head."""
+
     cfg: TrainConfig
     dataset: Any
     stores: list
     keys: tuple[str, ...]
-    train: CachedTargets
+    train: CachedTargets | MixedTargets
     val: CachedTargets | None
     student_cfg: StudentConfig
     model: torch.nn.Module
@@ -78,8 +82,22 @@ class RunSetup:
     device: torch.device
     start: dict[str, Any] = field(default_factory=dict)  # the starting weights (see start_weights)
     targets_choice: TargetsChoice | None = None  # where the targets live (None: online, or no stores)
+    datasets: list = field(default_factory=list)  # every dataset of the run (the first is ``dataset``)
+    vals: dict[str, CachedTargets] = field(default_factory=dict)  # dataset name -> its val split
+    heads: Heads = field(default_factory=dict)  # dataset name -> {task: student head}
+    vals_targets: dict[str, CachedTargets] = field(default_factory=dict)  # dataset name -> its val split joined
+    # with the stores, for the distillation metrics, where ``vals[name]`` itself carries no targets
     _resident: ResidentTargets | None = None
-    val_targets: CachedTargets | None = None  # the val split joined with the stores, when val itself has no targets
+
+    @property
+    def val_targets(self) -> CachedTargets | None:
+        """The first dataset's entry of :attr:`vals_targets` (None: its val carries the targets, or none)."""
+        return self.vals_targets.get(self.dataset.name)
+
+    @property
+    def multi(self) -> bool:
+        """True when the run trains on several datasets (metric keys then start with the dataset name)."""
+        return len(self.datasets) > 1
 
     def target_source(self, world: int = 1) -> ResidentTargets | None:
         """The resident targets of ``targets_choice`` (loaded on first use), or None: read them per batch."""
@@ -105,24 +123,37 @@ class RunSetup:
         return self.online(batch) if self.online is not None else batch.decoded_targets()
 
     def record(self) -> dict[str, Any]:
-        """The experiment record written to config.json."""
+        """The experiment record written to config.json (``dataset`` and ``coverage``: the first dataset's, as
+        before ``datasets`` existed)."""
+        parts = self.train.parts if isinstance(self.train, MixedTargets) else [self.train]
+        first = parts[0].coverage.__dict__
         return {
             "train": self.cfg.to_dict(),
             "student": self.student_cfg.to_dict(),
-            "dataset": {"name": self.dataset.name, "root": str(self.dataset.root), "format": self.dataset.format,
-                        "splits": self.dataset.splits()},
+            "dataset": _dataset_record(self.dataset),
+            "datasets": [{**_dataset_record(p.dataset), "tasks": self.heads.get(p.dataset.name, {}),
+                          "coverage": {**p.coverage.__dict__, "teachers": {k: len(p) for k in self.keys}}}
+                         for p in parts],
+            "mix": self.cfg.data.mix if len(parts) > 1 else None,
             "stores": [{"key": k, "name": s.name, "path": str(s.path), "spec_id": s.spec.spec_id,
                         "spec": s.spec.to_dict()} for k, s in zip(self.keys, self.stores, strict=True)],
-            "coverage": self.train.coverage.__dict__,
+            "coverage": first,
             "start": self.start,
             "targets": self.targets_choice.to_dict() if self.targets_choice is not None else None,
         }
 
 
-def build_student_config(cfg: TrainConfig, dataset: Any, stores: list, keys: tuple[str, ...],
-                         tasks: tuple[str, ...]) -> StudentConfig:
+def _dataset_record(dataset: Any) -> dict[str, Any]:
+    return {"name": dataset.name, "root": str(dataset.root), "format": dataset.format, "splits": dataset.splits()}
+
+
+def build_student_config(cfg: TrainConfig, datasets: list, stores: list, keys: tuple[str, ...],
+                         heads: Heads) -> StudentConfig:
+    """The student of the run: an adapter path per store, a head per entry of ``heads`` (see :func:`assign_heads`)."""
     teachers = [TeacherTarget(name=k, width=s.spec.width, grid=tuple(s.spec.grid)) for k, s in zip(keys, stores, strict=True)]
-    task_specs = [TaskSpec(name=t, channels=dataset.task_channels(t)) for t in tasks]
+    channels = {head: ds.task_channels(task) for ds in datasets for task, head in heads[ds.name].items()}
+    task_specs = [TaskSpec(name=head, channels=channels[head], kind=None if head == kind else kind)
+                  for head, kind in head_kinds(heads).items()]
     scfg = StudentConfig.for_backbone(cfg.model.backbone, teachers=teachers, tasks=task_specs,
                                       img_size=cfg.model.img_size, **dict(cfg.model.student or {}))
     for store in stores:
@@ -135,14 +166,33 @@ def build_student_config(cfg: TrainConfig, dataset: Any, stores: list, keys: tup
     return scfg
 
 
-def _dataset_name(cache: str, name: str | None) -> str:
-    if name is not None:
-        return name
-    names = list_datasets(cache)
-    if len(names) != 1:
-        raise SakError(f"cache {cache} has datasets {names or 'none'}: pass --dataset NAME"
-                       + ("" if names else " after indexing one (sak-cache index)"))
-    return names[0]
+def _dataset_names(cache: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    if names:
+        return names
+    found = list_datasets(cache)
+    if len(found) != 1:
+        raise SakError(f"cache {cache} has datasets {found or 'none'}: pass --dataset NAME (repeat it to train on "
+                       "several)" + ("" if found else " after indexing one (sak-cache index)"))
+    return (found[0],)
+
+
+def _select_stores(cache: str, datasets: list, refs: tuple[str, ...], split: str) -> list:
+    """The run's stores: those named, else every store covering any of the datasets (in catalog order).
+
+    Every store must then hold every dataset's samples: the join refuses a gap and names its extract command."""
+    if refs or len(datasets) == 1:
+        return select_stores(cache, datasets[0], refs, split)
+    chosen: dict[str, Any] = {}
+    for ds in datasets:
+        try:
+            found = select_stores(cache, ds, (), split)
+        except SakError:
+            if ds is datasets[-1] and not chosen:
+                raise
+            continue
+        for s in found:
+            chosen.setdefault(s.name, s)
+    return list(chosen.values())
 
 
 def start_weights(model: SAKStudent, cfg: TrainConfig, *, main: bool) -> dict[str, Any]:
@@ -175,42 +225,44 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     backbone) are not loaded again (a resume must work offline and after the init run moved).
     """
     data = cfg.data
-    name = _dataset_name(data.cache, data.dataset)
-    dataset = open_dataset(data.cache, name)
-    stores = select_stores(data.cache, dataset, data.teachers, data.train_split)
+    names = _dataset_names(data.cache, data.names)
+    datasets = [open_dataset(data.cache, n) for n in names]
+    dataset, name = datasets[0], names[0]
+    stores = _select_stores(data.cache, datasets, data.teachers, data.train_split)
     keys = tuple(teacher_key(s, stores) for s in stores)
-    train_tasks = tuple(t for t in dataset.tasks)
+    heads = assign_heads(datasets)
+    train_tasks = tuple(head_kinds(heads))
     stage = cfg.optim.stage if cfg.optim.stage != "auto" else ("multitask" if train_tasks else "distill")
     if stage == "multitask" and not train_tasks:
-        raise ConfigError(f"dataset '{name}' has no labels: train --stage distill")
+        which = f"dataset '{name}' has" if len(names) == 1 else f"datasets {', '.join(names)} have"
+        raise ConfigError(f"{which} no labels: train --stage distill")
     out = cfg.checkpoint.out or broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}", world)
     given = cfg.model.img_size
     img = (given[0], given[1]) if given else infer_img_size(dataset, stores, data.train_split, cfg.model.backbone)
-    check_input_size(stores, img, name, data.cache)
-    cfg = cfg.with_fields(dataset=name, stage=stage, out=str(out), img_size=img,
+    for n in names:
+        check_input_size(stores, img, n, data.cache)
+    cfg = cfg.with_fields(dataset=name, datasets=names, stage=stage, out=str(out), img_size=img,
                           teachers=tuple(data.teachers) or tuple(s.name for s in stores)).resolved()
     data = cfg.data
-    student_cfg = build_student_config(cfg, dataset, stores, keys, train_tasks)
+    student_cfg = build_student_config(cfg, datasets, stores, keys, heads)
 
     online = None
     if data.online:
         weights = dict(item.split("=", 1) for item in data.teacher_weights)
         online = OnlineTeachers(stores, keys, device, weights=weights, amp=cfg.runtime.amp != "off")
     seed = cfg.runtime.seed
-    train = CachedTargets(dataset, stores, data.train_split, img, feature_flip=data.feature_flip,
-                          allow_missing=data.allow_missing, read_targets=not data.online,
-                          teacher_preprocess=online.preprocess if online else None, cache_hint=data.cache,
-                          tasks=train_tasks, aug=data.aug, seed=seed, fit=_train_fit(stores))
-    val = val_targets = None
-    val_split = cfg.eval.val_split
-    if val_split is None:
-        pass
-    elif val_split in dataset.splits():  # with the stores' targets for the distillation metrics
-        val, val_targets = eval_splits(dataset, stores, val_split, img, tasks=train_tasks, fit=_train_fit(stores),
-                                       eval_fit="resize" if cfg.eval.eval_resize else "pad", aug=data.aug, seed=seed,
-                                       cache_hint=data.cache)
-    elif rank == 0:
-        log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", name, val_split, dataset.splits())
+    parts = [CachedTargets(ds, stores, data.train_split, img, feature_flip=data.feature_flip,
+                           allow_missing=data.allow_missing, read_targets=not data.online,
+                           teacher_preprocess=online.preprocess if online else None, cache_hint=data.cache,
+                           tasks=ds.tasks, aug=data.aug, seed=seed, fit=_train_fit(stores)) for ds in datasets]
+    train = parts[0] if len(parts) == 1 else MixedTargets(parts, heads, mix=data.mix)
+    vals, val_targets = {}, {}
+    for ds in datasets:
+        val, targets = val_data(cfg, ds, stores, img, main=rank == 0)
+        if val is not None:
+            vals[ds.name] = val
+        if targets is not None:
+            val_targets[ds.name] = targets
 
     stats = _target_stats(keys, stores, device) if data.standardize else None
     choice = None
@@ -225,10 +277,31 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     start = {"resumed": True} if resuming else start_weights(model, cfg, main=rank == 0)
     model.to(device)
     if rank == 0:
+        if len(parts) > 1:
+            log.info("datasets %s mixed %s; heads %s", ", ".join(names), data.mix,
+                     ", ".join(f"{n}: {sorted(heads[n].values())}" for n in names))
         log.info("%s; teachers %s; student %s at %dx%d; stage %s", train.coverage.summary(), ", ".join(keys),
                  cfg.model.backbone, img[0], img[1], stage)
-    return RunSetup(cfg, dataset, stores, keys, train, val, student_cfg, model, stats, online, device, start, choice,
-                    val_targets=val_targets)
+    return RunSetup(cfg, dataset, stores, keys, train, vals.get(name), student_cfg, model, stats, online, device,
+                    start, choice, datasets=datasets, vals=vals, heads=heads, vals_targets=val_targets)
+
+
+def val_data(cfg: TrainConfig, dataset: Any, stores: list, img: tuple[int, int], *,
+             main: bool) -> tuple[CachedTargets | None, CachedTargets | None]:
+    """``(val, targets)`` of one dataset: its val split with its own tasks, and that split joined with the stores
+    for the distillation metrics when ``val`` does not carry them (:func:`~..evaluate.distill_metric.eval_splits`);
+    ``(None, None)``, with a warning, when the dataset has no such split."""
+    val_split = cfg.eval.val_split
+    if val_split is None:
+        return None, None
+    if val_split not in dataset.splits():
+        if main:
+            log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", dataset.name, val_split,
+                        dataset.splits())
+        return None, None
+    return eval_splits(dataset, stores, val_split, img, tasks=dataset.tasks, fit=_train_fit(stores),
+                       eval_fit="resize" if cfg.eval.eval_resize else "pad", aug=cfg.data.aug, seed=cfg.runtime.seed,
+                       cache_hint=cfg.data.cache)
 
 
 def ranks_per_node(world: int) -> int:

@@ -28,6 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ...manifests.errors import ConfigError
+from ...pipeline.tasks import get_task
 from ..data.cached import Batch
 from ..runs.config import TrainConfig
 from ..runs.resume import resume_point
@@ -59,9 +60,21 @@ class RunResult:
     param_checksums: list[str] = field(default_factory=list)  # one per rank (all equal under DDP)
 
 
+def head_losses(kinds: dict[str, str] | None) -> dict[str, Any]:
+    """``task_losses`` keywords for heads named apart from their task (``semseg_pascal``: the semseg loss and
+    weight); {} when every head is named as its task."""
+    if not kinds or all(head == kind for head, kind in kinds.items()):
+        return {}
+    return {"weights": {h: get_task(k).loss_weight for h, k in kinds.items()},
+            "loss_fns": {h: get_task(k).loss for h, k in kinds.items()}}
+
+
 def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]], *, stage: str, alpha: float,
-                   stats: dict | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its parts (``distill``, ``distill/<teacher>``, ``task/<name>``, ``total``)."""
+                   stats: dict | None, kinds: dict[str, str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its parts (``distill``, ``distill/<teacher>``, ``task/<name>``, ``total``).
+
+    ``kinds``: head -> registered task, for heads named apart from their task (multi-dataset runs). Each task
+    loss is the mean over the samples labelled for it (``batch.masks``); an unlabelled head gets an exact 0."""
     parts: dict[str, torch.Tensor] = {}
     total = None
     if targets:
@@ -72,7 +85,7 @@ def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]
         parts["distill"] = dist
         total = dist if stage == "distill" else alpha * dist
     if stage == "multitask":
-        tl = task_losses(out.tasks, batch.labels, batch.masks)
+        tl = task_losses(out.tasks, batch.labels, batch.masks, **head_losses(kinds))
         for k, v in tl.items():
             if k != "total":
                 parts[f"task/{k}"] = v
@@ -85,13 +98,14 @@ def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, targets: dict[str, list[torch.Tensor]],
-               *, cfg: TrainConfig, stats: dict | None, lr: float) -> dict[str, float]:
+               *, cfg: TrainConfig, stats: dict | None, lr: float, kinds: dict[str, str] | None = None) -> dict[str, float]:
     """One optimizer step on a batch already on the model's device; returns the loss parts as floats."""
     for g in opt.param_groups:
         g["lr"] = lr
     with autocast(batch.image.device, cfg.runtime.amp):
         out = model(batch.image)
-        loss, parts = compute_losses(out, batch, targets, stage=cfg.optim.stage, alpha=cfg.optim.alpha, stats=stats)
+        loss, parts = compute_losses(out, batch, targets, stage=cfg.optim.stage, alpha=cfg.optim.alpha, stats=stats,
+                                     kinds=kinds)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip:
@@ -152,6 +166,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=cfg.optim.stage == "distill")
     evaluator = PeriodicEvaluator(run, setup, main=main)
+    kinds = {t.name: t.kind or t.name for t in setup.student_cfg.tasks}
     result = RunResult(run_dir=run.path, steps=step, coverage=setup.train.coverage.summary())
     if step == 0 and ckpt is None:  # a fresh run, or --resume of one killed before its first checkpoint
         result.baseline = evaluator.evaluate(0, model)
@@ -164,7 +179,8 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
             t_data = time.perf_counter() - t0
             batch = host.to(device, non_blocking=True)
             lr = sched(step)
-            losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr)
+            losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr,
+                                kinds=kinds)
             host.release()  # train_step synchronized (its losses are on the host): the loader may reuse the buffers
             if not math.isfinite(losses["total"]):
                 raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")
@@ -184,7 +200,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
         setattr(result, key, value)
     result.param_checksums = [str(v) for v in gather(param_checksum(model), world)]
     if main:
-        if setup.val is not None:
+        if evaluator.active:
             result.metrics = evaluator.evaluate(step, model)
             write_plots(run, model, setup)
         result.baseline = result.baseline or run.read_eval(0)
