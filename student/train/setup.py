@@ -32,6 +32,7 @@ from ..runs.checkpoint import CheckpointError
 from ..runs.config import TrainConfig
 from ..runs.rundir import RunDir, init_source
 from ..runs.runtime import broadcast, seed_everything
+from .extend import is_extension, prepare_extension, run_student_config, with_source
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,9 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     ``resuming``: a checkpoint will overwrite every weight, so the starting weights (``--init`` source or hub
     backbone) are not loaded again (a resume must work offline and after the init run moved).
     """
+    extending = is_extension(cfg.model)  # --init RUN --add-teacher/--add-task (see .extend)
+    if extending and not resuming:
+        cfg = with_source(cfg)
     data = cfg.data
     name = _dataset_name(data.cache, data.dataset)
     dataset = open_dataset(data.cache, name)
@@ -208,7 +212,11 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     cfg = cfg.with_fields(dataset=name, stage=stage, out=str(out), img_size=img,
                           teachers=tuple(data.teachers) or tuple(s.name for s in stores)).resolved()
     data = cfg.data
-    student_cfg = build_student_config(cfg, dataset, stores, keys, train_tasks)
+    if extending:  # resuming: the checkpoint's student is the one recorded
+        student_cfg = RunDir(str(out)).student_config() if resuming else run_student_config(cfg, dataset, stores, keys)
+        train_tasks = tuple(t for t in train_tasks if t in student_cfg.task_names)
+    else:
+        student_cfg = build_student_config(cfg, dataset, stores, keys, train_tasks)
 
     online = None
     if data.online:
@@ -240,6 +248,8 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     seed_everything(seed)
     model = SAKStudent(student_cfg)
     start = {"resumed": True} if resuming else start_weights(model, cfg, main=rank == 0)
+    if extending:
+        start = prepare_extension(model, cfg, start)
     model.to(device)
     if rank == 0:
         log.info("%s; teachers %s; student %s at %dx%d; stage %s", train.coverage.summary(), ", ".join(keys),

@@ -12,7 +12,7 @@ import pytest
 import torch
 from _caches import extract_store, indexed_cache
 
-from sak.manifests.errors import SakError
+from sak.manifests.errors import ConfigError, SakError
 from sak.student.runs.checkpoint import CheckpointError, load_checkpoint
 from sak.student.runs.config import TrainConfig
 from sak.student.runs.resume import refusal, resume_point
@@ -64,8 +64,10 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_from_step_0(
         f"{part} already holds a training run: pass --resume to continue it (it stopped before its first checkpoint, "
         "so it starts again from step 0 with the settings in its config.json), or --out NEW_DIR to start another run")
 
+    with pytest.raises(ConfigError, match=r"lr: the run used 0.001, this command asks 5.0: drop the option to resume"):
+        fit(_cfg(cache, part, lr=5.0), resume=True)  # issue 15: a changed option is refused, never silently dropped
     with caplog.at_level(logging.WARNING, logger="sak"):
-        again = fit(_cfg(cache, part, lr=5.0, workers=1), resume=True)  # the recorded config wins (lr 1e-3)
+        again = fit(_cfg(cache, part, workers=1), resume=True)  # a free option follows the command
     assert f"no checkpoint yet in {part}: starting from step 0 with the run's own config" in caplog.text
     assert again.steps == 4 and _steps(part) == _steps(full) == [1, 2, 3, 4]  # the killed attempt's records dropped
     assert [json.loads(line)["losses"] for line in (part / "metrics.jsonl").read_text().splitlines()] == \
