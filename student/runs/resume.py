@@ -86,11 +86,13 @@ def _same_stores(recorded: TrainConfig, a: list, b: list) -> bool:
 
 def changed_options(run: RunDir, recorded: TrainConfig, asked: TrainConfig, given: Mapping[str, str],
                     student: Mapping[str, Any]) -> list[str]:
-    """One "OPTION: the run used A, this command asks B" per given field outside RESUME_FREE that differs."""
+    """One "OPTION: the run used A, this command asks B" per given field outside RESUME_FREE that differs, in field
+    order."""
     rec, ask = recorded.to_flat(), asked.to_flat()
     out = []
-    for key, option in given.items():
-        if key in RESUME_FREE or key not in OWNER or ask[key] == rec.get(key) or ask[key] in _UNRESOLVED:
+    for key in ask:  # in the record's field order, whatever order the options were typed in
+        option = given.get(key)
+        if option is None or key in RESUME_FREE or key not in OWNER or ask[key] == rec.get(key) or ask[key] in _UNRESOLVED:
             continue
         a, r = ask[key], rec.get(key)
         if key == "student":  # --levels and the StudentConfig fields of a recipe: against the run's student
@@ -102,7 +104,8 @@ def changed_options(run: RunDir, recorded: TrainConfig, asked: TrainConfig, give
             continue
         if (key == "cache" and _same_place(str(a), str(r))) or (key == "teachers" and _same_stores(recorded, a, r or [])):
             continue
-        text = f"{option}: the run {_VERB.get(key, 'used')} {_show(r)}, this command asks {_show(a)}"
+        show = (lambda v: "x".join(map(str, v))) if key == "img_size" and r else _show
+        text = f"{option}: the run {_VERB.get(key, 'used')} {show(r)}, this command asks {show(a)}"
         if key == "teachers" and isinstance(r, list) and set(r) <= set(a):
             text += f" (or --init {run.path} --add-teacher {','.join(t for t in a if t not in r)} to extend it)"
         out.append(text)
