@@ -35,7 +35,8 @@ Position = tuple[int, int]  # (sampler epoch, offset)
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (betas 0.9/0.999, eps 1e-8) with ``weight_decay`` on every parameter (``decay_scope="all"``, official
-    ``AdamW(model.parameters())``, train_s1.py:153-157, train_utils.py:20-38) or on matrices only (``"matrices"``)."""
+    ``AdamW(model.parameters())``, train_s1.py:153-157, train_utils.py:20-38) or on matrices only (``"matrices"``).
+    Frozen parameters (``requires_grad`` off: an extension's source, see :mod:`.extend`) are left out."""
     if optim.lr is None or optim.weight_decay is None:
         raise ConfigError("build_optimizer needs the resolved optimizer settings: pass cfg.resolved().optim")
     trainable = trainable_parameters(model)  # frozen parts (an extension's source) stay out of the optimizer
