@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.live import Live
 
-from ..student.runs.config import TrainConfig  # option defaults are the config's
+from ..student.runs.config import OWNER, TrainConfig  # option defaults are the config's
 from ..student.runs.config import field_default as D
 from ..student.runs.recipes import get_recipe
 from ..student.train.trainer import fit
@@ -25,14 +25,14 @@ from .common import (
 from .train_view import LiveView, metrics_table
 
 
-def _run_fit(cfg: TrainConfig, resume: bool) -> None:
+def _run_fit(cfg: TrainConfig, resume: bool, given: dict[str, str] | None = None) -> None:
     main = int(os.environ.get("RANK", "0")) == 0
     if not main:
-        fit(cfg, resume=resume)
+        fit(cfg, resume=resume, given=given)
         return
     view = LiveView(cfg.optim.iters)
     with Live(view, console=console, refresh_per_second=4, transient=False):
-        result = fit(cfg, view, resume=resume)
+        result = fit(cfg, view, resume=resume, given=given)
     console.line()
     out.print(metrics_table(result.metrics, result.baseline, f"val metrics after {result.steps} steps ({result.run_dir})"))
     out.print(
@@ -51,11 +51,30 @@ def _datasets(values: list[str] | None) -> tuple[str, ...]:
     return tuple(name for value in values or () for name in parse_str_list(value) or ())
 
 
+def _typed(ctx: typer.Context) -> set[str]:
+    """The parameters typed on the command line (not defaults)."""
+    # compared by name: typer may carry its own click, whose ParameterSource is another enum
+    return {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def _given_fields(ctx: typer.Context) -> dict[str, str]:
+    """The TrainConfig fields the user typed, each with its option's spelling: what --resume checks against
+    the run's record (a default or a recipe's value is never a request to change the run)."""
+    field_of = {option: name for name, option in OPTION_OF.items()}
+    spelled = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0]) for p in ctx.command.params}
+    fields = {field_of.get(p, p): spelled[p] for p in _typed(ctx) if p in spelled}
+    return {k: v for k, v in fields.items() if k in OWNER}
+
+
+def _names(values: list[str] | None) -> tuple[str, ...]:
+    """A repeatable option whose values may also be comma lists: ``-x a -x b,c`` -> (a, b, c)."""
+    return tuple(n for v in values or () for n in parse_str_list(v) or ())
+
+
 def _with_recipe(ctx: typer.Context, name: str, given: dict[str, Any]) -> TrainConfig:
     """The recipe's values, with every option given on the command line on top (and --cache, always)."""
     recipe = get_recipe(name)
-    # compared by name: typer may carry its own click, whose ParameterSource is another enum
-    typed = {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    typed = _typed(ctx)
     fields = dict(recipe.fields)
     for key, value in given.items():
         if key == "cache" or OPTION_OF.get(key, key) in typed:
@@ -114,6 +133,9 @@ def register(app: typer.Typer) -> None:
         out_dir: Path | None = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its checkpoint stopped."),
         init: Path | None = typer.Option(D("init"), "--init", help="Start from another run's weights (e.g. the distill stage)."),
+        add_teachers: list[str] = typer.Option(D("add_teachers"), "--add-teacher", help="Extend the --init student with this teacher (a new adapter path; repeatable, comma lists ok). Everything it already has is frozen unless --unfreeze."),
+        add_tasks: list[str] = typer.Option(D("add_tasks"), "--add-task", help="Extend the --init student with this task (new routers and head; repeatable, comma lists ok)."),
+        unfreeze: bool = typer.Option(D("unfreeze"), "--unfreeze", help="Extension: train the parts loaded from --init too (default frozen: the old tasks' outputs stay exactly the same)."),
         online: bool = typer.Option(D("online"), "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
         teacher_weights: str | None = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
         aug: str = typer.Option(D("aug"), "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
@@ -144,6 +166,8 @@ def register(app: typer.Typer) -> None:
           sak-train fit --recipe nyud-vitb --cache ./cache --dataset nyud --init runs/s1 --out runs/s2
 
           sak-train fit --cache ./cache --backbone test_vit --iters 300 --batch-size 8 --lr 1e-3 --out runs/demo
+
+          sak-train fit --cache ./cache --init runs/s2 --add-teacher sam --out runs/s2-sam
         """
         student = {"levels": parse_int_list(levels, "--levels")} if levels else None
         given: dict[str, Any] = dict(
@@ -152,11 +176,15 @@ def register(app: typer.Typer) -> None:
             stage=stage, iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay, decay_scope=decay_scope,
             warmup=warmup, warmup_lr=warmup_lr, min_lr=min_lr, schedule=schedule, schedule_style=schedule_style,
             grad_clip=grad_clip, alpha=alpha, seed=seed, out=str(out_dir) if out_dir else None,
-            init=str(init) if init else None, online=online, teacher_weights=parse_str_list(teacher_weights) or (),
+            init=str(init) if init else None, add_teachers=_names(add_teachers), add_tasks=_names(add_tasks),
+            unfreeze=unfreeze, online=online, teacher_weights=parse_str_list(teacher_weights) or (),
             aug=aug, standardize=standardize, feature_flip=feature_flip, allow_missing=allow_missing,
             eval_every=eval_every, eval_samples=eval_samples, log_every=log_every, ckpt_every=ckpt_every, device=device,
             workers=workers, block_size=block_size, amp=amp, sync_bn=sync_bn, targets=targets,
             targets_budget=targets_budget,
         )
         cfg = _with_recipe(ctx, recipe, given) if recipe else TrainConfig(**given)
-        _run_fit(cfg, resume)
+        if resume:  # --resume refuses a typed option that would change the run (student/runs/resume.py)
+            _run_fit(cfg, resume, _given_fields(ctx))
+        else:
+            _run_fit(cfg, resume)

@@ -208,11 +208,11 @@ def export_run(
     one_task = CachedTargets(loaded.data.dataset, (), split, loaded.data.img_size, tasks=(task,), fit=loaded.data.fit)
     full_metrics = evaluate_model(model, one_task, batch_size=bs, device=dev, max_samples=max_images)
     sub_metrics = evaluate_model(sub, one_task, batch_size=bs, device=dev, max_samples=max_images)
-    names = loaded.student_cfg.teacher_names
+    names = loaded.student_cfg.task_teachers(task)  # the teachers this task routes over (all unless extended)
     return {
         "task": task, "step": step, "path": str(path), "threshold": threshold,
         "kept": list(kept), "dropped": [n for n in names if n not in kept],
-        "experts": list(loaded.student_cfg.expert_names), "routing": gates.mean(0).tolist(),
+        "experts": list(loaded.student_cfg.task_experts(task)), "routing": gates.mean(0).tolist(),
         "dropped_gate_mass": dropped_gate_mass(gates, kept, names),
         "full_metrics": full_metrics, "sub_metrics": sub_metrics,
         "full_params": sum(p.numel() for p in model.parameters()),

@@ -53,16 +53,22 @@ class TeacherTarget(Config):
 
 @dataclass(frozen=True, kw_only=True)
 class TaskSpec(Config):
-    """One dense prediction task: its head's name (``semseg``, ``depth``, ...), output channels and kind.
+    """One dense prediction task: its head's name (``semseg``, ``depth``, ...), output channels, kind and router experts.
 
     ``kind``: the registered task the head predicts (its loss and metrics), when the name is not one:
     a multi-dataset run names a second head of a task after its dataset format (``semseg_pascal``,
     kind ``semseg``). None (configs written before it existed): the name is the kind.
+
+    ``teachers``: the teachers whose adapter paths this task's routers mix besides the stem, in the
+    student's teacher order; None (every config written before the field) means every teacher. A student
+    extended with a teacher (``sak-train fit --init RUN --add-teacher NAME``) keeps its old tasks on their
+    old teachers: their routers keep their shape and weights, so their outputs stay bit-identical.
     """
 
     name: str
     channels: int
     kind: str | None = None
+    teachers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _TASK_NAME.match(self.name):
@@ -74,6 +80,8 @@ class TaskSpec(Config):
             raise ConfigError(f"task {self.name!r}: channels must be positive, got {self.channels}")
         if self.kind is not None and not _TASK_NAME.match(self.kind):
             raise ConfigError(f"task {self.name!r}: kind {self.kind!r} must name a registered task, e.g. 'semseg'")
+        if self.teachers is not None and len(set(self.teachers)) != len(self.teachers):
+            raise ConfigError(f"task {self.name!r}: its router teachers must be unique, got {list(self.teachers)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +92,8 @@ class StudentConfig(Config):
       ``pretrained``, ``img_size`` and ``num_classes=0``; its final norm is removed.
     - ``levels``: block indices whose outputs feed the distillation and the heads.
     - ``teachers``: one Teacher-Specific Adapter Path (TSAP) per teacher, in this order;
-      the routers' experts are ``("stem", *teacher names)``.
+      a task's router experts are ``("stem", *its teachers)``: every teacher unless its
+      :class:`TaskSpec` names a subset (:meth:`task_experts`).
     - ``adapter_ratio``: bottleneck width of the adapters as a fraction of the
       embedding dim (official ``down_ratio=4`` -> 0.25).
     - ``aligner``: ``"auto"`` (official behaviour: a Linear(d, C_t) per (level, teacher)
@@ -128,6 +137,12 @@ class StudentConfig(Config):
         tasks = [t.name for t in self.tasks]
         if len(set(tasks)) != len(tasks):
             raise ConfigError(f"task names must be unique, got {tasks}")
+        for t in self.tasks:
+            if t.teachers is not None and [n for n in names if n in t.teachers] != list(t.teachers):
+                raise ConfigError(
+                    f"task {t.name!r} routes over teachers {list(t.teachers)}, which must be some of the student's "
+                    f"teachers {names} in the same order"
+                )
         if not 0.0 < self.adapter_ratio <= 1.0:
             raise ConfigError(f"adapter_ratio must be in (0, 1], got {self.adapter_ratio} (official: 0.25)")
         if self.aligner not in ALIGNER_MODES:
@@ -159,12 +174,22 @@ class StudentConfig(Config):
 
     @property
     def expert_names(self) -> tuple[str, ...]:
-        """Router experts in gate order: the stem first, then the teachers (official order)."""
+        """Every expert in gate order: the stem first, then the teachers (official order); a task's own
+        experts are :meth:`task_experts` (the same unless the student was extended with a teacher)."""
         return ("stem", *self.teacher_names)
 
     @property
     def num_experts(self) -> int:
         return 1 + len(self.teachers)
+
+    def task_teachers(self, task: str) -> tuple[str, ...]:
+        """The teachers whose adapter paths ``task``'s routers mix, in the student's teacher order."""
+        spec = self.task(task)
+        return self.teacher_names if spec.teachers is None else spec.teachers
+
+    def task_experts(self, task: str) -> tuple[str, ...]:
+        """``task``'s router experts in gate order: ``("stem", *task_teachers(task))``."""
+        return ("stem", *self.task_teachers(task))
 
     def teacher(self, name: str) -> TeacherTarget:
         for t in self.teachers:

@@ -8,6 +8,11 @@ router's last layer (its clean and noise rows), so the sub-model's gates are the
 model's gates renormalized over the kept experts (softmax of a subset of logits). The
 sub-model's output equals the full model's exactly when nothing is dropped and within
 the dropped gate mass otherwise.
+
+A task routes over its own experts (``cfg.task_experts(task)``): every teacher, or the teachers it
+had before the student was extended with more (``--add-teacher``). Its weights, kept teachers and
+router rows are counted over those experts only; a teacher the task never routed over is not part
+of its sub-model.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def routing_weights(
 
     ``images``: one (B, 3, H, W) tensor or an iterable of batches (tensors, dicts with
     ``"image"``, or tuples whose first item is the image batch). Experts are
-    ``model.expert_names`` (stem first).
+    ``model.cfg.task_experts(task)`` (stem first).
     """
     if task not in model.cfg.task_names:
         raise ConfigError(f"task {task!r} is not one of the student's tasks {list(model.cfg.task_names)}")
@@ -59,7 +64,7 @@ def routing_weights(
     batches = [images] if isinstance(images, torch.Tensor) else images
     was_training = model.training
     model.eval()
-    total = torch.zeros(len(model.cfg.levels), model.cfg.num_experts, dtype=torch.float64)
+    total = torch.zeros(len(model.cfg.levels), len(model.cfg.task_experts(task)), dtype=torch.float64)
     count = 0
     try:
         for batch in batches:
@@ -74,16 +79,19 @@ def routing_weights(
     return (total / count).float()
 
 
-def select_teachers(model: SAKStudent, weights: torch.Tensor, threshold: float) -> tuple[str, ...]:
-    """Teachers whose routing weight, averaged over levels, exceeds ``threshold``."""
+def select_teachers(model: SAKStudent, weights: torch.Tensor, threshold: float, *,
+                    task: str | None = None) -> tuple[str, ...]:
+    """Teachers whose routing weight, averaged over levels, exceeds ``threshold``; ``weights`` are over
+    ``task``'s experts (None: over every teacher, which is every task's unless the student was extended)."""
     cfg = model.cfg
-    if tuple(weights.shape) != (len(cfg.levels), cfg.num_experts):
+    teachers = cfg.task_teachers(task) if task is not None else cfg.teacher_names
+    if tuple(weights.shape) != (len(cfg.levels), 1 + len(teachers)):
         raise ConfigError(
             f"routing weights have shape {tuple(weights.shape)}; expected (levels, experts) = "
-            f"({len(cfg.levels)}, {cfg.num_experts}) from routing_weights(model, images, task)"
+            f"({len(cfg.levels)}, {1 + len(teachers)}) from routing_weights(model, images, task)"
         )
     mean = weights.float().mean(dim=0)
-    return tuple(name for k, name in enumerate(cfg.teacher_names) if float(mean[k + 1]) > threshold)
+    return tuple(name for k, name in enumerate(teachers) if float(mean[k + 1]) > threshold)
 
 
 @torch.no_grad()
@@ -107,17 +115,19 @@ def export_submodel(
         if images is None:
             raise ConfigError("export_submodel needs routing evidence: pass weights= (routing_weights) or images=")
         weights = routing_weights(model, images, task)
-    kept = select_teachers(model, weights, threshold)
-    kept_idx = [cfg.teacher_names.index(n) for n in kept]
+    kept = select_teachers(model, weights, threshold, task=task)
+    kept_idx = [cfg.teacher_names.index(n) for n in kept]  # adapter paths to keep
     sub_cfg = replace(
         cfg,
         teachers=tuple(cfg.teachers[k] for k in kept_idx),
-        tasks=(spec,),
+        tasks=(replace(spec, teachers=None),),  # the sub-model's one task routes over all its teachers
         aligner="none",
         pretrained=False,
     )
-    experts = [0] + [k + 1 for k in kept_idx]
-    rows = experts + [cfg.num_experts + e for e in experts] if cfg.noisy_gating else experts
+    task_teachers = cfg.task_teachers(task)
+    experts = [0] + [task_teachers.index(n) + 1 for n in kept]  # gate rows of the kept experts
+    n_experts = 1 + len(task_teachers)
+    rows = experts + [n_experts + e for e in experts] if cfg.noisy_gating else experts
     last = len(cast("Sequence[MoRRouter]", model.routers[task])[0].mlp) - 1
 
     state = {}
@@ -139,12 +149,13 @@ def export_submodel(
     device = next(model.parameters()).device
     sub = SAKStudent(sub_cfg).to(device)
     sub.load_state_dict(state, strict=True)
-    dropped = [n for n in cfg.teacher_names if n not in kept]
+    dropped = [n for n in task_teachers if n not in kept]
     log.info("sub-model for %s keeps teachers %s, drops %s (threshold %.3g)", task, list(kept), dropped, threshold)
     return sub.eval(), kept
 
 
 def dropped_gate_mass(weights: torch.Tensor, kept: Sequence[str], teacher_names: Sequence[str]) -> float:
-    """Mean total gate of the dropped teachers (the error budget of the export)."""
+    """Mean total gate of the dropped teachers (the error budget of the export); ``teacher_names``: the task's
+    teachers in gate order (``cfg.task_teachers(task)``)."""
     drop = [k + 1 for k, n in enumerate(teacher_names) if n not in kept]
     return float(weights[:, drop].sum(dim=1).mean()) if drop else 0.0

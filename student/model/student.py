@@ -5,8 +5,14 @@
 - ``tasks[name]``: (B, C_task, H, W) raw head outputs (logits / regressions) at the input size;
 - ``distill[teacher]``: one (B, C_teacher, gh, gw) map per level at the student's patch
   grid, after the aligner and before any resize to the teacher's grid (the loss resizes);
-- ``gates[task]``: (B, levels, E) router weights, experts ``("stem", *teachers)``; in noisy
-  training the gates differ per pixel (as official) and this is their mean over the pixels.
+- ``gates[task]``: (B, levels, E) router weights over the task's experts
+  (``cfg.task_experts(task)``: ``("stem", *teachers)`` unless the student was extended with a
+  teacher); in noisy training the gates differ per pixel (as official) and this is their mean
+  over the pixels.
+
+Frozen parts (``frozen``: module paths, set by :func:`sak.student.train.extend.freeze`) stay in
+eval mode whatever ``train()`` asks: their BatchNorm statistics do not move, no gate noise, no
+drop-path, so a frozen part computes in training exactly what it computes in evaluation.
 
 The backbone's prefix tokens (CLS / registers) run through the blocks and the adapter
 paths (as in the official code) but are dropped from every map: distillation targets,
@@ -122,11 +128,14 @@ class SAKStudent(nn.Module):
                 )
             self.aligners.apply(init_linear_trunc_normal)
         self.stem_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in cfg.levels) if cfg.stem_norm else None
+        # each task's routers mix the stem and its own teachers' branches (every teacher unless extended)
+        self._task_branches = {t.name: tuple(cfg.teacher_names.index(n) for n in cfg.task_teachers(t.name))
+                               for t in cfg.tasks}
         self.routers = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
-                    MoRRouter(dim, cfg.num_experts, noisy_gating=cfg.noisy_gating, noise_eps=cfg.noise_eps,
-                              per_pixel=cfg.gate_noise == "pixel")
+                    MoRRouter(dim, 1 + len(self._task_branches[t.name]), noisy_gating=cfg.noisy_gating,
+                              noise_eps=cfg.noise_eps, per_pixel=cfg.gate_noise == "pixel")
                     for _ in cfg.levels
                 )
                 for t in cfg.tasks
@@ -135,6 +144,14 @@ class SAKStudent(nn.Module):
         self.heads = nn.ModuleDict(
             {t.name: TaskHead(dim, t.channels, n_levels, self.grid, cfg.img_size, cfg.head_kernel) for t in cfg.tasks}
         )
+        self.frozen: tuple[str, ...] = ()  # module paths that stay in eval mode (see the module docstring)
+
+    def train(self, mode: bool = True) -> SAKStudent:
+        """As :meth:`nn.Module.train`, but the ``frozen`` parts stay in eval mode."""
+        super().train(mode)
+        for name in getattr(self, "frozen", ()):  # nn.Module.__init__ may call train() before it is set
+            self.get_submodule(name).eval()
+        return self
 
     @property
     def expert_names(self) -> tuple[str, ...]:
@@ -191,8 +208,8 @@ class SAKStudent(nn.Module):
                 stem = x[:, p:]
                 if self.stem_norms is not None:
                     stem = self.stem_norms[li](stem)
-                experts = [stem, *reps]
                 for task in cfg.task_names:
+                    experts = [stem, *(reps[k] for k in self._task_branches[task])]
                     g = cast(nn.ModuleList, self.routers[task])[li](stem)  # (B, E), or (B, E, N) when noisy
                     gates[task].append(image_gates(g))
                     routed[task].append(mix(g, experts))

@@ -205,6 +205,14 @@ def handoff(model: nn.Module, state: Mapping[str, torch.Tensor], source_teachers
             shapes.append(f"{key} {tuple(v.shape)} vs {tuple(value.shape)}")
             continue
         update[key] = v.to(value.dtype)
+    if shapes and all(s.startswith("routers.") for s in shapes):  # the router experts differ: other teachers
+        added = [t for t in teachers if t not in source_teachers]
+        raise HandoffError(
+            f"--init {source} routes over the stem and teachers {list(source_teachers)}, this student over "
+            f"{list(teachers)}, so the routers do not fit ({len(shapes)} tensors, e.g. {_few(shapes, 1)}). To add "
+            f"{'a teacher' if not added else ','.join(added)} to the trained student, extend it: sak-train fit --init "
+            f"{source} --add-teacher {','.join(added) or 'NAME'} (its teachers stay as they are)"
+        )
     if shapes:
         raise HandoffError(
             f"--init {source} does not fit this student: {len(shapes)} tensors have other shapes, e.g. "

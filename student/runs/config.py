@@ -148,8 +148,20 @@ class ModelConfig(Config):
     init: str | None = None
     """Start from the weights of another run (e.g. the distill stage): a run dir or a .safetensors file.
     Loaded as the official hand-off: parameters matched by name, pos-embed resampled, the rest kept at init."""
+    add_teachers: tuple[str, ...] = ()
+    """Extend the ``init`` student with these teachers (a new adapter path and aligner each); its own teachers,
+    backbone, levels and input size are kept (sak.student.train.extend)."""
+    add_tasks: tuple[str, ...] = ()
+    """Extend the ``init`` student with these tasks (new routers and head each)."""
+    unfreeze: bool = False
+    """Extension: train the parts loaded from ``init`` too (default: frozen, so its old tasks are unchanged)."""
 
     def __post_init__(self) -> None:
+        if (self.add_teachers or self.add_tasks) and not self.init:
+            raise ConfigError("--add-teacher / --add-task extend a trained student: pass it with --init RUN")
+        if self.unfreeze and not (self.add_teachers or self.add_tasks):
+            raise ConfigError("--unfreeze applies to an extension: pass --add-teacher or --add-task with --init RUN "
+                              "(a plain --init run trains every weight)")
         if self.backbone_weights not in BACKBONE_WEIGHTS and not self.backbone_weights.endswith(".safetensors"):
             raise ConfigError(f"backbone_weights must be 'hub', 'none' or a .safetensors file, got {self.backbone_weights!r}")
         if isinstance(self.img_size, str):  # "448x576"

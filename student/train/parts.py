@@ -27,6 +27,7 @@ from ..evaluate.plots import loss_plot, predictions_plot
 from ..runs.checkpoint import Checkpoint, CheckpointError, restore_rng
 from ..runs.config import OptimConfig, TrainConfig
 from ..runs.rundir import RunDir
+from .extend import trainable_parameters
 from .setup import RunSetup
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,16 @@ log = logging.getLogger(__name__)
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (betas 0.9/0.999, eps 1e-8) with ``weight_decay`` on every parameter (``decay_scope="all"``, official
-    ``AdamW(model.parameters())``, train_s1.py:153-157, train_utils.py:20-38) or on matrices only (``"matrices"``)."""
+    ``AdamW(model.parameters())``, train_s1.py:153-157, train_utils.py:20-38) or on matrices only (``"matrices"``).
+    Frozen parameters (``requires_grad`` off: an extension's source, see :mod:`.extend`) are left out."""
     if optim.lr is None or optim.weight_decay is None:
         raise ConfigError("build_optimizer needs the resolved optimizer settings: pass cfg.resolved().optim")
+    trainable = trainable_parameters(model)  # frozen parts (an extension's source) stay out of the optimizer
     if optim.decay_scope == "all":
-        return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW([p for _, p in trainable], lr=optim.lr, weight_decay=optim.weight_decay)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
+    for name, p in trainable:
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr)

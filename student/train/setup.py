@@ -36,6 +36,7 @@ from ..runs.checkpoint import CheckpointError
 from ..runs.config import TrainConfig
 from ..runs.rundir import RunDir, init_source
 from ..runs.runtime import broadcast, seed_everything
+from .extend import is_extension, prepare_extension, run_student_config, with_source
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,9 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     ``resuming``: a checkpoint will overwrite every weight, so the starting weights (``--init`` source or hub
     backbone) are not loaded again (a resume must work offline and after the init run moved).
     """
+    extending = is_extension(cfg.model)  # --init RUN --add-teacher/--add-task (see .extend)
+    if extending and not resuming:
+        cfg = with_source(cfg)
     data = cfg.data
     names = _dataset_names(data.cache, data.names)
     datasets = [open_dataset(data.cache, n) for n in names]
@@ -244,7 +248,18 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     cfg = cfg.with_fields(dataset=name, datasets=names, stage=stage, out=str(out), img_size=img,
                           teachers=tuple(data.teachers) or tuple(s.name for s in stores)).resolved()
     data = cfg.data
-    student_cfg = build_student_config(cfg, datasets, stores, keys, heads)
+    if extending:  # resuming: the checkpoint's student is the one recorded
+        if len(datasets) > 1:
+            raise ConfigError(f"--init {cfg.model.init} with --add-teacher/--add-task trains on one dataset, got "
+                              f"{', '.join(names)}: extend on one (-d NAME); a multi-dataset extension is not supported")
+        student_cfg = RunDir(str(out)).student_config() if resuming else run_student_config(cfg, dataset, stores, keys)
+        # the dataset's tasks the student has a head for, with the head's channels (an old 40-class NYUD semseg
+        # head is not trained or scored on 21-class PASCAL labels)
+        channels = {t.name: t.channels for t in student_cfg.tasks}
+        heads = {name: {t: h for t, h in heads[name].items() if channels.get(h) == dataset.task_channels(t)}}
+        train_tasks = tuple(head_kinds(heads))
+    else:
+        student_cfg = build_student_config(cfg, datasets, stores, keys, heads)
 
     online = None
     if data.online:
@@ -254,11 +269,12 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     parts = [CachedTargets(ds, stores, data.train_split, img, feature_flip=data.feature_flip,
                            allow_missing=data.allow_missing, read_targets=not data.online,
                            teacher_preprocess=online.preprocess if online else None, cache_hint=data.cache,
-                           tasks=ds.tasks, aug=data.aug, seed=seed, fit=_train_fit(stores)) for ds in datasets]
+                           tasks=tuple(heads[ds.name]), aug=data.aug, seed=seed, fit=_train_fit(stores))
+             for ds in datasets]
     train = parts[0] if len(parts) == 1 else MixedTargets(parts, heads, mix=data.mix)
     vals, val_targets = {}, {}
     for ds in datasets:
-        val, targets = val_data(cfg, ds, stores, img, main=rank == 0)
+        val, targets = val_data(cfg, ds, stores, img, tuple(heads[ds.name]), main=rank == 0)
         if val is not None:
             vals[ds.name] = val
         if targets is not None:
@@ -275,6 +291,8 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     seed_everything(seed)
     model = SAKStudent(student_cfg)
     start = {"resumed": True} if resuming else start_weights(model, cfg, main=rank == 0)
+    if extending:
+        start = prepare_extension(model, cfg, start)
     model.to(device)
     if rank == 0:
         if len(parts) > 1:
@@ -286,9 +304,9 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
                     start, choice, datasets=datasets, vals=vals, heads=heads, vals_targets=val_targets)
 
 
-def val_data(cfg: TrainConfig, dataset: Any, stores: list, img: tuple[int, int], *,
+def val_data(cfg: TrainConfig, dataset: Any, stores: list, img: tuple[int, int], tasks: tuple[str, ...], *,
              main: bool) -> tuple[CachedTargets | None, CachedTargets | None]:
-    """``(val, targets)`` of one dataset: its val split with its own tasks, and that split joined with the stores
+    """``(val, targets)`` of one dataset: its val split with ``tasks`` (those of its tasks the student has), and that split joined with the stores
     for the distillation metrics when ``val`` does not carry them (:func:`~..evaluate.distill_metric.eval_splits`);
     ``(None, None)``, with a warning, when the dataset has no such split."""
     val_split = cfg.eval.val_split
@@ -299,7 +317,7 @@ def val_data(cfg: TrainConfig, dataset: Any, stores: list, img: tuple[int, int],
             log.warning("dataset '%s' has no '%s' split: no evaluation (splits: %s)", dataset.name, val_split,
                         dataset.splits())
         return None, None
-    return eval_splits(dataset, stores, val_split, img, tasks=dataset.tasks, fit=_train_fit(stores),
+    return eval_splits(dataset, stores, val_split, img, tasks=tasks, fit=_train_fit(stores),
                        eval_fit="resize" if cfg.eval.eval_resize else "pad", aug=cfg.data.aug, seed=cfg.runtime.seed,
                        cache_hint=cfg.data.cache)
 

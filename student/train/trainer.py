@@ -18,7 +18,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -134,19 +134,22 @@ def param_checksum(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def fit(cfg: TrainConfig, progress: Progress | None = None, *, resume: bool = False) -> RunResult:
-    """Train the student as ``cfg`` says; see the module docstring. Returns a :class:`RunResult`."""
+def fit(cfg: TrainConfig, progress: Progress | None = None, *, resume: bool = False,
+        given: Mapping[str, str] | None = None) -> RunResult:
+    """Train the student as ``cfg`` says; see the module docstring. Returns a :class:`RunResult`.
+
+    ``given``: with ``resume``, the fields the command set and their options (see :func:`resume_point`)."""
     rank, world, device = setup_distributed(cfg.runtime.device)
     try:
-        return _fit(cfg, progress, resume, rank, world, device)
+        return _fit(cfg, progress, resume, rank, world, device, given)
     finally:
         teardown_distributed()
 
 
 def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, world: int,
-         device: torch.device) -> RunResult:
+         device: torch.device, given: Mapping[str, str] | None = None) -> RunResult:
     t_start, main = time.perf_counter(), rank == 0
-    cfg, ckpt = resume_point(cfg, resume)
+    cfg, ckpt = resume_point(cfg, resume, given)
     setup = prepare(cfg, device=device, rank=rank, world=world, resuming=ckpt is not None)
     cfg, run, model = setup.cfg, setup.run, setup.model
     if world > 1 and cfg.runtime.sync_bn:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from _caches import extract_store, indexed_cache
 
-from sak.manifests.errors import SakError
+from sak.manifests.errors import ConfigError, SakError
 from sak.student.runs.checkpoint import CheckpointError, load_checkpoint
 from sak.student.runs.config import TrainConfig
 from sak.student.runs.resume import refusal, resume_point
@@ -64,8 +65,10 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_from_step_0(
         f"{part} already holds a training run: pass --resume to continue it (it stopped before its first checkpoint, "
         "so it starts again from step 0 with the settings in its config.json), or --out NEW_DIR to start another run")
 
+    with pytest.raises(ConfigError, match=r"lr: the run used 0.001, this command asks 5.0: drop the option to resume"):
+        fit(_cfg(cache, part, lr=5.0), resume=True)  # issue 15: a changed option is refused, never silently dropped
     with caplog.at_level(logging.WARNING, logger="sak"):
-        again = fit(_cfg(cache, part, lr=5.0, workers=1), resume=True)  # the recorded config wins (lr 1e-3)
+        again = fit(_cfg(cache, part, workers=1), resume=True)  # a free option follows the command
     assert f"no checkpoint yet in {part}: starting from step 0 with the run's own config" in caplog.text
     assert again.steps == 4 and _steps(part) == _steps(full) == [1, 2, 3, 4]  # the killed attempt's records dropped
     assert [json.loads(line)["losses"] for line in (part / "metrics.jsonl").read_text().splitlines()] == \
@@ -114,3 +117,86 @@ def test_init_with_a_file_that_is_not_safetensors_names_it_and_what_init_takes(t
     assert msg.startswith(f"{bad} is not a safetensors file (Error while deserializing header: ")
     assert msg.endswith("--init takes a run dir (runs/NAME), its ckpt/last.safetensors, or a .safetensors student "
                         "file written by sak-train export (a PyTorch .pt/.pth pickle is never loaded)")
+
+
+# -- issue 15: --resume refuses an option that changes the run, never drops it silently -----------------------------
+def _recorded_run(tmp_path, **kw) -> tuple[RunDir, TrainConfig]:
+    """A run dir whose checkpoint records a resolved config (teachers dinov2, nyud, test_vit at 64x80, multitask)."""
+    run = RunDir(tmp_path / "run")
+    saved = TrainConfig(cache="c", dataset="nyud", teachers=("dinov2",), backbone="test_vit", img_size=(64, 80),
+                        stage="multitask", lr=2e-5, iters=6, ckpt_every=3, out=str(run.path), **kw)
+    student = {"levels": [2, 5, 8, 11], "backbone": "test_vit"}
+    run.write_record({"train": saved.to_dict(), "student": student})
+    run.save_checkpoint(model={"w": torch.zeros(2)}, optimizer=None,
+                        record={"step": 3, "sampler": [0, 3], "config": saved.to_dict(), "student": student})
+    return run, saved
+
+
+def test_resume_refuses_a_changed_teacher_list_and_names_the_extension(tmp_path) -> None:
+    run, _ = _recorded_run(tmp_path)
+    asked = TrainConfig(cache="c", teachers=("dinov2", "sam"), out=str(run.path))
+    with pytest.raises(ConfigError) as info:
+        resume_point(asked, resume=True, given={"teachers": "--teacher", "out": "--out"})
+    assert str(info.value) == (
+        f"--resume continues {run.path} as recorded, but --teacher: the run distills dinov2, this command asks "
+        f"dinov2,sam: drop the option to resume, or start a new run with --out NEW_DIR (or --init {run.path} "
+        "--add-teacher sam to extend it)")
+
+
+def test_resume_names_every_changed_option_with_both_values(tmp_path) -> None:
+    run, _ = _recorded_run(tmp_path)
+    asked = TrainConfig(cache="c", dataset="pascal", backbone="vit_small_patch16_224", student={"levels": (1, 3)},
+                        img_size=(32, 32), stage="distill", init="runs/s1", add_tasks=("parts",), out=str(run.path))
+    given = {"dataset": "--dataset", "backbone": "--backbone", "student": "--levels", "img_size": "--img-size",
+             "stage": "--stage", "init": "--init", "add_tasks": "--add-task", "out": "--out"}
+    with pytest.raises(ConfigError) as info:
+        resume_point(asked, resume=True, given=given)
+    assert str(info.value) == (
+        f"--resume continues {run.path} as recorded, but --dataset: the run trains on nyud, this command asks pascal; "
+        "--backbone: the run used test_vit, this command asks vit_small_patch16_224; --img-size: the run used 64x80, "
+        "this command asks 32x32; --levels: the run used 2,5,8,11, this command asks 1,3; --init: the run used the "
+        "default, this command asks runs/s1; --add-task: the run used none, this command asks parts; --stage: the run "
+        "used multitask, this command asks distill: drop those options to resume, or start a new run with --out NEW_DIR")
+
+
+def test_resume_ignores_what_was_not_typed_and_default_requests(tmp_path) -> None:
+    """A recipe or a default is no request: only typed options count; typed 'auto'/None ask for what the run resolved."""
+    run, saved = _recorded_run(tmp_path)
+    asked = TrainConfig(cache="./cache", lr=1e-3, stage="auto", teachers=(), iters=1000, seed=9, out=str(run.path))
+    cfg, ckpt = resume_point(asked, resume=True, given={"out": "--out", "stage": "--stage"})
+    assert cfg == saved and ckpt is not None  # untyped free fields (iters) keep the run's values too
+    cfg, _ = resume_point(asked, resume=True, given={"out": "--out", "iters": "--iters", "device": "--device"})
+    assert cfg == saved.with_fields(iters=1000, device="auto")  # typed free fields follow the command
+    same = TrainConfig(cache="c", dataset="nyud", teachers=("dinov2",), img_size=(64, 80), student={"levels": (2, 5, 8, 11)},
+                       out=str(run.path))
+    given = {"cache": "--cache", "dataset": "--dataset", "teachers": "--teacher", "img_size": "--img-size",
+             "student": "--levels", "out": "--out"}
+    assert resume_point(same, resume=True, given=given)[0] == saved  # typed, but equal to the record
+    # a Python caller: every field that differs from its default counts as given
+    with pytest.raises(ConfigError, match=r"as recorded, but seed: the run used 0, this command asks 9: drop the option"):
+        resume_point(TrainConfig(cache="c", seed=9, out=str(run.path)), resume=True)
+
+
+def test_resume_from_the_cli_passes_only_the_typed_options(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from sak.cli import train_fit
+    from sak.cli.train import app
+
+    run, saved = _recorded_run(tmp_path, recipe="nyud-vitb")
+    seen = []
+
+    def fake_fit(cfg, progress=None, *, resume, given):
+        seen.append(resume_point(cfg, resume, given)[0])
+        raise SakError("stopped after the resume check")
+
+    monkeypatch.setattr(train_fit, "fit", fake_fit)
+    res = CliRunner().invoke(app, ["fit", "--recipe", "nyud-vitb", "--out", str(run.path), "--resume"])
+    assert "stopped after the resume check" in res.output  # the recipe's lr, img size, iters ... are not requests
+    assert seen == [saved]
+    res = CliRunner().invoke(app, ["fit", "--out", str(run.path), "--resume", "-t", "dinov2,sam", "--lr", "1e-3"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert re.search(r"--teachers?: the run distills dinov2, this command asks dinov2,sam; --lr: the run used 2e-05, "
+                     r"this command asks 0.001: drop those options to resume, or start a new run with --out NEW_DIR "
+                     r"\(or --init \S+ --add-teacher sam to extend it\)", text), text  # --teacher after issue 16's rename

@@ -48,7 +48,8 @@ def test_a_flat_record_of_an_old_run_loads_into_the_sections() -> None:
         "backbone_weights": "none", "decay_scope": "matrices", "schedule_style": "plain",
         "warmup_lr": 0.0, "sync_bn": False, "recipe": None, "miou": "present", "eval_resize": True,
         "targets": "auto", "targets_budget": None,  # where targets live never changes the batches
-        "datasets": [], "mix": "proportional"}  # () = the one "dataset"
+        "datasets": [], "mix": "proportional",  # () = the one "dataset"
+        "add_teachers": [], "add_tasks": [], "unfreeze": False}  # no extension (issue 15)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg == TrainConfig.from_json(cfg.to_json())
     assert set(cfg.to_dict()) == set(SECTIONS) == {"data", "model", "optim", "loader", "eval", "checkpoint", "runtime"}
 
@@ -75,7 +76,7 @@ def test_with_fields_is_dataclasses_replace() -> None:
 
 
 def test_every_field_has_one_section_and_a_docstring() -> None:
-    assert len(OWNER) == 49  # 37 + issue 12: backbone_weights, decay_scope, schedule_style, warmup_lr, sync_bn, recipe, miou, eval_resize; issue 13: targets, targets_budget; issue 15: datasets, mix
+    assert len(OWNER) == 52  # 37 + issue 12: backbone_weights, decay_scope, schedule_style, warmup_lr, sync_bn, recipe, miou, eval_resize; issue 13: targets, targets_budget; issue 15: datasets, mix, add_teachers, add_tasks, unfreeze
     for section in SECTIONS.values():
         body = ast.parse(textwrap.dedent(inspect.getsource(section))).body[0].body
         documented = {stmt.target.id for stmt, after in pairwise(body) if isinstance(stmt, ast.AnnAssign)

@@ -71,10 +71,12 @@ def test_resume_takes_the_runs_settings_even_from_a_flat_record(tmp_path) -> Non
     saved = TrainConfig(cache="c", backbone="test_vit", lr=1e-3, iters=6, seed=3, out=str(run.path))
     flat = saved.to_flat()  # a checkpoint written before the config sections
     run.save_checkpoint(model={"w": torch.zeros(2)}, optimizer=None, record={"step": 3, "config": flat})
-    asked = TrainConfig(cache="elsewhere", lr=5.0, seed=9, iters=10, workers=0, out=str(run.path))
+    asked = TrainConfig(cache="c", iters=10, workers=0, out=str(run.path))
     cfg, ckpt = resume_point(asked, resume=True)
     assert ckpt.record["step"] == 3
     assert cfg == TrainConfig.from_dict({**flat, "iters": 10, "workers": 0})  # only RESUME_FREE fields follow the ask
+    with pytest.raises(SakError, match=r"lr: the run used 0.001, this command asks 5.0; seed: the run used 3, "):
+        resume_point(TrainConfig(cache="c", lr=5.0, seed=9, out=str(run.path)), resume=True)  # issue 15: refused
     run.write_record({"train": saved.to_dict()})
     with pytest.raises(SakError, match="already holds a training run: pass --resume"):
         resume_point(asked, resume=False)
