@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -10,6 +11,10 @@ from rich.table import Table
 from ..student.evaluate.evaluator import evaluate, export_run
 from .common import friendly_errors, out
 from .train_view import metrics_table
+
+CACHE_HELP = ("Cache root when it moved (a directory or an fsspec URL). Default: the one the run recorded (older runs recorded "
+              "it relative: it is found from the run dir's place).")
+DATA_ROOT_HELP = "The dataset's image folder when it moved since sak-cache index (default: the indexed folder)."
 
 
 def register(app: typer.Typer) -> None:
@@ -23,10 +28,16 @@ def register(app: typer.Typer) -> None:
         max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
         miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
+        cache: str | None = typer.Option(None, "--cache", "-c", help=CACHE_HELP),
+        data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
-        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)
+        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou,
+                       cache=cache, data_root=data_root)
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
+        q = shlex.quote(str(run))
+        out.print(f"next: sak-train predict {q} IMAGES... --out preds\n      sak-train export {q} --task TASK --out TASK.safetensors",
+                  highlight=False, markup=False, soft_wrap=True)
 
     @app.command("export")
     @friendly_errors
@@ -38,9 +49,12 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
         max_images: int = typer.Option(64, "--max-images", min=1),
         device: str = typer.Option("auto", "--device"),
+        cache: str | None = typer.Option(None, "--cache", "-c", help=CACHE_HELP),
+        data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     ) -> None:
         """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
+        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device,
+                         cache=cache, data_root=data_root)
         table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
         table.add_column("expert")
         table.add_column("weight", justify="right")
