@@ -35,9 +35,11 @@ def lab(demo_cache, monkeypatch) -> Path:
     monkeypatch.setenv("COLUMNS", "400")  # long tmp paths stay on one line
     extract(ExtractConfig(cache="./cache", teachers=("test:tiny",), random_init=True, device="cpu", batch_size=16,
                           segment_size=8, io_threads=1, input_protocol="native"))
-    _ok(runner.invoke(train_app, ["fit", "--cache", "./cache", "--backbone", "test_vit", "--iters", "2", "--batch-size",
-                                  "4", "--lr", "1e-3", "--out", "runs/a", "--workers", "0", "--device", "cpu",
-                                  "--eval-samples", "2"]))
+    out = _ok(runner.invoke(train_app, ["fit", "--cache", "./cache", "--backbone", "test_vit", "--iters", "2",
+                                        "--batch-size", "4", "--lr", "1e-3", "--out", "runs/a", "--workers", "0",
+                                        "--device", "cpu", "--eval-samples", "2"]))
+    assert "next: sak-train eval runs/a\n      sak-train predict runs/a IMAGES... --out preds" in out
+    assert "covered 9/9 samples of nyud/train" in (lab / "runs" / "a" / "run.log").read_text()
     return lab
 
 
