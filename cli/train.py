@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import train_describe, train_eval, train_fit
+from . import train_describe, train_eval, train_fit, train_predict
 from .common import _main, with_exit_codes
 
 app = typer.Typer(
@@ -14,6 +14,7 @@ app = typer.Typer(
         "  sak-train --cache ./cache             # defaults: the cache's dataset, every teacher store\n\n"
         "  sak-train fit --cache ./cache --teachers dinov2,sam,clip --stage multitask --out runs/a\n\n"
         "  sak-train eval runs/a\n\n"
+        "  sak-train predict runs/a photos/ --out preds\n\n"
         "  sak-train describe --backbone vit_base_patch16_384 --teachers dinov2,sam,clip"
     ),
     pretty_exceptions_enable=False,
@@ -23,6 +24,7 @@ app = typer.Typer(
 train_describe.register(app)
 train_fit.register(app)
 train_eval.register(app)
+train_predict.register(app)
 with_exit_codes(app)
 
 

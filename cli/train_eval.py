@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -13,6 +14,10 @@ from ..student.evaluate.datasets import evaluate_run as evaluate  # every run, o
 from ..student.evaluate.evaluator import export_run
 from .common import friendly_errors, out
 from .train_view import metrics_table
+
+CACHE_HELP = ("Cache root when it moved (a directory or an fsspec URL). Default: the one the run recorded (older runs recorded "
+              "it relative: it is found from the run dir's place).")
+DATA_ROOT_HELP = "The dataset's image folder when it moved since sak-cache index (default: the indexed folder)."
 
 
 def register(app: typer.Typer) -> None:
@@ -28,12 +33,14 @@ def register(app: typer.Typer) -> None:
         miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
         baseline: list[str] | None = typer.Option(None, "--baseline", help="[DATASET=]RUN_DIR_OR_JSON: Delta_m of the run's metrics on DATASET against this run's last evaluation (or a JSON file of metrics), e.g. a single-dataset run; repeatable, one per dataset."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object ({step, split, metrics, baseline, datasets, delta_m}) instead of tables."),
+        cache: str | None = typer.Option(None, "--cache", "-c", help=CACHE_HELP),
+        data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known), distillation
         cosines per teacher and level included; per dataset in a multi-dataset run (keys DATASET/TASK/METRIC),
         with Delta_m per dataset against --baseline runs."""
         res = evaluate(run, split, baselines=baseline or (), step0=step0, device=device, max_samples=max_samples,
-                       amp=amp, miou=miou)
+                       amp=amp, miou=miou, cache=cache, data_root=data_root)
         if as_json:
             out.print_json(json.dumps(res))
             return
@@ -45,6 +52,9 @@ def register(app: typer.Typer) -> None:
             for name, row in res["delta_m"].items():
                 table.add_row(name, f"{row['delta_m']:+.2f}", ", ".join(row["keys"]), escape(row["baseline"]))
             out.print(table)
+        q = shlex.quote(str(run))
+        out.print(f"next: sak-train predict {q} IMAGES... --out preds\n      sak-train export {q} --task TASK --out TASK.safetensors",
+                  highlight=False, markup=False, soft_wrap=True)
 
     @app.command("export")
     @friendly_errors
@@ -56,9 +66,12 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
         max_images: int = typer.Option(64, "--max-images", min=1),
         device: str = typer.Option("auto", "--device"),
+        cache: str | None = typer.Option(None, "--cache", "-c", help=CACHE_HELP),
+        data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     ) -> None:
         """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
+        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device,
+                         cache=cache, data_root=data_root)
         table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
         table.add_column("expert")
         table.add_column("weight", justify="right")

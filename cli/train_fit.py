@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 
 from ..student.runs.config import OWNER, TrainConfig  # option defaults are the config's
 from ..student.runs.config import field_default as D
 from ..student.runs.recipes import get_recipe
-from ..student.train.trainer import fit
+from ..student.runs.rundir import RunDir
+from ..student.train.trainer import TrainingInterrupted, fit
 from .common import (
+    EXIT_INTERRUPTED,
     console,
     friendly_errors,
     out,
@@ -24,6 +28,29 @@ from .common import (
 )
 from .train_view import LiveView, metrics_table
 
+#: fields a --resume takes from the command line (student/runs/resume.py RESUME_FREE), by their fit flag
+RESUME_FLAGS = {"iters": "--iters", "device": "--device", "workers": "--workers", "eval_every": "--eval-every",
+                "eval_samples": "--eval-samples", "log_every": "--log-every", "ckpt_every": "--ckpt-every",
+                "targets": "--targets", "targets_budget": "--targets-budget"}
+
+
+def resume_command(cfg: TrainConfig, run_dir: str | os.PathLike[str]) -> str:
+    """The command that continues ``run_dir`` as ``cfg`` ran it: --resume reads everything else from the
+    checkpoint, but these fields follow the command line, so each one not at its default is spelled out
+    (--iters always: a recipe's count is not the default)."""
+    words = ["sak-train", "fit", "--out", shlex.quote(str(run_dir)), "--resume", "--iters", str(cfg.optim.iters)]
+    for name, flag in RESUME_FLAGS.items():
+        value = cfg.get(name)
+        if name != "iters" and value is not None and value != D(name):
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+def _interrupted(message: str, command: str) -> typer.Exit:
+    console.print(f"[yellow]interrupted[/]: {escape(message)}; continue with:", highlight=False, soft_wrap=True)
+    out.print(f"  {command}", highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(EXIT_INTERRUPTED)
+
 
 def _run_fit(cfg: TrainConfig, resume: bool, given: dict[str, str] | None = None) -> None:
     main = int(os.environ.get("RANK", "0")) == 0
@@ -31,15 +58,32 @@ def _run_fit(cfg: TrainConfig, resume: bool, given: dict[str, str] | None = None
         fit(cfg, resume=resume, given=given)
         return
     view = LiveView(cfg.optim.iters)
-    with Live(view, console=console, refresh_per_second=4, transient=False):
-        result = fit(cfg, view, resume=resume, given=given)
+    try:
+        with Live(view, console=console, refresh_per_second=4, transient=False) as live:
+            try:
+                result = fit(cfg, view, resume=resume, given=given)
+            except BaseException:
+                live.transient = view.info == {}  # no step finished: leave no empty view above the message
+                raise
+    except TrainingInterrupted as stop:
+        raise _interrupted(f"{stop.signal_name} after step {stop.step}; its checkpoint is in {stop.run_dir}/ckpt",
+                           resume_command(stop.cfg, stop.run_dir)) from None
+    except KeyboardInterrupt:
+        if cfg.checkpoint.out is None or not RunDir(cfg.checkpoint.out).exists():
+            raise
+        raise _interrupted("aborted; the run keeps its last checkpoint (or starts again from step 0 without one)",
+                           resume_command(cfg, cfg.checkpoint.out)) from None
     console.line()
     out.print(metrics_table(result.metrics, result.baseline, f"val metrics after {result.steps} steps ({result.run_dir})"))
     out.print(
         f"{result.coverage}; {result.samples_per_s:.1f} samples/s, {result.s_per_step:.3f} s/step, "
-        f"data wait {result.data_wait:.0%}; run dir {result.run_dir} (plots in {result.run_dir}/plots)",
+        f"data wait {result.data_wait:.0%}; run dir {result.run_dir} (plots in {result.run_dir}/plots, "
+        f"log in {result.run_dir}/run.log)",
         highlight=False,
     )
+    run = shlex.quote(str(result.run_dir))
+    out.print(f"next: sak-train eval {run}\n      sak-train predict {run} IMAGES... --out preds",
+              highlight=False, markup=False, soft_wrap=True)
 
 
 #: TrainConfig fields whose fit option has another name

@@ -5,6 +5,7 @@ Tests run on a shared CPU, so torch gets one thread.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,36 @@ except Exception:  # pragma: no cover - torch missing or broken must not stop no
 
 DEMO_N = 12
 DEMO_SIZE = (64, 80)
+
+
+def _logging_state() -> tuple:
+    root, sak = logging.getLogger(), logging.getLogger("sak")
+    return list(root.handlers), root.level, list(sak.handlers), sak.level
+
+
+_LOGGING_AT_START = _logging_state()  # before any test or fixture ran a CLI command
+
+
+@pytest.fixture(autouse=True)
+def _cli_state_restored():
+    """What a CLI invocation changes process-wide is put back after each test: the log handlers and levels as they
+    were when the session started (``setup_logging`` puts ``sak`` at INFO on a stderr handler, which would print
+    into a later command's output; module fixtures that run a command leak it too) and the widths of the module
+    consoles (tests set them to render at a given width)."""
+    try:
+        from sak.cli import common
+
+        widths = (common.out._width, common.console._width)
+    except Exception:  # pragma: no cover - the CLI not importable: nothing of it to restore
+        common = None
+    yield
+    root, sak = logging.getLogger(), logging.getLogger("sak")
+    root_handlers, root_level, sak_handlers, sak_level = _LOGGING_AT_START
+    root.handlers[:], sak.handlers[:] = root_handlers, sak_handlers
+    root.setLevel(root_level)
+    sak.setLevel(sak_level)
+    if common is not None:
+        common.out._width, common.console._width = widths
 
 
 @pytest.fixture(scope="session")

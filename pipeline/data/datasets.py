@@ -292,7 +292,7 @@ def open_dataset(cache_root: str | os.PathLike[str], name: str, *,
         raise DatasetError(f"{path} does not record its dataset root ({ROOT_KEY.decode()}); open it with root_override=<folder> (Python), or index the folder again with sak-cache index")
     if not root.is_dir():
         log.warning("dataset root %s of %s does not exist; if the images moved, index the new folder again with sak-cache index "
-                    "(or open it with root_override=<folder> in Python)", root, path)
+                    "(or point at it: sak-train eval/export --data-root <folder>, root_override=<folder> in Python)", root, path)
     return Dataset(name=name, root=root, table=table, format=meta.get(FORMAT_KEY, b"folder").decode())
 
 

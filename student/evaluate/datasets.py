@@ -144,18 +144,20 @@ def delta_m_by_dataset(metrics: Mapping[str, float], datasets: Sequence[str],
 def evaluate_run(run_dir: str | os.PathLike[str], split: str = "val", *, baselines: Sequence[str] = (),
                  step0: bool = False, device: str = "auto", batch_size: int | None = None,
                  max_samples: int | None = None, progress: Callable[..., None] | None = None, amp: str = "off",
-                 miou: str | None = None) -> dict[str, Any]:
+                 miou: str | None = None, cache: str | os.PathLike[str] | None = None,
+                 data_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``sak-train eval``: a run's metrics on ``split`` (per dataset in a multi-dataset run), and Delta_m per dataset.
 
     Returns ``{"step", "split", "metrics", "baseline" (step-0 metrics, when known), "datasets", "delta_m"}``;
-    every value is plain JSON.
+    every value is plain JSON. ``cache`` / ``data_root``: where the cache / the images are now, when they moved
+    (:meth:`~sak.student.runs.rundir.RunDir.load`).
     """
     run = RunDir(run_dir)
-    loaded = run.load(split)
+    loaded = run.load(split, cache=cache, data_root=data_root)
     names = loaded.cfg.data.names
     if len(loaded.datasets) <= 1:
         res = evaluate(run_dir, split, step0=step0, device=device, batch_size=batch_size, max_samples=max_samples,
-                       progress=progress, amp=amp, miou=miou)
+                       progress=progress, amp=amp, miou=miou, cache=cache, data_root=data_root)
     else:
         dev = resolve_device(device)
         miou = miou or loaded.cfg.eval.miou

@@ -136,7 +136,7 @@ def run_targets(loaded: LoadedRun, split: str, device: torch.device | str, cache
     A store that is gone or changed costs the distillation metrics (logged), never the evaluation.
     """
     cfg, record = loaded.cfg, loaded.run.read_record()
-    cache = cache or cfg.data.cache
+    cache = cache or loaded.cache or cfg.data.cache  # where the run's data was found (it may have moved)
     data = data if data is not None else loaded.data
     dataset = data.dataset
     recorded = record.get("stores") or []

@@ -119,17 +119,20 @@ def evaluate(
     progress: Callable[..., None] | None = None,
     amp: str = "off",
     miou: str | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's last checkpoint on ``split``: ``{"step", "split", "metrics", "baseline"}``.
 
     ``baseline`` holds the untrained (step-0) student's metrics: recomputed when
     ``step0`` is true, else read from ``eval/step_0.json`` when the split is the run's val split
     (scored when the run was trained, with the conventions of that time). ``amp`` and ``miou``
-    as in :func:`evaluate_model` (fp32 and the official mIoU by default).
+    as in :func:`evaluate_model` (fp32 and the official mIoU by default). ``cache`` / ``data_root``: where the
+    cache / the dataset's images are now, when they moved (:meth:`RunDir.load`).
     """
     dev = resolve_device(device)
     run = RunDir(run_dir)
-    loaded = run.load(split)
+    loaded = run.load(split, cache=cache, data_root=data_root)
     model, step = loaded.trained_model()
     miou = miou or loaded.cfg.eval.miou  # the run's own convention unless asked otherwise
     bs = batch_size or loaded.cfg.loader.batch_size
@@ -181,16 +184,18 @@ def export_run(
     max_images: int | None = 64,
     device: str = "auto",
     batch_size: int | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Export a one-task sub-model of a run's student (teachers whose mean gate > ``threshold``).
 
     Gates are averaged over up to ``max_images`` images of ``split``; the sub-model is
     saved with :func:`~sak.student.model.io.save_student` and evaluated next to the full model
     on the same images. Returns kept/dropped teachers, routing weights, dropped gate
-    mass, both models' metrics for ``task`` and the file path.
+    mass, both models' metrics for ``task`` and the file path. ``cache`` / ``data_root`` as in :func:`evaluate`.
     """
     dev = resolve_device(device)
-    loaded = RunDir(run_dir).load(split)
+    loaded = RunDir(run_dir).load(split, cache=cache, data_root=data_root)
     model, step = loaded.trained_model()
     model.to(dev)
     bs = batch_size or loaded.cfg.loader.batch_size
@@ -204,7 +209,7 @@ def export_run(
             seen += batch.image.shape[0]
     gates = routing_weights(model, images, task, device=dev)
     sub, kept = export_submodel(model, task, threshold, weights=gates)
-    path = save_student(out, sub)
+    path = save_student(out, sub, fit=loaded.data.fit)
     one_task = CachedTargets(loaded.data.dataset, (), split, loaded.data.img_size, tasks=(task,), fit=loaded.data.fit)
     full_metrics = evaluate_model(model, one_task, batch_size=bs, device=dev, max_samples=max_images)
     sub_metrics = evaluate_model(sub, one_task, batch_size=bs, device=dev, max_samples=max_images)

@@ -23,22 +23,39 @@ from .student import SAKStudent
 CONFIG_KEY = "sak.student_config"
 FORMAT_KEY = "sak.student_format"
 FORMAT = "1"
+FIT_KEY = "sak.input_fit"  # how an image is fitted to img_size: pad (official val transform) | resize
+FITS = ("pad", "resize")
 
 
 class StudentFileError(SakError):
     """A student file is missing, unreadable or does not match its own config."""
 
 
-def save_student(path: str | os.PathLike[str], model: SAKStudent) -> Path:
-    """Write ``model``'s weights and config to ``path`` (a ``.safetensors`` file); returns the path."""
+def save_student(path: str | os.PathLike[str], model: SAKStudent, *, fit: str = "pad") -> Path:
+    """Write ``model``'s weights and config to ``path`` (a ``.safetensors`` file); returns the path.
+
+    ``fit``: how the run fitted an image to its input size (pad: official val transform; resize: runs with
+    eval_resize), recorded so ``sak-train predict`` feeds new images the same way (files without it: pad)."""
+    if fit not in FITS:
+        raise SakError(f"fit must be one of {FITS}, got {fit!r}")
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {CONFIG_KEY: model.cfg.to_json(), FORMAT_KEY: FORMAT}
+    meta = {CONFIG_KEY: model.cfg.to_json(), FORMAT_KEY: FORMAT, FIT_KEY: fit}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_student_config(path: str | os.PathLike[str]) -> StudentConfig:
     """The config stored in a student file, without reading the weights."""
+    return StudentConfig.from_json(_metadata(path)[CONFIG_KEY])
+
+
+def read_input_fit(path: str | os.PathLike[str]) -> str:
+    """How the file's run fitted images to its input (``pad`` for files written before it was recorded)."""
+    fit = _metadata(path).get(FIT_KEY, "pad")
+    return fit if fit in FITS else "pad"
+
+
+def _metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise StudentFileError(f"student file {path} does not exist; write one with save_student(path, model)")
@@ -54,7 +71,7 @@ def read_student_config(path: str | os.PathLike[str]) -> StudentConfig:
         )
     if meta.get(FORMAT_KEY) != FORMAT:
         raise StudentFileError(f"{path} has student format {meta.get(FORMAT_KEY)!r}; this sak reads {FORMAT!r}: upgrade sak")
-    return StudentConfig.from_json(meta[CONFIG_KEY])
+    return meta
 
 
 def load_student(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> SAKStudent:

@@ -33,6 +33,7 @@ config always states every number the run used.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -84,7 +85,8 @@ class DataConfig(Config):
     """Where the training samples and their teacher targets come from."""
 
     cache: str
-    """Cache root with datasets/ and features/ (a directory or an fsspec URL); opened read-only."""
+    """Cache root with datasets/ and features/ (a directory or an fsspec URL); opened read-only. A training run
+    records it absolute (:meth:`TrainConfig.resolved`), so the run dir works from any directory."""
     dataset: str | None = None
     """Indexed dataset name; None: the cache's only dataset. A multi-dataset run records its first dataset here
     (records written before ``datasets`` existed name their one dataset only here)."""
@@ -408,5 +410,19 @@ class TrainConfig(Config):
         return {k: v for section in SECTIONS for k, v in getattr(self, section).to_dict().items()}
 
     def resolved(self) -> TrainConfig:
-        """Fill the stage defaults of ``optim``; the stage must be chosen."""
-        return replace(self, optim=self.optim.resolved())
+        """Fill the stage defaults of ``optim`` (the stage must be chosen) and make a local cache path absolute."""
+        return replace(self, optim=self.optim.resolved(), data=replace(self.data, cache=absolute_cache(self.data.cache)))
+
+
+def is_url(location: str) -> bool:
+    """True for an fsspec URL such as s3://bucket/cache (file:// is a local path)."""
+    return "://" in location and not location.startswith("file://")
+
+
+def absolute_cache(cache: str, base: str | os.PathLike[str] | None = None) -> str:
+    """``cache`` as an absolute local path (relative ones against ``base``, default the working directory);
+    URLs unchanged. Runs record their cache this way: a relative ``./cache`` meant nothing from another directory."""
+    if is_url(cache):
+        return cache
+    path = cache[len("file://"):] if cache.startswith("file://") else cache
+    return os.path.normpath(os.path.join(base if base is not None else os.getcwd(), os.path.expanduser(path)))

@@ -8,6 +8,7 @@ Layout of ``runs/NAME/``::
     eval/step_<k>.json        {"step", "split", "metrics"} of the evaluation after step k (0: untrained)
     plots/<name>.png          loss curve, predictions
     summary.json              what the finished run reported (RunResult)
+    run.log                   the log records of every fit of the run (appended on resume)
 
 Training writes it (rank 0 only), ``sak-train eval`` / ``export`` and ``--init`` read it. Every
 weight read goes through :func:`load_weights` / :meth:`RunDir.load_checkpoint` (one format,
@@ -17,9 +18,12 @@ one reader). Run dirs written before the config sections existed load unchanged
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import logging.handlers
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +39,7 @@ from ..model.io import CONFIG_KEY
 from ..model.student import SAKStudent
 from .checkpoint import META_KEY, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from .checkpoint import load_weights as _load_file_weights
-from .config import TrainConfig
+from .config import TrainConfig, absolute_cache, is_url
 from .runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class RunDir:
     eval_dir = property(lambda self: self.path / "eval")
     plots_dir = property(lambda self: self.path / "plots")
     summary_file = property(lambda self: self.path / "summary.json")
+    log_file = property(lambda self: self.path / "run.log")
 
     # -- the experiment record -------------------------------------------------------------------
     def exists(self) -> bool:
@@ -124,6 +129,28 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary_file, {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()})
 
+    @contextlib.contextmanager
+    def logging_to_file(self, buffered: logging.handlers.MemoryHandler | None = None) -> Iterator[None]:
+        """Append the ``sak`` log records to ``run.log`` while the block runs (a resume appends to the same file).
+
+        ``buffered``: records kept before the run dir was known (setup), written first and then detached.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.log_file, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        logger = logging.getLogger("sak")
+        if buffered is not None:
+            buffered.setTarget(handler)
+            buffered.flush()
+            logger.removeHandler(buffered)
+        logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+
     # -- rebuilding the run's student --------------------------------------------------------------
     def trained_student(self) -> tuple[SAKStudent, int]:
         """The student with the weights of the last checkpoint (built without downloading), and its step."""
@@ -134,34 +161,67 @@ class RunDir:
         model.load_state_dict(ckpt.weights)
         return model, int(ckpt.record["step"])
 
-    def load(self, split: str = "val") -> LoadedRun:
+    def cache(self, override: str | os.PathLike[str] | None = None) -> str:
+        """The run's cache root: ``override`` (``--cache``: the cache moved), else the recorded one.
+
+        Runs record it absolute; a relative record (runs before issue 16: ``./cache``) meant the directory fit ran
+        in, which is found from the recorded ``out`` (``runs/a`` trained in X lives at X/runs/a); failing that,
+        the working directory, the run dir's parent and grandparent are tried, in that order.
+        """
+        if override is not None:
+            return absolute_cache(os.fspath(override))
+        cfg = self.train_config()
+        recorded = cfg.data.cache
+        if is_url(recorded) or os.path.isabs(recorded.removeprefix("file://")):
+            return recorded
+        here = self.path.resolve()
+        bases = [b for b in (_trained_in(here, cfg.checkpoint.out), Path.cwd(), here.parent, here.parent.parent) if b]
+        for base in bases:
+            if (Path(absolute_cache(recorded, base)) / "datasets").is_dir():
+                return absolute_cache(recorded, base)
+        return absolute_cache(recorded, bases[0])
+
+    def load(self, split: str = "val", *, cache: str | os.PathLike[str] | None = None,
+             data_root: str | os.PathLike[str] | None = None) -> LoadedRun:
         """The run's configs and ``split`` of its dataset(s) (in order, no augmentation), ready to evaluate.
 
         A multi-dataset run: ``data`` is its first dataset's split, ``datasets`` every dataset's that has
-        ``split`` (each with its own tasks), ``heads`` each dataset's task -> student head."""
+        ``split`` (each with its own tasks), ``heads`` each dataset's task -> student head. ``cache``: the cache
+        root when it moved (default :meth:`cache`); ``data_root``: the dataset's images when they moved (default:
+        the folder recorded by ``sak-cache index``; a single-dataset run only).
+        """
         cfg = self.train_config()
         scfg = self.student_config()
         names, img_size = cfg.data.names, cfg.model.img_size
         if not names or img_size is None:  # training records the resolved config, which names both
             raise SakError(f"{self.config_file} does not name the dataset and img_size of the run: "
                            "it was not written by sak-train fit; train the run again")
+        root = self.cache(cache)
+        if not is_url(root) and not (Path(root) / "datasets").is_dir():
+            given = "given with --cache" if cache is not None else f"recorded as {cfg.data.cache!r} in {self.config_file}"
+            raise SakError(f"cache {root} of run {self.path} ({given}) holds no datasets/ folder: if the cache moved, "
+                           "pass --cache DIR (its new place)")
         hw = (img_size[0], img_size[1])
         fit = "resize" if cfg.eval.eval_resize else "pad"
         if len(names) == 1:
-            dataset = open_dataset(cfg.data.cache, names[0])
+            dataset = open_dataset(root, names[0], root_override=data_root)
             data = CachedTargets(dataset, (), split, hw, tasks=scfg.task_names, seed=cfg.runtime.seed, fit=fit)
             heads = {names[0]: {t: t for t in scfg.task_names}}
-            return LoadedRun(self, cfg, scfg, data, {names[0]: data}, heads)
+            return LoadedRun(self, cfg, scfg, data, {names[0]: data}, heads, root)
+        if data_root is not None:
+            raise SakError(f"--data-root moves the images of one dataset, but run {self.path} trained on "
+                           f"{', '.join(names)}: re-index a moved dataset under its name instead (sak-cache index "
+                           "NEWDIR --name NAME --replace)")
         recorded = {d["name"]: d.get("tasks", {}) for d in self.read_record().get("datasets", [])}
         heads = {n: dict(recorded.get(n, {})) for n in names}
         parts = {}
         for n in names:
-            dataset = open_dataset(cfg.data.cache, n)
+            dataset = open_dataset(root, n)
             if split in dataset.splits():
                 parts[n] = CachedTargets(dataset, (), split, hw, tasks=tuple(heads[n]), seed=cfg.runtime.seed, fit=fit)
         if names[0] not in parts:
             raise SakError(f"dataset '{names[0]}' of run {self.path} has no '{split}' split; pick another (--split)")
-        return LoadedRun(self, cfg, scfg, parts[names[0]], parts, heads)
+        return LoadedRun(self, cfg, scfg, parts[names[0]], parts, heads, root)
 
 
 @dataclass
@@ -172,6 +232,7 @@ class LoadedRun:
     data: CachedTargets
     datasets: dict[str, CachedTargets] = field(default_factory=dict)  # name -> its split (multi-dataset runs: all)
     heads: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {task: student head}
+    cache: str = ""  # the cache root the data was opened from (the recorded one, or --cache when it moved)
 
     def build_model(self) -> SAKStudent:
         """The student as the run built it at step 0 (same seed, same init)."""
@@ -181,6 +242,16 @@ class LoadedRun:
     def trained_model(self) -> tuple[SAKStudent, int]:
         """The student with the weights of the run's last checkpoint, and that checkpoint's step."""
         return self.run.trained_student()
+
+
+def _trained_in(run_path: Path, out: str | None) -> Path | None:
+    """The directory fit ran in, when the run dir was given relative (``out``) and ``run_path`` ends with it."""
+    if not out or os.path.isabs(out):
+        return None
+    parts = Path(os.path.normpath(out)).parts
+    if ".." in parts or len(run_path.parts) <= len(parts) or run_path.parts[-len(parts):] != parts:
+        return None
+    return Path(*run_path.parts[:-len(parts)])
 
 
 def init_source(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

@@ -83,7 +83,12 @@ class Checkpointer:
 
     def maybe_save(self, step: int, position: Position, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         every, last = self.cfg.checkpoint.ckpt_every, self.cfg.optim.iters
-        if self.main and (step == last or (every and step % every == 0)):
+        if step == last or (every and step % every == 0):
+            self.save(step, position, model, opt)
+
+    def save(self, step: int, position: Position, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        """Write the checkpoint of ``step`` now (rank 0; e.g. on SIGINT)."""
+        if self.main:
             self.run.save_checkpoint(model=model.state_dict(), optimizer=opt.state_dict(),
                                      record={"step": step, "sampler": _plain(position), "config": self.cfg.to_dict(),
                                              "student": self.student})

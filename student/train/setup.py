@@ -162,7 +162,7 @@ def build_student_config(cfg: TrainConfig, datasets: list, stores: list, keys: t
             raise SpecMismatch(
                 f"store {describe(store)} holds {len(store.spec.layers)} layer maps but the student distills at "
                 f"{len(scfg.levels)} levels {list(scfg.levels)}: extract with --layers of {len(scfg.levels)} blocks, "
-                f"or give the student {len(store.spec.layers)} levels (student levels=...)"
+                f"or give the student {len(store.spec.layers)} levels (--levels)"
             )
     return scfg
 

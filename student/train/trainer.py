@@ -14,9 +14,13 @@ metrics logger, evaluator); the run dir and its layout belong to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import logging.handlers
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,13 +34,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ...manifests.errors import ConfigError
 from ...pipeline.tasks import get_task
 from ..data.cached import Batch
+from ..runs.checkpoint import Checkpoint
 from ..runs.config import TrainConfig
 from ..runs.resume import resume_point
 from ..runs.runtime import autocast, gather, setup_distributed, teardown_distributed
 from .losses import distill_loss_terms, task_losses
 from .parts import Checkpointer, MetricsLogger, PeriodicEvaluator, build_loader, build_optimizer, write_plots
 from .schedule import lr_at
-from .setup import prepare
+from .setup import RunSetup, prepare
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +143,85 @@ def fit(cfg: TrainConfig, progress: Progress | None = None, *, resume: bool = Fa
         given: Mapping[str, str] | None = None) -> RunResult:
     """Train the student as ``cfg`` says; see the module docstring. Returns a :class:`RunResult`.
 
-    ``given``: with ``resume``, the fields the command set and their options (see :func:`resume_point`)."""
+    ``given``: with ``resume``, the fields the command set and their options (see :func:`resume_point`).
+    SIGINT / SIGTERM during the steps: the current step finishes, a checkpoint is written and
+    :class:`TrainingInterrupted` is raised (``fit(cfg, resume=True)`` continues bit for bit); a second
+    signal aborts at once (KeyboardInterrupt, the last periodic checkpoint is kept).
+    """
     rank, world, device = setup_distributed(cfg.runtime.device)
+    early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)  # until run.log exists
+    if rank == 0:
+        logging.getLogger("sak").addHandler(early)
     try:
-        return _fit(cfg, progress, resume, rank, world, device, given)
+        return _fit(cfg, progress, resume, rank, world, device, early, given)
     finally:
+        logging.getLogger("sak").removeHandler(early)
+        early.close()
         teardown_distributed()
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after a finished step whose checkpoint was written."""
+
+    def __init__(self, run_dir: Path, step: int, signal_name: str, cfg: TrainConfig) -> None:
+        super().__init__(f"{signal_name}: training stopped after step {step}; checkpoint {run_dir}/ckpt/last.safetensors "
+                         f"holds it; continue with fit(cfg, resume=True) (sak-train fit --out {run_dir} --resume)")
+        self.run_dir, self.step, self.signal_name, self.cfg = run_dir, step, signal_name, cfg
+
+
+class StopRequest:
+    """SIGINT/SIGTERM -> a flag the loop reads after each step; the second signal raises KeyboardInterrupt at once.
+
+    Installed only in the main thread (Python delivers signals there); under DDP the flag is combined over the
+    ranks every step, so every rank stops after the same step.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, world: int, device: torch.device) -> None:
+        self.world, self.device, self.name = world, device, ""
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.name:  # the second signal: abort now
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+        log.warning("%s: finishing the current step, then writing a checkpoint (send it again to abort at once)",
+                    self.name)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+    def requested(self) -> bool:
+        if self.world == 1:
+            return bool(self.name)
+        flag = torch.tensor([1.0 if self.name else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and not self.name:
+            self.name = "SIGINT"  # another rank's signal
+        return bool(flag.item())
+
+
 def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, world: int,
-         device: torch.device, given: Mapping[str, str] | None = None) -> RunResult:
+         device: torch.device, early: logging.handlers.MemoryHandler,
+         given: Mapping[str, str] | None = None) -> RunResult:
     t_start, main = time.perf_counter(), rank == 0
     cfg, ckpt = resume_point(cfg, resume, given)
     setup = prepare(cfg, device=device, rank=rank, world=world, resuming=ckpt is not None)
+    run = setup.run
+    with run.logging_to_file(early) if main else contextlib.nullcontext():
+        return _train(setup, ckpt, progress, rank, world, device, t_start)
+
+
+def _train(setup: RunSetup, ckpt: Checkpoint | None, progress: Progress | None, rank: int, world: int,
+           device: torch.device, t_start: float) -> RunResult:
+    main = rank == 0
     cfg, run, model = setup.cfg, setup.run, setup.model
     if world > 1 and cfg.runtime.sync_bn:
         model = sync_batchnorm(model, device)
@@ -176,25 +247,30 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
     loader = build_loader(setup, rank=rank, world=world, start=position)
     meter = MetricsLogger(run, cfg, first_step=step, world=world, main=main)
     try:
-        while step < cfg.optim.iters:
-            t0 = time.perf_counter()
-            host = next(loader)
-            t_data = time.perf_counter() - t0
-            batch = host.to(device, non_blocking=True)
-            lr = sched(step)
-            losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr,
-                                kinds=kinds)
-            host.release()  # train_step synchronized (its losses are on the host): the loader may reuse the buffers
-            if not math.isfinite(losses["total"]):
-                raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")
-            step, position = step + 1, batch.position
-            info = meter.record(step, lr, losses, data_s=t_data, step_s=time.perf_counter() - t0)
-            result.losses = losses
-            if evaluator.due(step):
-                result.metrics = evaluator.evaluate(step, model)
-            checkpointer.maybe_save(step, position, model, opt)
-            if progress is not None and main:
-                progress(1, **info, eval=evaluator.latest)  # after the checkpoint: a stop here loses nothing
+        with StopRequest(world, device) as stop:
+            while step < cfg.optim.iters:
+                t0 = time.perf_counter()
+                host = next(loader)
+                t_data = time.perf_counter() - t0
+                batch = host.to(device, non_blocking=True)
+                lr = sched(step)
+                losses = train_step(ddp, opt, batch, setup.targets(batch), cfg=cfg, stats=setup.stats, lr=lr,
+                                    kinds=kinds)
+                host.release()  # train_step synchronized (its losses are on the host): the loader may reuse the buffers
+                if not math.isfinite(losses["total"]):
+                    raise ConfigError(f"loss became {losses['total']} at step {step + 1}; lower --lr (now {lr:g})")
+                step, position = step + 1, batch.position
+                info = meter.record(step, lr, losses, data_s=t_data, step_s=time.perf_counter() - t0)
+                result.losses = losses
+                if evaluator.due(step):
+                    result.metrics = evaluator.evaluate(step, model)
+                checkpointer.maybe_save(step, position, model, opt)
+                if progress is not None and main:
+                    progress(1, **info, eval=evaluator.latest)  # after the checkpoint: a stop here loses nothing
+                if step < cfg.optim.iters and stop.requested():
+                    checkpointer.save(step, position, model, opt)
+                    log.warning("%s: checkpoint of step %d written to %s", stop.name, step, run.checkpoint_file)
+                    raise TrainingInterrupted(run.path, step, stop.name, cfg)
     finally:
         loader.close()
         meter.close()
@@ -207,6 +283,7 @@ def _fit(cfg: TrainConfig, progress: Progress | None, resume: bool, rank: int, w
             result.metrics = evaluator.evaluate(step, model)
             write_plots(run, model, setup)
         result.baseline = result.baseline or run.read_eval(0)
+        result.seconds = time.perf_counter() - t_start
         run.write_summary(result.__dict__)
-    result.seconds = time.perf_counter() - t_start
+    result.seconds = result.seconds or time.perf_counter() - t_start
     return result
