@@ -195,7 +195,7 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     data = cfg.data
     name = _dataset_name(data.cache, data.dataset)
     dataset = open_dataset(data.cache, name)
-    stores = select_stores(data.cache, dataset, data.teachers, data.train_split)
+    stores = select_stores(data.cache, dataset, data.teachers, data.train_split, img_size=cfg.model.img_size)
     keys = tuple(teacher_key(s, stores) for s in stores)
     train_tasks = tuple(t for t in dataset.tasks)
     stage = cfg.optim.stage if cfg.optim.stage != "auto" else ("multitask" if train_tasks else "distill")
