@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..student.evaluate.evaluator import evaluate, export_run
-from .common import friendly_errors, out
+from .common import friendly_errors, out, renamed
 from .train_view import metrics_table
 
 
@@ -20,12 +20,13 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Dataset split to evaluate."),
         step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
         device: str = typer.Option("auto", "--device"),
-        max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples of the split only."),
+        max_samples_old: int | None = renamed("--max-samples", "--limit"),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
         miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
     ) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known)."""
-        res = evaluate(run, split, step0=step0, device=device, max_samples=max_samples, amp=amp, miou=miou)
+        res = evaluate(run, split, step0=step0, device=device, max_samples=limit, amp=amp, miou=miou)
         out.print(metrics_table(res["metrics"], res.get("baseline"), f"{run}: {split} split, step {res['step']}"))
 
     @app.command("export")
@@ -36,11 +37,12 @@ def register(app: typer.Typer) -> None:
         out_file: Path = typer.Option(..., "--out", help="Output .safetensors file."),
         threshold: float = typer.Option(0.1, "--threshold", help="Keep teachers whose mean routing weight exceeds this."),
         split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
-        max_images: int = typer.Option(64, "--max-images", min=1),
+        limit: int = typer.Option(64, "--limit", min=1, help="Routing weights from the first N images of --split."),
+        max_images_old: int | None = renamed("--max-images", "--limit"),
         device: str = typer.Option("auto", "--device"),
     ) -> None:
         """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device)
+        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=limit, device=device)
         table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
         table.add_column("expert")
         table.add_column("weight", justify="right")
