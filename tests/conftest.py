@@ -19,6 +19,15 @@ except Exception:  # pragma: no cover - torch missing or broken must not stop no
 DEMO_N = 12
 DEMO_SIZE = (64, 80)
 
+#: README text that tests parse and run (the naming table, the Python examples); the integrator points it at README.md
+README = Path(__file__).resolve().parents[2] / "README_names.md"
+
+
+@pytest.fixture(scope="session")
+def readme() -> str:
+    """The README text tests check against (:data:`README`)."""
+    return README.read_text(encoding="utf-8")
+
 
 @pytest.fixture(scope="session")
 def demo_nyud(tmp_path_factory: pytest.TempPathFactory) -> Path:
