@@ -55,7 +55,7 @@ def _summary(table: pa.Table) -> Table:
 
 def index(
     root: Path = typer.Argument(..., help="Dataset folder: an image folder, or the NYUD-v2 / PASCAL-Context layout."),
-    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root; the index goes to <cache>/datasets/<name>.parquet."),
+    cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root; the index goes to <cache>/datasets/<name>.parquet."),
     name: str | None = typer.Option(None, "--name", "-n", help="Dataset name (and the 'source' column). Default: nyud / pascal for those layouts, else the folder name."),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | folder | nyud | pascal. auto: gt_sets/ means nyud, ImageSets/Context means pascal, else folder."),
     workers: int = typer.Option(8, "--workers", "-w", min=1, help="Threads hashing files and reading image headers."),
@@ -166,7 +166,7 @@ def _fold(label: str, text: str, width: int) -> list[str]:
                          break_long_words=False, break_on_hyphens=False) or [head.rstrip()]
 
 
-def dataset_lines(info: DatasetInfo, cache: Path, width: int = 80) -> list[str]:
+def dataset_lines(info: DatasetInfo, cache: str | Path, width: int = 80) -> list[str]:
     """The lines ``sak-cache datasets`` prints for one dataset: nothing cut at ``width``, long paths on their own line."""
     if info.error is not None:
         return [f"{info.name}  unreadable index", *_fold("error", info.error, width)]
@@ -181,7 +181,7 @@ def dataset_lines(info: DatasetInfo, cache: Path, width: int = 80) -> list[str]:
 
 
 def datasets(
-    cache: Path = typer.Option(Path("./cache"), "--cache", "-c", help="Cache root (its datasets/ folder holds the indexes)."),
+    cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root (its datasets/ folder holds the indexes)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON list of records (name, index, format, root, root_exists, images_ok, images_failed, splits, labels, error) instead of the text."),
 ) -> None:
     """List the datasets indexed in a cache: layout, root, ok/failed images, images per split, labels per task.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import platform
@@ -205,7 +206,9 @@ def exit_code_of(exc: BaseException, command: str = "") -> int:
 
 def friendly_errors(fn: F) -> F:
     """Run a command so that no traceback reaches the terminal: every exception becomes a message and an exit
-    code (:func:`exit_code_of`); typer's own exits and usage errors pass through."""
+    code (:func:`exit_code_of`); typer's own exits and usage errors pass through. Options declared with
+    :func:`renamed` reach the command under their new name (:func:`accept_renamed`)."""
+    fn = accept_renamed(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -218,6 +221,81 @@ def friendly_errors(fn: F) -> F:
 
     wrapper._friendly = True  # type: ignore[attr-defined]
     return cast(F, wrapper)  # functools.wraps keeps fn's signature
+
+
+def version_option() -> Any:
+    """``--version`` for a tool's callback: prints ``<tool> <version>`` (the installed distribution's) and exits 0."""
+    return typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                        help="Print the installed sak version and exit.")
+
+
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        out.print(f"{ctx.find_root().info_name or 'sak'} {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+#: attribute marking an OptionInfo made by renamed(): (old spelling, new spelling)
+_RENAMED = "_sak_renamed"
+
+
+def renamed(old: str, new: str, *also: str) -> Any:
+    """The old spelling ``old`` of option ``new`` as a hidden option: one line in a command's signature.
+
+    ``teachers_old: str | None = renamed("--teachers", "--teacher")`` accepts ``--teachers a,b``, logs a
+    one-line deprecation warning naming ``--teacher``, and hands the value to the parameter of
+    ``--teacher`` (a one-item list when that one is repeatable); giving both spellings is a usage
+    error. ``also``: more old spellings of the same option (a short flag: ``renamed("--workers", "--threads", "-w")``).
+    The command must run under :func:`friendly_errors` (every registered command does).
+    """
+    info = typer.Option(None, old, *also, hidden=True, help=f"Deprecated spelling of {new}.")
+    setattr(info, _RENAMED, (old, new))
+    return info
+
+
+def renamed_options(fn: Callable[..., Any]) -> dict[str, tuple[str, str, str, str]]:
+    """{old parameter: (new parameter, old spelling, new spelling, new parameter's kind)} of a command's
+    :func:`renamed` options; kind is ``list`` for a repeatable option."""
+    params = inspect.signature(fn).parameters
+    flags = {decl: name for name, p in params.items()
+             for decl in (getattr(p.default, "param_decls", None) or ()) if decl.startswith("-")}
+    found = {}
+    for name, p in params.items():
+        spelled = getattr(p.default, _RENAMED, None)
+        if spelled is not None:
+            old, new = spelled
+            if new not in flags:
+                raise TypeError(f"{fn.__name__}: renamed({old!r}, {new!r}) names no option of the command")
+            target = flags[new]
+            kind = "list" if str(params[target].annotation).replace(" ", "").startswith(("list[", "list|")) else "one"
+            found[name] = (target, old, new, kind)
+    return found
+
+
+def accept_renamed(fn: F) -> F:
+    """Hand each :func:`renamed` option's value to its new parameter (the command never sees the old one)."""
+    if getattr(fn, "_renames", None) is not None:
+        return fn
+    renames = renamed_options(fn)
+    if not renames:
+        return fn
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()}
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, (target, old, new, kind) in renames.items():
+            value = kwargs.pop(name, None)
+            if value is None:
+                continue
+            default = getattr(defaults[target], "default", defaults[target])
+            if kwargs.get(target) not in (default, None, [], ()):
+                raise typer.BadParameter(f"pass {new} only ({old} is its old spelling)", param_hint=old)
+            logging.getLogger("sak.cli").warning("%s is deprecated: use %s (same values)", old, new)
+            kwargs[target] = [value] if kind == "list" else value
+        return fn(*args, **kwargs)
+
+    wrapper._renames = renames  # type: ignore[attr-defined]
+    return cast(F, wrapper)
 
 
 def parse_int_list(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -234,6 +312,14 @@ def parse_str_list(text: str | None) -> tuple[str, ...] | None:
     if text is None or text == "":
         return None
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def parse_names(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
+    """A repeatable option's values, each of which may be a comma list: ``-t a,b -t c`` -> ("a", "b", "c")."""
+    if values is None:
+        return ()
+    items = [values] if isinstance(values, str) else values
+    return tuple(name for item in items for name in (parse_str_list(item) or ()))
 
 
 def parse_hw_option(text: str | None, option: str) -> tuple[int, int] | None:

@@ -12,10 +12,10 @@ app = typer.Typer(
     help=(
         "Train the SAK multi-task student from a feature cache, many times, on any machine.\n\n"
         "  sak-train --cache ./cache             # defaults: the cache's dataset, every teacher store\n\n"
-        "  sak-train fit --cache ./cache --teachers dinov2,sam,clip --stage multitask --out runs/a\n\n"
+        "  sak-train fit --cache ./cache -t dinov2 -t sam -t clip --stage multitask --out runs/a\n\n"
         "  sak-train eval runs/a\n\n"
         "  sak-train predict runs/a photos/ --out preds\n\n"
-        "  sak-train describe --backbone vit_base_patch16_384 --teachers dinov2,sam,clip"
+        "  sak-train describe --backbone vit_base_patch16_384 --teacher dinov2,sam,clip"
     ),
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

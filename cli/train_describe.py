@@ -11,7 +11,7 @@ from rich.table import Table
 from ..student.model.params import describe_student
 from ..student.runs.config import field_default
 from ..student.runs.recipes import RECIPES, Recipe
-from .common import friendly_errors, out, parse_hw_option, parse_str_list
+from .common import friendly_errors, out, parse_hw_option, parse_names, parse_str_list, renamed
 
 
 def _parse_widths(text: str | None) -> dict[str, int]:
@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
     @app.command("describe")
     @friendly_errors
     def describe(
-        backbone: str = typer.Option("vit_base_patch16_384", help="timm ViT used as the stem (TAS)."),
-        teachers: str = typer.Option("dinov2,sam,clip", help="Comma-separated teacher names or aliases (one adapter path each); widths come from the teacher registry."),
+        backbone: str = typer.Option(field_default("backbone"), "--backbone", help="timm ViT used as the stem (TAS); the default is fit's."),
+        teacher: list[str] = typer.Option(["dinov2", "sam", "clip"], "--teacher", "-t", help="Teacher name or alias (repeatable, or a comma list; one adapter path each); widths come from the teacher registry."),
+        teachers_old: str | None = renamed("--teachers", "--teacher"),
         tasks: str = typer.Option(
             "semseg,depth,normals,edge", help="Comma-separated tasks; 'name:channels' overrides the channel count."
         ),
@@ -80,18 +81,19 @@ def register(app: typer.Typer) -> None:
         teacher_widths: str | None = typer.Option(
             None, "--teacher-widths", help="Widths of teachers the registry cannot describe (e.g. unregistered plugins): 'name=768,other=1024'."
         ),
-        dataset: str = typer.Option("nyud", help="Dataset format for default class counts (nyud: 40, pascal: 21)."),
+        fmt: str = typer.Option("nyud", "--format", "-f", help="Dataset format for default class counts (nyud: 40, pascal: 21)."),
+        dataset_old: str | None = renamed("--dataset", "--format"),
         aligner: str = typer.Option("auto", help="auto (Linear only if widths differ, official), linear, none."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of a table."),
     ) -> None:
         """Count the student's parameters by part: backbone, adapters, routers, heads, aligners."""
         counts = describe_student(
             backbone,
-            parse_str_list(teachers) or (),
+            parse_names(teacher),
             parse_str_list(tasks) or (),
             img_size=parse_hw_option(img_size, "--img-size"),
             teacher_widths=_parse_widths(teacher_widths),
-            dataset=dataset,
+            dataset=fmt,
             aligner=aligner,
         )
         data = counts.to_dict()

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..student.evaluate.datasets import evaluate_run as evaluate  # every run, one dataset or several
 from ..student.evaluate.evaluator import export_run
-from .common import friendly_errors, out
+from .common import friendly_errors, out, renamed
 from .train_view import metrics_table
 
 CACHE_HELP = ("Cache root when it moved (a directory or an fsspec URL). Default: the one the run recorded (older runs recorded "
@@ -28,7 +28,8 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Dataset split to evaluate."),
         step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
         device: str = typer.Option("auto", "--device"),
-        max_samples: int | None = typer.Option(None, "--max-samples", help="At most N samples."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples of the split only."),
+        max_samples_old: int | None = renamed("--max-samples", "--limit"),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
         miou: str | None = typer.Option(None, "--miou", help="official (mean over all classes, absent = 0) | present. Default: the run's own (eval.miou in its config)."),
         baseline: list[str] | None = typer.Option(None, "--baseline", help="[DATASET=]RUN_DIR_OR_JSON: Delta_m of the run's metrics on DATASET against this run's last evaluation (or a JSON file of metrics), e.g. a single-dataset run; repeatable, one per dataset."),
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         """Metrics of a run's last checkpoint (next to the untrained step-0 student when known), distillation
         cosines per teacher and level included; per dataset in a multi-dataset run (keys DATASET/TASK/METRIC),
         with Delta_m per dataset against --baseline runs."""
-        res = evaluate(run, split, baselines=baseline or (), step0=step0, device=device, max_samples=max_samples,
+        res = evaluate(run, split, baselines=baseline or (), step0=step0, device=device, max_samples=limit,
                        amp=amp, miou=miou, cache=cache, data_root=data_root)
         if as_json:
             out.print_json(json.dumps(res))
@@ -64,13 +65,14 @@ def register(app: typer.Typer) -> None:
         out_file: Path = typer.Option(..., "--out", help="Output .safetensors file."),
         threshold: float = typer.Option(0.1, "--threshold", help="Keep teachers whose mean routing weight exceeds this."),
         split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
-        max_images: int = typer.Option(64, "--max-images", min=1),
+        limit: int = typer.Option(64, "--limit", min=1, help="Routing weights from the first N images of --split."),
+        max_images_old: int | None = renamed("--max-images", "--limit"),
         device: str = typer.Option("auto", "--device"),
         cache: str | None = typer.Option(None, "--cache", "-c", help=CACHE_HELP),
         data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     ) -> None:
         """A one-task student keeping only the teacher branches its routers use (SAK's task-specific export)."""
-        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=max_images, device=device,
+        res = export_run(run, task, out_file, threshold=threshold, split=split, max_images=limit, device=device,
                          cache=cache, data_root=data_root)
         table = Table(title=f"routing weights of {task} (mean over levels)", title_justify="left")
         table.add_column("expert")

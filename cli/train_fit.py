@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,18 @@ from .common import (
     out,
     parse_hw_option,
     parse_int_list,
+    parse_names,
     parse_str_list,
+    renamed,
+    renamed_options,
     setup_logging,
+    version_option,
 )
 from .train_view import LiveView, metrics_table
 
 #: fields a --resume takes from the command line (student/runs/resume.py RESUME_FREE), by their fit flag
-RESUME_FLAGS = {"iters": "--iters", "device": "--device", "workers": "--workers", "eval_every": "--eval-every",
-                "eval_samples": "--eval-samples", "log_every": "--log-every", "ckpt_every": "--ckpt-every",
+RESUME_FLAGS = {"iters": "--iters", "device": "--device", "workers": "--threads", "eval_every": "--eval-every",
+                "eval_samples": "--eval-limit", "log_every": "--log-every", "ckpt_every": "--ckpt-every",
                 "targets": "--targets", "targets_budget": "--targets-budget"}
 
 
@@ -87,38 +92,31 @@ def _run_fit(cfg: TrainConfig, resume: bool, given: dict[str, str] | None = None
 
 
 #: TrainConfig fields whose fit option has another name
-OPTION_OF = {"out": "out_dir", "student": "levels", "datasets": "dataset"}
+OPTION_OF = {"out": "out_dir", "student": "levels", "datasets": "dataset", "teachers": "teacher", "workers": "threads",
+             "eval_samples": "eval_limit"}
 
 
-def _datasets(values: list[str] | None) -> tuple[str, ...]:
-    """Every -d value, comma lists split, in order (a name given twice is refused by the config)."""
-    return tuple(name for value in values or () for name in parse_str_list(value) or ())
-
-
-def _typed(ctx: typer.Context) -> set[str]:
-    """The parameters typed on the command line (not defaults)."""
+def _typed(ctx: typer.Context, renames: Mapping[str, tuple[str, ...]]) -> set[str]:
+    """The parameters typed on the command line (not defaults); an option given in an old spelling counts as its
+    new parameter."""
     # compared by name: typer may carry its own click, whose ParameterSource is another enum
-    return {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    typed = {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    return typed | {target for old, (target, *_) in renames.items() if old in typed}
 
 
-def _given_fields(ctx: typer.Context) -> dict[str, str]:
+def _given_fields(ctx: typer.Context, renames: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     """The TrainConfig fields the user typed, each with its option's spelling: what --resume checks against
     the run's record (a default or a recipe's value is never a request to change the run)."""
     field_of = {option: name for name, option in OPTION_OF.items()}
     spelled = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0]) for p in ctx.command.params}
-    fields = {field_of.get(p, p): spelled[p] for p in _typed(ctx) if p in spelled}
+    fields = {field_of.get(p, p): spelled[p] for p in _typed(ctx, renames) if p in spelled}
     return {k: v for k, v in fields.items() if k in OWNER}
 
 
-def _names(values: list[str] | None) -> tuple[str, ...]:
-    """A repeatable option whose values may also be comma lists: ``-x a -x b,c`` -> (a, b, c)."""
-    return tuple(n for v in values or () for n in parse_str_list(v) or ())
-
-
-def _with_recipe(ctx: typer.Context, name: str, given: dict[str, Any]) -> TrainConfig:
+def _with_recipe(ctx: typer.Context, name: str, given: dict[str, Any], renames: Mapping[str, tuple[str, ...]]) -> TrainConfig:
     """The recipe's values, with every option given on the command line on top (and --cache, always)."""
     recipe = get_recipe(name)
-    typed = _typed(ctx)
+    typed = _typed(ctx, renames)
     fields = dict(recipe.fields)
     for key, value in given.items():
         if key == "cache" or OPTION_OF.get(key, key) in typed:
@@ -135,6 +133,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path | None = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; an internal error also prints its traceback (as SAK_DEBUG=1 does)."),
+        version: bool = version_option(),
     ) -> None:
         """With --cache and no command: fit with defaults (the cache's only dataset, every teacher store that
         covers it, multitask when it has labels else distill)."""
@@ -155,7 +154,8 @@ def register(app: typer.Typer) -> None:
         cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root with datasets/ and features/: a directory or an fsspec URL (s3://bucket/cache); opened read-only."),
         dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help="Indexed dataset name; repeat it (or give a comma list) to train on several: the student gets every dataset's tasks, each sample's loss covers the tasks it is labelled for. Default: the cache's only dataset."),
         mix: str = typer.Option(D("mix"), "--mix", help="Several datasets: how samples are drawn. proportional (dataset k with probability n_k/N: every item once per epoch) | balanced (1/K: small datasets repeat) | temperature:T (n_k^(1/T) / sum)."),
-        teachers: str | None = typer.Option(None, "--teachers", "-t", help="Comma-separated teachers: alias, teacher name or store name, NAME@RES to pick a resolution. Default: every store covering the dataset."),
+        teacher: list[str] | None = typer.Option(None, "--teacher", "-t", help="Teacher to distill (repeatable, or a comma list): a store name, a teacher name or alias as given to sak-cache extract -t, or a unique store name prefix; NAME@RES picks an input size (dinov2@448x576). Default: every store covering the dataset."),
+        teachers_old: str | None = renamed("--teachers", "--teacher"),
         backbone: str = typer.Option(D("backbone"), "--backbone", help="timm ViT of the student."),
         backbone_weights: str = typer.Option(D("backbone_weights"), "--backbone-weights", help="Student backbone start: hub (timm's pretrained weights of --backbone, as official: vit_base_patch16_384.augreg_in21k_ft_in1k), none (random init, flagged) or FILE.safetensors."),
         img_size: str | None = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
@@ -187,11 +187,13 @@ def register(app: typer.Typer) -> None:
         feature_flip: bool = typer.Option(D("feature_flip"), "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
         allow_missing: bool = typer.Option(D("allow_missing"), "--allow-missing", help="Train on the covered samples when a store lacks some."),
         eval_every: int = typer.Option(D("eval_every"), "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
-        eval_samples: int | None = typer.Option(D("eval_samples"), "--eval-samples", help="At most N val samples per evaluation."),
+        eval_limit: int | None = typer.Option(D("eval_samples"), "--eval-limit", help="At most N val samples per evaluation."),
+        eval_samples_old: int | None = renamed("--eval-samples", "--eval-limit"),
         log_every: int = typer.Option(D("log_every"), "--log-every", min=1, help="metrics.jsonl record every N steps."),
         ckpt_every: int = typer.Option(D("ckpt_every"), "--ckpt-every", min=0, help="Checkpoint every N steps (and at the end)."),
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)."),
-        workers: int = typer.Option(D("workers"), "--workers", "-w", min=0, help="Reader/decoder threads (0: read in the training thread)."),
+        threads: int = typer.Option(D("workers"), "--threads", min=0, help="Reader/decoder threads (0: read in the training thread)."),
+        workers_old: int | None = renamed("--workers", "--threads", "-w"),
         block_size: int = typer.Option(D("block_size"), "--block-size", min=1, help="Rows per contiguous store read."),
         targets: str = typer.Option(D("targets"), "--targets", help="Where the teacher targets live: auto (gpu if they fit in half the free GPU memory, else ram if in half of MemAvailable, else stream; the log says why) | ram (loaded once into pinned host memory) | gpu (loaded once onto the GPU) | stream (read per batch)."),
         targets_budget: float | None = typer.Option(D("targets_budget"), "--targets-budget", min=0.0, help="auto: resident targets may take at most this many GB."),
@@ -215,20 +217,21 @@ def register(app: typer.Typer) -> None:
         """
         student = {"levels": parse_int_list(levels, "--levels")} if levels else None
         given: dict[str, Any] = dict(
-            cache=str(cache), datasets=_datasets(dataset), mix=mix, teachers=parse_str_list(teachers) or (), backbone=backbone,
+            cache=str(cache), datasets=parse_names(dataset), mix=mix, teachers=parse_names(teacher), backbone=backbone,
             backbone_weights=backbone_weights, img_size=parse_hw_option(img_size, "--img-size"), student=student,
             stage=stage, iters=iters, batch_size=batch_size, lr=lr, weight_decay=weight_decay, decay_scope=decay_scope,
             warmup=warmup, warmup_lr=warmup_lr, min_lr=min_lr, schedule=schedule, schedule_style=schedule_style,
             grad_clip=grad_clip, alpha=alpha, seed=seed, out=str(out_dir) if out_dir else None,
-            init=str(init) if init else None, add_teachers=_names(add_teachers), add_tasks=_names(add_tasks),
+            init=str(init) if init else None, add_teachers=parse_names(add_teachers), add_tasks=parse_names(add_tasks),
             unfreeze=unfreeze, online=online, teacher_weights=parse_str_list(teacher_weights) or (),
             aug=aug, standardize=standardize, feature_flip=feature_flip, allow_missing=allow_missing,
-            eval_every=eval_every, eval_samples=eval_samples, log_every=log_every, ckpt_every=ckpt_every, device=device,
-            workers=workers, block_size=block_size, amp=amp, sync_bn=sync_bn, targets=targets,
+            eval_every=eval_every, eval_samples=eval_limit, log_every=log_every, ckpt_every=ckpt_every, device=device,
+            workers=threads, block_size=block_size, amp=amp, sync_bn=sync_bn, targets=targets,
             targets_budget=targets_budget,
         )
-        cfg = _with_recipe(ctx, recipe, given) if recipe else TrainConfig(**given)
+        renames = renamed_options(fit_cmd)
+        cfg = _with_recipe(ctx, recipe, given, renames) if recipe else TrainConfig(**given)
         if resume:  # --resume refuses a typed option that would change the run (student/runs/resume.py)
-            _run_fit(cfg, resume, _given_fields(ctx))
+            _run_fit(cfg, resume, _given_fields(ctx, renames))
         else:
             _run_fit(cfg, resume)

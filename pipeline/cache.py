@@ -81,7 +81,9 @@ class Cache:
         return scan_stores(self.root)
 
     def store(self, ref: str) -> FeatureStore:
-        """A store by full name, unique name prefix or teacher name (read-only)."""
+        """A store (read-only) named as every sak command names one: exact store name > teacher name or alias
+        (``dinov2``, or whatever ``sak-cache extract -t`` accepted) > unique name prefix; ``NAME@RES`` picks an
+        input size (see :func:`~sak.pipeline.store.catalog.resolve_store`)."""
         return resolve_store(ref, self.root)
 
     def __str__(self) -> str:

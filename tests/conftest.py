@@ -20,6 +20,15 @@ except Exception:  # pragma: no cover - torch missing or broken must not stop no
 DEMO_N = 12
 DEMO_SIZE = (64, 80)
 
+#: README text that tests parse and run (the naming table, the Python examples)
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="session")
+def readme() -> str:
+    """The README text tests check against (:data:`README`)."""
+    return README.read_text(encoding="utf-8")
+
 
 def _logging_state() -> tuple:
     root, sak = logging.getLogger(), logging.getLogger("sak")

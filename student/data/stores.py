@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +22,8 @@ import pyarrow.compute as pc
 
 from ...manifests.errors import DatasetError, SakError, SpecMismatch
 from ...manifests.schemas import STATUS_OK
-from ...pipeline.store.catalog import list_stores
+from ...pipeline.store.catalog import list_stores, resolve_stores, short_key
 from ...pipeline.store.commits import commit_keys
-from ...pipeline.teachers import aliases
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +131,7 @@ class Coverage:
 
 def base_key(spec: Any) -> str:
     """A short, module-name-safe teacher name: the registry alias when there is one (``dinov2``)."""
-    for alias, full in aliases().items():
-        if full == spec.teacher:
-            return alias
-    return re.sub(r"[^A-Za-z0-9_]", "_", spec.teacher.split(":", 1)[-1])
+    return short_key(spec.teacher)
 
 
 def teacher_key(store: Any, stores: Sequence[Any]) -> str:
@@ -216,14 +211,18 @@ def split_rows(dataset: Any, split: str) -> list[dict]:
     return rows
 
 
-def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str = "train") -> list[Any]:
+def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str = "train", *,
+                  img_size: tuple[int, int] | None = None) -> list[Any]:
     """The stores to train from: those named in ``refs`` or, when empty, every store covering the split.
 
-    A ref is a store name (or unique prefix), a teacher name or alias, optionally with
-    ``@RES`` to pick the store of that input resolution (``dinov2@448``).
+    Each ref is resolved by :func:`~sak.pipeline.store.catalog.resolve_store`, as every ``sak-cache``
+    command resolves a STORE: exact store name > teacher name or alias (as ``extract -t`` resolved
+    it) > unique store name prefix, ``NAME@RES`` to pick an input size (``dinov2@448x576``).
+    ``img_size`` (the run's student input, when known) completes the extract command a missing
+    teacher's error suggests.
     """
     stores = list_stores(cache)
-    if not stores:
+    if not stores and not refs:  # named teachers get their own extract command from the resolver
         raise SakError(
             f"no feature stores in {cache}/features: extract one first, e.g. "
             f"sak-cache extract --teacher dinov2 --dataset {dataset.name} --cache {cache}"
@@ -240,38 +239,7 @@ def select_stores(cache: str, dataset: Any, refs: Sequence[str] = (), split: str
                 f"--dataset {dataset.name} --cache {cache}"
             )
         return chosen
-    chosen = []
-    for ref in refs:
-        name, _, res = ref.partition("@")
-        full = aliases().get(name, name)
-        hits = [s for s in stores if s.name == name] or [
-            s for s in stores if s.name.startswith(name) or s.spec.teacher in (name, full) or base_key(s.spec) == name
-        ]
-        if not hits:
-            raise SakError(
-                f"no feature store for teacher {name!r} in {cache}/features; stores: "
-                f"{'; '.join(describe(s) for s in stores)}. Extract it: sak-cache extract --teacher {name} "
-                f"--dataset {dataset.name} --cache {cache}"
-            )
-        if res:
-            want = tuple(int(p) for p in res.lower().split("x"))
-            want = want * 2 if len(want) == 1 else want
-            matched = [s for s in hits if want in (tuple(s.spec.resolution), tuple(s.spec.img_size or ()))]
-            if not matched:
-                raise SpecMismatch(
-                    f"you asked for teacher {name!r} at resolution {res}, but its store(s) were written at: "
-                    f"{'; '.join(describe(s) for s in hits)}. Pass one of those resolutions "
-                    f"(--teachers {name}@{hits[0].spec.resolution[0]}) or extract again with --resolution {res}"
-                )
-            hits = matched
-        if len(hits) > 1:
-            raise SakError(
-                f"{ref!r} matches several stores: {'; '.join(describe(s) for s in hits)}. "
-                f"Pass a store name or NAME@RESOLUTION in --teachers"
-            )
-        if hits[0] not in chosen:
-            chosen.append(hits[0])
-    return chosen
+    return resolve_stores(refs, cache, stores=stores, option="-t ", datasets=(dataset.name,), img_size=img_size)
 
 
 class StoreJoin:

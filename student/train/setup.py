@@ -177,16 +177,17 @@ def _dataset_names(cache: str, names: tuple[str, ...]) -> tuple[str, ...]:
     return (found[0],)
 
 
-def _select_stores(cache: str, datasets: list, refs: tuple[str, ...], split: str) -> list:
+def _select_stores(cache: str, datasets: list, refs: tuple[str, ...], split: str, *,
+                   img_size: tuple[int, ...] | None = None) -> list:
     """The run's stores: those named, else every store covering any of the datasets (in catalog order).
 
     Every store must then hold every dataset's samples: the join refuses a gap and names its extract command."""
     if refs or len(datasets) == 1:
-        return select_stores(cache, datasets[0], refs, split)
+        return select_stores(cache, datasets[0], refs, split, img_size=img_size)
     chosen: dict[str, Any] = {}
     for ds in datasets:
         try:
-            found = select_stores(cache, ds, (), split)
+            found = select_stores(cache, ds, (), split, img_size=img_size)
         except SakError:
             if ds is datasets[-1] and not chosen:
                 raise
@@ -232,7 +233,7 @@ def prepare(cfg: TrainConfig, *, device: torch.device, rank: int = 0, world: int
     names = _dataset_names(data.cache, data.names)
     datasets = [open_dataset(data.cache, n) for n in names]
     dataset, name = datasets[0], names[0]
-    stores = _select_stores(data.cache, datasets, data.teachers, data.train_split)
+    stores = _select_stores(data.cache, datasets, data.teachers, data.train_split, img_size=cfg.model.img_size)
     keys = tuple(teacher_key(s, stores) for s in stores)
     heads = assign_heads(datasets)
     train_tasks = tuple(head_kinds(heads))

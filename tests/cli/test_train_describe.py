@@ -26,7 +26,7 @@ def _run(*args: str):
 
 
 def test_describe_json_vit_b_three_teachers():
-    r = _run("--backbone", "vit_base_patch16_384", "--teachers", "dinov2,sam,clip",
+    r = _run("--backbone", "vit_base_patch16_384", "--teacher", "dinov2,sam,clip",
              "--tasks", "semseg,depth,normals,edge", "--img-size", "448x576", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
@@ -41,16 +41,16 @@ def test_describe_json_vit_b_three_teachers():
 
 
 def test_describe_table_and_width_override():
-    r = _run("--backbone", "vit_small_patch16_384", "--teachers", "dinov2,mine", "--teacher-widths", "mine=1024",
+    r = _run("--backbone", "vit_small_patch16_384", "--teacher", "dinov2,mine", "--teacher-widths", "mine=1024",
              "--tasks", "semseg:21,edge")
     assert r.exit_code == 0, r.output
     assert "adapters (TSAP)" in r.output and "mine" in r.output and "total" in r.output
-    j = json.loads(_run("--backbone", "vit_small_patch16_384", "--teachers", "dinov2,mine",
+    j = json.loads(_run("--backbone", "vit_small_patch16_384", "--teacher", "dinov2,mine",
                         "--teacher-widths", "mine=1024", "--tasks", "semseg:21,edge", "--json").output)
     assert j["aligners"] == 4 * (384 * 768 + 768) + 4 * (384 * 1024 + 1024)  # ViT-S (384) needs aligners
 
 
 def test_describe_unknown_teacher_is_a_clean_error():
-    r = _run("--teachers", "nonesuch", "--json")
+    r = _run("--teacher", "nonesuch", "--json")
     assert r.exit_code == 2
     assert "--teacher-widths" in r.output and "Traceback" not in r.output
