@@ -32,7 +32,7 @@ def _run(app, *args):
     return result
 
 
-EXTRACT = ("extract", "-t", "test:tiny", "--random-init", "--device", "cpu", "--segment-size", "4", "--io-threads", "1")
+EXTRACT = ("extract", "-t", "test:tiny", "--random-init", "--device", "cpu", "--segment-size", "4", "--threads", "1")
 
 
 def test_same_images_under_a_second_dataset_are_reused_not_extracted(app, demo_cache, demo_nyud) -> None:
