@@ -50,7 +50,7 @@ def compact(
     """
     found = resolve_store(store, cache)
     s = FeatureStore.open(str(found.path), read_only=False)
-    bar, progress = _bar(f"compacting {s.name}", s.commits(status=None).num_rows)
+    bar, progress = _bar("compacting", s.commits(status=None).num_rows)
     with bar:
         report = compact_store(s, target_rows=target_rows, progress=progress)
     if not report.removed_segments:
@@ -78,7 +78,7 @@ def copy(
     if samples is not None:
         lines = Path(samples).read_text(encoding="utf-8").splitlines()
         wanted = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    bar, progress = _bar(f"copying {s.name}", s.commits().num_rows if wanted is None else len(wanted))
+    bar, progress = _bar("copying", s.commits().num_rows if wanted is None else len(wanted))
     with bar:
         report = copy_store(str(s.path), cache, to, samples=wanted, segment_rows=segment_rows, progress=progress)
     t = report.transfer

@@ -90,7 +90,7 @@ def verify(
         s.read_only = False
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(f"verifying {s.name}", total=None)
+        task = bar.add_task("verifying", total=None)  # the store is named in the result line (never cut)
 
         def progress(advance: int, **info: Any) -> None:
             bar.advance(task, advance)
