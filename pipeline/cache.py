@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..manifests.errors import SakError, StoreCorrupt
+from ..manifests.errors import SakError
 from .data.datasets import FORMAT_KEY, Dataset, list_datasets, open_dataset, write_dataset_index
 from .storage import Location, as_location
 from .store.catalog import list_stores, resolve_store
@@ -108,7 +108,7 @@ def _store_folder(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str
         store = resolve_store(os.fspath(ref), cache_root)
         store.read_only = False  # its folder, writable
         return store.name, store.path
-    except StoreCorrupt:
+    except SakError:  # damaged stores are not resolved by name: take the exact folder
         for folder in (as_location(cache_root) / FEATURES_DIR / os.fspath(ref), as_location(ref)):
             if folder.is_dir() and ((folder / "manifest").exists() or (folder / "segments").exists() or (folder / SPEC_FILE).exists()):
                 return folder.name, folder
