@@ -196,8 +196,9 @@ def extract(
     if dry_run:
         _dry_run(cfg, as_json)
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
-               _RateColumn(), _BytesColumn(), TimeElapsedColumn(), _EtaColumn())
+    wide = console.width >= 100  # at 80 columns the GB/s column goes (the summary has it) and the bar is short
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=None if wide else 10), MofNCompleteColumn(),
+               TextColumn("{task.fields[phase]}"), _RateColumn(), *((_BytesColumn(),) if wide else ()), TimeElapsedColumn(), _EtaColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("extracting", total=None, feature_bytes=0, phase="loading", started=None)
         sent, decoded, done = [0], [0], [0]
@@ -210,10 +211,7 @@ def extract(
             decoded[0] += info.get("decoded", 0)
             sent[0] += info.get("bytes", 0)
             done[0] += advance
-            first = min(batch_size, (bar.tasks[0].total or batch_size))
-            phase = (f"first batch: decoded {decoded[0]}/{first}" if decoded[0] < first else f"first batch: running {first} images") \
-                if not done[0] else f"decoded {decoded[0]}"
-            bar.update(task, advance=advance, feature_bytes=sent[0], phase=phase)
+            bar.update(task, advance=advance, feature_bytes=sent[0], phase=_phase(done[0], decoded[0], batch_size, bar.tasks[0].total))
 
         report = run_extract(cfg, progress=progress)
     rec = report_record(report, teachers, str(cache))
@@ -222,6 +220,14 @@ def extract(
     else:
         _print_summary(rec, report)
     raise typer.Exit(exit_code_for(report.failed))
+
+
+def _phase(done: int, decoded: int, batch_size: int, total: float | None) -> str:
+    """What the run is doing: images decoded of the first batch, then its forward (minutes on a CPU), then decoded count."""
+    if done:
+        return f"{decoded} decoded"
+    first = min(batch_size, int(total)) if total else batch_size
+    return f"batch 1: {decoded}/{first} decoded" if decoded < first else "batch 1: forward"
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
