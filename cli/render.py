@@ -49,19 +49,18 @@ def line(text: str, *, style: str | None = None, console: Console | None = None)
 
 
 def block(name: str | None, pairs: Iterable[tuple[str, str]], *, console: Console | None = None, style: str = "bold") -> None:
-    """One record: ``name`` on its own line, then ``key  value`` rows indented by two (values fold, never cut).
+    """One record: ``name`` on its own line, then ``key  value`` lines indented by two, keys aligned.
 
-    Values are plain text (never markup): a path or an error with ``[...]`` in it stays visible.
+    Each line is printed unbroken (a long value wraps in the terminal, never cut) and as plain text (never
+    markup): a path or an error with ``[...]`` in it stays visible.
     """
     target = console or out
     if name is not None:
         line(name, style=style, console=target)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(no_wrap=True, style="dim")
-    grid.add_column(overflow="fold")
+    pairs = list(pairs)
+    pad = max((len(key) for key, _ in pairs), default=0)
     for key, value in pairs:
-        grid.add_row(Text("  " + key), Text(value))
-    target.print(grid)
+        line(f"  {key:<{pad}}  {value}", console=target)
 
 
 def cell(value: Any, style: str | None = None) -> Text:
