@@ -15,7 +15,7 @@ from rich.progress import (
 )
 
 from ..manifests.errors import SakError
-from ..pipeline.cache import copy_store, remove_store
+from ..pipeline.cache import copy_store, remove_store, store_folder
 from ..pipeline.store.catalog import resolve_store
 from ..pipeline.store.feature_store import FeatureStore
 from ..pipeline.store.transfer import compact_store
@@ -111,11 +111,12 @@ def rm(
 
     Refused while an extraction holds a live claim on the store; asks first unless --yes.
     """
+    name, folder = store_folder(store, cache)  # not found: the error names the stores there
     try:
-        s = resolve_store(store, cache)
-        what = f"{s.name} ({s.spec.teacher}, {s.commits('ok').num_rows} rows, {mb(s.size_bytes())}) at {s.path}"
-    except SakError:  # a damaged store: remove_store finds it by folder name and says why if it cannot
-        what = store
+        s = FeatureStore.open(folder)
+        what = f"{s.name} ({s.spec.teacher}, {s.commits('ok').num_rows} rows, {mb(s.size_bytes())}) at {folder}"
+    except SakError as exc:  # a damaged store: removed by its folder
+        what = f"{name} at {folder} (damaged: {exc})"
     if not yes and not typer.confirm(f"delete store {what}?", default=False, err=True):
         console.print("nothing deleted")
         raise typer.Exit(1)

@@ -102,7 +102,7 @@ def live_claims(store_path: Location) -> list[ClaimRecord]:
     return live
 
 
-def _store_folder(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str]) -> tuple[str, Location]:
+def store_folder(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str]) -> tuple[str, Location]:
     """(name, folder) of a store to remove: resolved as ``info`` does; a damaged store by its exact folder name or path."""
     try:
         store = resolve_store(os.fspath(ref), cache_root)
@@ -121,7 +121,7 @@ def remove_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str]
     Refused (:class:`StoreBusy`) while a writer holds a live claim on one of its blocks: stop that
     extraction first (a killed writer's claim expires, or is freed at once when its pid is gone).
     """
-    name, folder = _store_folder(ref, cache_root)
+    name, folder = store_folder(ref, cache_root)
     live = live_claims(folder)
     if live:
         c = live[0]
