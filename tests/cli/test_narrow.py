@@ -30,6 +30,14 @@ DATASET = "nyud_depth_v2_indexed_under_a_long_dataset_name"
 ELLIPSIS = "…"
 
 
+@pytest.fixture(autouse=True)
+def _console_widths():
+    """_run sets the widths of the module consoles: give other tests theirs back."""
+    saved = (common.out._width, common.console._width)
+    yield
+    common.out._width, common.console._width = saved
+
+
 def _run(*args: object, input: str | None = None, width: int = 80):
     common.out.width = common.console.width = width  # the module consoles were made at import: set their width too
     return CliRunner().invoke(cache_app, [str(a) for a in args], env={"COLUMNS": str(width)}, terminal_width=width, input=input)
@@ -55,7 +63,7 @@ def narrow(tmp_path_factory: pytest.TempPathFactory, demo_nyud: Path):
     base = tmp_path_factory.mktemp("narrow")
     cache = base / "a_folder_with_a_long_name_for_the_lab_cache" / "features_of_the_demo_dataset_cache"
     assert len(str(cache)) > 80
-    width = (common.out.width, common.console.width)
+    width = (common.out._width, common.console._width)
     with pytest.MonkeyPatch.context() as mp:
         info = replace(test_teacher.TINY, name=LONG)
         mp.setitem(test_teacher.TEST_TEACHERS, LONG_MODEL, info)
@@ -66,7 +74,7 @@ def narrow(tmp_path_factory: pytest.TempPathFactory, demo_nyud: Path):
         text = _ok(res)
         as_json = _run("extract", "-t", LONG, "--random-init", "--device", "cpu", "--cache", cache, "--limit", 8, "--json")
         yield cache, {s.spec.teacher: s for s in list_stores(cache)}, text, as_json
-    common.out.width, common.console.width = width
+    common.out._width, common.console._width = width
 
 
 def test_extract_names_every_teacher_store_and_dataset_in_full_and_prints_the_fit_command(narrow) -> None:
