@@ -3,7 +3,9 @@
 ``open_cache("./cache")`` (a path or an fsspec URL) is the entry point for Python users; the
 CLI commands are thin layers over the same functions. Nothing is read until asked for, and a
 cache is opened read-only: writing happens through :func:`sak.pipeline.extract` and
-``sak-cache index``.
+``sak-cache index``; :func:`copy_store` (a store and the dataset indexes of its samples into
+another cache) and :func:`remove_store` (refused while a writer holds a live claim) are the
+two functions here that write.
 """
 
 from __future__ import annotations
