@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import cache_extract, cache_index, cache_inspect, cache_share, cache_teachers
-from .common import _main, set_debug, setup_logging, with_exit_codes
+from .common import _main, set_debug, setup_logging, version_option, with_exit_codes
 
 app = typer.Typer(
     name="sak-cache",
@@ -15,7 +15,7 @@ app = typer.Typer(
         "  sak-cache demo-data ./demo            # a small procedural NYUD-v2-format dataset\n\n"
         "  sak-cache index ./demo --cache ./cache --name nyud\n\n"
         "  sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache\n\n"
-        "  sak-cache ls --cache ./cache\n\n"
+        "  sak-cache ls --cache ./cache           # --json for scripts, --wide for one row per store\n\n"
         "  sak-cache teachers                    # every teacher name -t accepts, built-in and plugins\n\n"
         "Then train students from the cache with `sak-train --cache ./cache`."
     ),
@@ -33,7 +33,10 @@ with_exit_codes(app)
 
 
 @app.callback()
-def options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; an internal error also prints its traceback (as SAK_DEBUG=1 does).")) -> None:
+def options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; an internal error also prints its traceback (as SAK_DEBUG=1 does)."),
+    version: bool = version_option("sak-cache"),
+) -> None:
     if verbose:
         setup_logging(True)
     else:

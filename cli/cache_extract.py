@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +14,52 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
 from ..pipeline.extract.config import ExtractConfig
+from ..pipeline.extract.dryrun import dry_run as run_dry_run
+from ..pipeline.extract.job import ExtractReport
 from ..pipeline.extract.job import extract as run_extract
 from .common import (
     console,
+    deprecated,
     exit_code_for,
     friendly_errors,
     out,
     parse_hw_option,
     parse_int_list,
 )
+from .render import NAME, NUMERIC, cell, emit_json, line, table
 
 MAX_LISTED_FAILURES = 10
 
 
 class _RateColumn(ProgressColumn):
-    """Samples per second of the task."""
+    """Samples per second since the plan was made: known as soon as the first batch is done."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
+        rate = _rate(task)
+        return Text("-- img/s" if rate is None else f"{rate:,.1f} img/s", style="cyan")
+
+
+class _EtaColumn(ProgressColumn):
+    """Time left at the rate so far (rich's own needs two updates; the first batch can take minutes on a CPU)."""
+
+    def render(self, task) -> Text:
+        rate = _rate(task)
+        if rate is None or task.total is None:
+            return Text("eta --", style="cyan")
+        left = max(0.0, (task.total - task.completed) / rate)
+        return Text(f"eta {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}", style="cyan")
+
+
+def _rate(task) -> float | None:
+    start = task.fields.get("started")
+    if not task.completed or start is None or time.monotonic() <= start:
+        return None
+    return task.completed / (time.monotonic() - start)
 
 
 class _BytesColumn(ProgressColumn):
@@ -49,30 +71,47 @@ class _BytesColumn(ProgressColumn):
         return Text(f"{nbytes / 1e9 / elapsed:,.2f} GB/s" if elapsed > 0 and nbytes else "-- GB/s", style="magenta")
 
 
-def _summary(report) -> Table:
-    """One row per teacher, 80 columns wide; the stores are listed under the table."""
-    table = Table(title=f"extraction: {report.images} images, {report.samples} samples run, {report.seconds:.1f} s",
-                  title_justify="left", caption_justify="left")
-    for col in ("teacher", "done", "reused", "failed", "img/s", "GB/s", "MB disk", "writer"):
-        table.add_column(col, justify="left" if col == "teacher" else "right")
-    stores = []
-    for t in report.teachers:
-        failed = t.failed + t.skipped_failed
-        failed_text = f"[red]{failed}[/]" + (f" ({t.skipped_failed} earlier)" if t.skipped_failed else "") if failed else "0"
-        busy = t.write_seconds / t.seconds if t.seconds else 0.0
-        name = t.teacher + (" [bold red](RANDOM-INIT)[/]" if t.random_init else "")
-        table.add_row(
-            name, str(t.done), str(t.skipped_cached), failed_text, f"{t.images_per_s:,.1f}",
-            f"{t.feature_gb_per_s:,.3f}", f"{t.bytes_written / 1e6:,.1f}", f"{busy:.0%} x{t.encode_threads or 1}",
+def report_record(report: ExtractReport, teachers: list[str], cache: str) -> dict[str, Any]:
+    """The summary as plain data (``--json``): the table's numbers, the stores, the failures and the next command."""
+    return {
+        "images": report.images, "samples": report.samples, "seconds": report.seconds, "failed": report.failed,
+        "teachers": [{
+            "teacher": t.teacher, "name": name, "store": t.store.name, "path": str(t.store), "weights": t.weights, "random_init": t.random_init,
+            "done": t.done, "reused": t.skipped_cached, "failed": t.failed, "failed_earlier": t.skipped_failed,
+            "images_per_s": t.images_per_s, "feature_gb_per_s": t.feature_gb_per_s, "bytes_written": t.bytes_written,
+            "writer_busy": t.write_seconds / t.seconds if t.seconds else 0.0, "encode_threads": t.encode_threads or 1,
+            "segments": list(t.segments),
+        } for name, t in zip(teachers, report.teachers, strict=True)],
+        "failures": [{"teacher": name, "sample_id": sid, "error": err} for name, sid, err in report.failures],
+        "next": next_command(report, teachers, cache),
+    }
+
+
+def next_command(report: ExtractReport, teachers: list[str], cache: str) -> str:
+    """The `sak-train fit` command that trains on what this run stored."""
+    return " ".join(["sak-train fit --cache", cache, *(f"-d {d}" for d in report.datasets), *(f"-t {name}" for name in teachers)])
+
+
+def _summary(rec: dict[str, Any]) -> Table:
+    """One row per teacher; the full teacher names fold, the numbers never wrap; the stores follow on lines of their own."""
+    t = table(f"extraction: {rec['images']} images, {rec['samples']} samples run, {rec['seconds']:.1f} s",
+              [("teacher", NAME), ("done", NUMERIC), ("reused", NUMERIC), ("failed", NUMERIC), ("img/s", NUMERIC),
+               ("GB/s", NUMERIC), ("MB disk", NUMERIC), ("writer", NUMERIC)])
+    for r in rec["teachers"]:
+        failed = r["failed"] + r["failed_earlier"]
+        failed_text = (f"{failed}" + (f" ({r['failed_earlier']} earlier)" if r["failed_earlier"] else "")) if failed else "0"
+        t.add_row(
+            cell(r["teacher"] + (" (RANDOM-INIT)" if r["random_init"] else ""), "bold red" if r["random_init"] else None),
+            str(r["done"]), str(r["reused"]), cell(failed_text, "red" if failed else None), f"{r['images_per_s']:,.1f}",
+            f"{r['feature_gb_per_s']:,.3f}", f"{r['bytes_written'] / 1e6:,.1f}", f"{r['writer_busy']:.0%} x{r['encode_threads']}",
         )
-        stores.append(f"{t.teacher} -> {t.store}")
-    table.caption = ("GB/s: features handed to the writers; writer: busy time x encode threads\n"
-                     + "\n".join(f"store {line}" for line in stores))
-    return table
+    t.caption = "GB/s: features handed to the writers; writer: busy time x encode threads"
+    t.caption_justify = "left"
+    return t
 
 
 def extract(
-    teacher: list[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny). Repeat for several teachers: each image is decoded once for all."),
+    teacher: list[str] = typer.Option(..., "--teacher", "-t", help="Teacher name or alias (dinov2, sam, clip, timm:<arch>, open_clip:<arch>@<tag>, test:tiny; `sak-cache teachers` lists them). Repeat, or separate by commas, for several teachers: each image is decoded once for all."),
     data: Path | None = typer.Option(None, "--data", help="A dataset folder to index into the cache first, then extract."),
     replace: bool = typer.Option(False, "--replace", help="With --data: replace an index of the same name that comes from another folder, or whose images were removed or changed (refused otherwise; added images are always fine)."),
     dataset: list[str] | None = typer.Option(None, "--dataset", "-d", help="Name of an indexed dataset (repeatable). Default: every dataset indexed in the cache."),
@@ -80,7 +119,8 @@ def extract(
     layers: str | None = typer.Option(None, "--layers", help="Comma-separated block indices, e.g. 2,5,8,11. Default: the teacher's SAK layers."),
     img_size: str | None = typer.Option(None, "--img-size", help="The student's input size HxW (e.g. 448x576 NYUD, 512x512 PASCAL, 384 stage 1): with the student protocol every teacher is built at it and fed the student's tensor. Default: --aug-crop, else the largest image (smaller images are centre-padded)."),
     input_protocol: str = typer.Option("student", "--input-protocol", help="student (official SAK, default): teachers take the student's own ImageNet-normalized tensor at --img-size, SAM resized to 1024; native: each image squashed to the teacher's native square with its own mean/std."),
-    resolution: int | None = typer.Option(None, "--resolution", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
+    native_size: int | None = typer.Option(None, "--native-size", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
+    resolution: int | None = typer.Option(None, "--resolution", min=8, hidden=True, help="Old name of --native-size."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits), float32, or int8 (codes + float32 scales, quantized on the GPU: half the bytes of float16 on disk, over PCIe and in the loader; use it at the paper's sizes, e.g. SAM's 64x64x768 maps = 25 MB per sample in float16). int8 is fidelity-gated: see --min-cosine."),
     quant: str | None = typer.Option(None, "--quant", help="int8 scales: token-channel-offset (default: each channel centred on its mean and scaled by its std, then a scale per token; real teachers have outlier channels, channels with large constant offsets and high-norm tokens), token-channel, channel, or token (faster to decode, lower fidelity on real features; benchmarks/storage.py measures all four)."),
     orientation: str = typer.Option(None, "--orientation", help="Image orientation on decode, recorded in the spec: exif (the default: the EXIF Orientation tag applied, the image as a viewer shows it) or raw (stored pixel order: stores before EXIF support, and --input-protocol native)."),
@@ -95,7 +135,8 @@ def extract(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per teacher forward."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Dask worker processes (e.g. one per GPU). 1 runs in this process."),
-    io_threads: int = typer.Option(4, "--io-threads", min=1, help="Decode/augment threads per worker."),
+    threads: int = typer.Option(4, "--threads", min=1, help="Decode/augment threads per worker."),
+    io_threads: int | None = typer.Option(None, "--io-threads", min=1, hidden=True, help="Old name of --threads."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Address of an existing dask scheduler, e.g. tcp://host:8786; each task is one segment."),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N images (after de-duplication by content)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run images whose earlier attempt failed again (they are skipped and counted otherwise)."),
@@ -103,6 +144,8 @@ def extract(
     random_init: bool = typer.Option(False, "--random-init", help="Random weights (tests, demos). Recorded in the spec and flagged everywhere."),
     seed: int = typer.Option(0, "--seed", help="Seed of --random-init weights and of the view sampler."),
     segment_size: int = typer.Option(1024, "--segment-size", min=1, help="Samples per segment: the unit of commit, resume and dask task."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve everything and run ONE batch on --device (not stored): print the bytes per sample, the total, the measured img/s and the time estimate. Writes nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end (the summary, or the --dry-run estimate); progress and logs go to stderr."),
     repair: bool = typer.Option(False, "--repair", help="Verify each store this run writes to first (reads all of it), uncommit its damaged samples (bad checksums, missing shards or segments, unusable parts), recompute bad statistics, then extract the uncommitted samples again."),
 ) -> None:
     """Run each teacher ONCE over the images and store its multi-layer features (Zarr + Parquet).
@@ -126,14 +169,23 @@ def extract(
       sak-cache extract -t sam --dataset nyud --cache ./cache --img-size 448x576 --dtype int8
 
       sak-cache extract -t test:tiny --random-init --data ./demo --cache ./cache --workers 2
+
+      sak-cache extract -t dinov2 --dataset nyud --cache ./cache --img-size 448x576 --dry-run   # bytes and time first
     """
+    if resolution is not None:
+        deprecated("--resolution", "--native-size")
+        native_size = native_size if native_size is not None else resolution
+    if io_threads is not None:
+        deprecated("--io-threads", "--threads")
+        threads = io_threads if threads == 4 else threads
+    teachers = [name.strip() for value in teacher for name in value.split(",") if name.strip()]
     cfg = ExtractConfig(
-        cache=str(cache), teachers=tuple(teacher), datasets=tuple(dataset or ()), data=str(data) if data else None, replace=replace,
+        cache=str(cache), teachers=tuple(teachers), datasets=tuple(dataset or ()), data=str(data) if data else None, replace=replace,
         weights=tuple(weights or ()), random_init=random_init, seed=seed, layers=parse_int_list(layers, "--layers"),
         input_protocol=input_protocol, img_size=parse_hw_option(img_size, "--img-size"),
-        resolution=resolution, dtype=dtype, quant=quant, codec=codec, orientation=orientation, min_cosine=min_cosine, force_quant=force_quant,
+        resolution=native_size, dtype=dtype, quant=quant, codec=codec, orientation=orientation, min_cosine=min_cosine, force_quant=force_quant,
         encode_threads=encode_threads, views=views, aug=aug, aug_crop=parse_hw_option(aug_crop, "--aug-crop"), keep_prefix=keep_prefix, batch_size=batch_size,
-        device=device, workers=workers, io_threads=io_threads, scheduler=scheduler, limit=limit,
+        device=device, workers=workers, io_threads=threads, scheduler=scheduler, limit=limit,
         retry_failed=retry_failed, segment_size=segment_size, repair=repair,
     )
     if random_init:
@@ -141,32 +193,90 @@ def extract(
             "[bold yellow]WARNING: --random-init: these teachers have RANDOM weights. Their features are not a foundation "
             "model's; use the store for tests and demos only. The store's spec records it.[/]"
         )
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(), _BytesColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    if dry_run:
+        _dry_run(cfg, as_json)
+        return
+    wide = console.width >= 100  # at 80 columns the GB/s column goes (the summary has it) and the bar is short
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=None if wide else 10), MofNCompleteColumn(),
+               TextColumn("{task.fields[phase]}"), _RateColumn(), *((_BytesColumn(),) if wide else ()), TimeElapsedColumn(), _EtaColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("extracting " + ", ".join(teacher), total=None, feature_bytes=0)
-        sent = [0]
+        task = bar.add_task("extracting", total=None, feature_bytes=0, phase="loading", started=None)
+        sent, decoded, done = [0], [0], [0]
 
         def progress(advance: int, **info: Any) -> None:
+            if "plan" in info:
+                _print_plan(info["plan"])
             if "total" in info:
-                bar.update(task, total=info["total"])
+                bar.update(task, total=info["total"], started=time.monotonic())
+            decoded[0] += info.get("decoded", 0)
             sent[0] += info.get("bytes", 0)
-            bar.update(task, advance=advance, feature_bytes=sent[0])
+            done[0] += advance
+            bar.update(task, advance=advance, feature_bytes=sent[0], phase=_phase(done[0], decoded[0], batch_size, bar.tasks[0].total))
 
         report = run_extract(cfg, progress=progress)
-    out.print(_summary(report))
-    for t in report.teachers:
-        if t.skipped_cached:
-            out.print(f"{t.teacher}: reused {t.skipped_cached} sample(s) already in the cache (same image content and view)", highlight=False)
-    if any(t.random_init for t in report.teachers):
+    rec = report_record(report, teachers, str(cache))
+    if as_json:
+        emit_json(rec)
+    else:
+        _print_summary(rec, report)
+    raise typer.Exit(exit_code_for(report.failed))
+
+
+def _phase(done: int, decoded: int, batch_size: int, total: float | None) -> str:
+    """What the run is doing: images decoded of the first batch, then its forward (minutes on a CPU), then decoded count."""
+    if done:
+        return f"{decoded} decoded"
+    first = min(batch_size, int(total)) if total else batch_size
+    return f"batch 1: {decoded}/{first} decoded" if decoded < first else "batch 1: forward"
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    """Before the first image: what will be extracted and how many bytes it takes (exact, from the spec)."""
+    line(f"plan: {plan['images']} images, {plan['samples']} samples to extract, {plan['bytes'] / 1e6:,.1f} MB in all", console=console)
+    for t in plan["teachers"]:
+        line(f"  {t['teacher']}: {t['samples']} samples x {t['bytes_per_sample']:,} bytes ({t['shape']}) = {t['bytes'] / 1e6:,.1f} MB"
+             + (f"; {t['reused']} already stored" if t["reused"] else ""), console=console)
+
+
+def _print_summary(rec: dict[str, Any], report: ExtractReport) -> None:
+    out.print(_summary(rec))
+    for r in rec["teachers"]:
+        line(f"store of {r['teacher']}: {r['path']}")
+        if r["reused"]:
+            line(f"{r['teacher']}: reused {r['reused']} sample(s) already in the cache (same image content and view)")
+    if any(r["random_init"] for r in rec["teachers"]):
         console.print("[bold yellow]WARNING: RANDOM-INIT teacher weights in this cache (see the table).[/]")
     if report.failures:
         console.print(f"[bold red]{len(report.failures)} sample(s) failed[/]; first {min(len(report.failures), MAX_LISTED_FAILURES)}:")
         for name, sample_id, error in report.failures[:MAX_LISTED_FAILURES]:
-            console.print(f"  [bold]{sample_id}[/] ({name}): {error}", highlight=False, soft_wrap=True)
+            line(f"  {sample_id} ({name}): {error}", console=console)
     if report.failed:
         console.print("Failed samples are recorded in the store (`sak-cache info STORE`); fix them and run again with --retry-failed.")
-    raise typer.Exit(exit_code_for(report.failed))
+    line(f"next: {rec['next']}")
+
+
+def _dry_run(cfg: ExtractConfig, as_json: bool) -> None:
+    """Print what the run would store and how long it would take (one measured batch); nothing is written."""
+    rep = run_dry_run(cfg)
+    if as_json:
+        emit_json(rep.to_dict())
+        return
+    plan = rep.plan
+    t = table(f"dry run: {plan['images']} images, {plan['samples']} samples to extract (nothing written)",
+              [("teacher", NAME), ("samples", NUMERIC), ("bytes/sample", NUMERIC), ("total MB", NUMERIC)])
+    for r in plan["teachers"]:
+        t.add_row(cell(r["teacher"]), str(r["samples"]), f"{r['bytes_per_sample']:,}", f"{r['bytes'] / 1e6:,.1f}")
+    out.print(t)
+    for r in plan["teachers"]:
+        line(f"store of {r['teacher']}: {r['path']} ({r['shape']})")
+    line(f"total: {plan['bytes']:,} bytes ({plan['bytes'] / 1e6:,.1f} MB)")
+    if not rep.measured:
+        line("nothing to extract: every sample is already stored")
+        return
+    line(f"measured: {rep.measured} images in {rep.seconds:.2f} s on {rep.device} = {rep.images_per_s:,.1f} img/s "
+         f"(one batch, decode + every teacher's forward, first-call warm-up included)")
+    minutes, secs = divmod(rep.estimate_seconds, 60)
+    line(f"estimate: {plan['samples']} samples in about {int(minutes)} min {secs:.0f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from ..pipeline.teachers import TeacherInfo, list_sources, list_teachers, source_origin, teacher_origin
 from .common import friendly_errors, out
+from .render import NAME, NUMERIC, TEXT, cell, emit_json, line, table
 
 SOURCE_HELP = {
     "timm": "any timm model: timm:<arch>[.<pretrained tag>]",
@@ -47,36 +46,28 @@ def teachers(as_json: bool = typer.Option(False, "--json", help="Print one JSON 
     rows = [teacher_record(name, info) for name, info in list_teachers().items()]
     sources = [source_record(p) for p in list_sources()]
     if as_json:
-        out.print_json(json.dumps({"teachers": rows, "sources": sources}))
+        emit_json({"teachers": rows, "sources": sources})
         return
     shown: dict[str, dict[str, Any]] = {}  # one row per teacher (full name), labelled by its first alias
     for r in rows:
         if r["teacher"] not in shown or shown[r["teacher"]]["name"] == r["teacher"]:
             shown[r["teacher"]] = r
-    table = Table(title="teachers (sak-cache extract -t NAME)", title_justify="left")
-    table.add_column("name", overflow="fold")
-    for col in ("width", "patch", "depth"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("layers", overflow="fold")
-    table.add_column("input", no_wrap=True)
-    table.add_column("from (plugin)", overflow="fold")
+    t = table("teachers (sak-cache extract -t NAME)", [("name", NAME), ("width", NUMERIC), ("patch", NUMERIC), ("depth", NUMERIC),
+                                                       ("layers", NAME), ("input", NUMERIC), ("from (plugin)", NAME)])
     for r in shown.values():
         h, w = r["input_size"]
-        table.add_row(r["name"], str(r["width"]), str(r["patch_size"]), str(r["depth"]), ",".join(map(str, r["default_layers"])),
-                      f"{h}x{w}", _short(r["from"]))
-    out.print(table)
+        t.add_row(cell(r["name"]), str(r["width"]), str(r["patch_size"]), str(r["depth"]), ",".join(map(str, r["default_layers"])),
+                  f"{h}x{w}", cell(_short(r["from"])))
+    out.print(t)
     named = [r for r in rows if r["name"] != r["teacher"]]
     if named:  # full names on lines of their own: never cut, whatever the terminal's width
         out.print("aliases (the name = the teacher it builds):")
         pad = max(len(r["name"]) for r in named)
         for r in named:
-            out.print(f"  {r['name']:<{pad}} = {r['teacher']}", highlight=False, soft_wrap=True)
-    src = Table(title="sources (any <source>:<model> name)", title_justify="left")
-    src.add_column("source", no_wrap=True)
-    src.add_column("names", overflow="fold", ratio=2)
-    src.add_column("from (plugin)", overflow="fold", ratio=1)
+            line(f"  {r['name']:<{pad}} = {r['teacher']}")
+    src = table("sources (any <source>:<model> name)", [("source", NAME), ("names", TEXT), ("from (plugin)", NAME)])
     for r in sources:
-        src.add_row(r["prefix"], r["names"], _short(r["from"]))
+        src.add_row(cell(r["prefix"]), cell(r["names"]), cell(_short(r["from"])))
     out.print(src)
 
 

@@ -90,6 +90,22 @@ def warn(message: str) -> None:
     console.print(f"[bold yellow]WARNING:[/] [yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
+def deprecated(old: str, new: str) -> None:
+    """The one-line warning of an old spelling that still works (a hidden option or command): names the new one."""
+    warn(f"{old} is deprecated and will be removed: use {new}")
+
+
+def version_option(prog: str) -> Any:
+    """A ``--version`` option for a tool's callback: prints ``<prog> <version>`` (the installed distribution's) and exits."""
+
+    def show(value: bool) -> None:
+        if value:
+            out.print(f"{prog} {__version__}", highlight=False, markup=False)
+            raise typer.Exit(0)
+
+    return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version of sak and exit.")
+
+
 #: errno -> (what happened to the path, what to do): the user's environment, not a bug in sak
 ENVIRONMENT_ERRORS: dict[int, tuple[str, str]] = {
     errno.ENOSPC: ("no space left on the device holding {path}", "free space there (or use a bigger disk)"),

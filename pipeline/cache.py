@@ -3,19 +3,32 @@
 ``open_cache("./cache")`` (a path or an fsspec URL) is the entry point for Python users; the
 CLI commands are thin layers over the same functions. Nothing is read until asked for, and a
 cache is opened read-only: writing happens through :func:`sak.pipeline.extract` and
-``sak-cache index``.
+``sak-cache index``; :func:`copy_store` (a store and the dataset indexes of its samples into
+another cache) and :func:`remove_store` (refused while a writer holds a live claim) are the
+two functions here that write.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..manifests.errors import SakError
-from .data.datasets import Dataset, list_datasets, open_dataset
+from .data.datasets import FORMAT_KEY, Dataset, list_datasets, open_dataset, write_dataset_index
 from .storage import Location, as_location
 from .store.catalog import list_stores, resolve_store
+from .store.claims import CLAIMS_DIR, BlockClaims, ClaimRecord
 from .store.feature_store import FEATURES_DIR, SPEC_FILE, FeatureStore
+from .store.transfer import TransferReport, export_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,120 @@ def scan_stores(cache_root: str | os.PathLike[str]) -> StoreScan:
         else:
             scan.damaged.append((root / name, why or "unreadable"))
     return scan
+
+
+class StoreBusy(SakError):
+    """A store cannot be removed while a writer holds a live claim on one of its blocks."""
+
+
+@dataclass(frozen=True)
+class RemoveReport:
+    """What :func:`remove_store` deleted."""
+
+    name: str
+    path: str
+    files: int
+    bytes: int
+
+
+def live_claims(store_path: Location) -> list[ClaimRecord]:
+    """Claims of a store's blocks held by a running writer (not expired, writer not known dead)."""
+    folder = store_path / CLAIMS_DIR
+    if not folder.is_dir():
+        return []
+    claims = BlockClaims(store_path, run=f"inspect-{secrets.token_hex(4)}")  # a run of its own: no claim is "ours"
+    live = []
+    for name in folder.list_names(suffix=".json"):
+        if name.startswith("."):
+            continue
+        try:
+            record = claims.read(name[: -len(".json")])
+        except ValueError:  # not a block name sak writes: not a claim
+            continue
+        if record is not None and not claims.stale(record):
+            live.append(record)
+    return live
+
+
+def store_folder(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str]) -> tuple[str, Location]:
+    """(name, folder) of a store to remove: resolved as ``info`` does; a damaged store by its exact folder name or path."""
+    try:
+        store = resolve_store(os.fspath(ref), cache_root)
+        store.read_only = False  # its folder, writable
+        return store.name, store.path
+    except SakError:  # damaged stores are not resolved by name: take the exact folder
+        for folder in (as_location(cache_root) / FEATURES_DIR / os.fspath(ref), as_location(ref)):
+            if folder.is_dir() and ((folder / "manifest").exists() or (folder / "segments").exists() or (folder / SPEC_FILE).exists()):
+                return folder.name, folder
+        raise
+
+
+def remove_store(ref: str | os.PathLike[str], cache_root: str | os.PathLike[str]) -> RemoveReport:
+    """Delete a feature store (by name, unique prefix, teacher name or path, as ``info`` resolves it).
+
+    Refused (:class:`StoreBusy`) while a writer holds a live claim on one of its blocks: stop that
+    extraction first (a killed writer's claim expires, or is freed at once when its pid is gone).
+    """
+    name, folder = store_folder(ref, cache_root)
+    live = live_claims(folder)
+    if live:
+        c = live[0]
+        raise StoreBusy(
+            f"store {folder} is being written: {len(live)} block(s) claimed by a running extraction (e.g. {c.holder}, block "
+            f"{c.block}, lease until {time.strftime('%H:%M:%S', time.localtime(c.expires))}); let it finish or stop it, then "
+            f"run sak-cache rm {name} --cache {cache_root} again"
+        )
+    files = list(folder.files())
+    report = RemoveReport(name=name, path=str(folder), files=len(files), bytes=sum(size for _, size, _ in files))
+    folder.remove_tree()
+    log.info("removed store %s (%d files, %d bytes)", folder, report.files, report.bytes)
+    return report
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    """What :func:`copy_store` did: the rows (``transfer``) and the dataset indexes written (name, rows)."""
+
+    transfer: TransferReport
+    datasets: list[tuple[str, int]]
+
+
+def copy_dataset_indexes(cache_root: str | os.PathLike[str], dest_cache: str | os.PathLike[str], sha256: set[str]) -> list[tuple[str, int]]:
+    """Copy every dataset index of ``cache_root`` that holds one of the images ``sha256`` into ``dest_cache``,
+    filtered to those images (their root is kept: the copy reads the same image folder). An index the target
+    already has from the same folder gains the missing rows; one from another folder is refused (DatasetError)."""
+    written = []
+    for name in list_datasets(cache_root):
+        ds = open_dataset(cache_root, name)
+        keep = ds.table.filter(pc.is_in(ds.table.column("sha256"), pa.array(sorted(sha256), type=pa.string())))
+        if not keep.num_rows:
+            continue
+        if name in list_datasets(dest_cache):
+            have = open_dataset(dest_cache, name)
+            if os.path.realpath(have.root) == os.path.realpath(ds.root):
+                new = keep.filter(pc.invert(pc.is_in(keep.column("sample_id"), have.table.column("sample_id"))))
+                keep = pa.concat_tables([have.table.select(keep.column_names).cast(keep.schema), new])
+        keep = keep.replace_schema_metadata({**(keep.schema.metadata or {}), FORMAT_KEY: ds.format.encode()})
+        write_dataset_index(dest_cache, name, keep, ds.root)
+        written.append((name, keep.num_rows))
+    return written
+
+
+def copy_store(ref: str, cache_root: str | os.PathLike[str], dest_cache: str | os.PathLike[str], *,
+               samples: Sequence[str] | None = None, segment_rows: int = 4096,
+               progress: Callable[..., None] | None = None) -> CopyReport:
+    """Copy a store (or the samples whose sha256 or sample_id is in ``samples``) into ``dest_cache``, with the
+    dataset indexes of the copied samples, so ``sak-train fit --cache DEST`` trains from the copy."""
+    store = resolve_store(ref, cache_root)
+    transfer = export_store(store, dest_cache, samples=samples, segment_rows=segment_rows, progress=progress)
+    dest = FeatureStore.open(transfer.target)
+    copied = set(dest.commits("ok").column("image_sha256").to_pylist())
+    if samples is not None:
+        wanted = set(samples)
+        rows = store.commits("ok")
+        copied &= {h for h, sid in zip(rows.column("image_sha256").to_pylist(), rows.column("sample_id").to_pylist(), strict=True)
+                   if h in wanted or sid in wanted}
+    return CopyReport(transfer=transfer, datasets=copy_dataset_indexes(cache_root, dest_cache, copied))
 
 
 @dataclass(frozen=True)

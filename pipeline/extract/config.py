@@ -108,11 +108,11 @@ class ExtractConfig(Config):
             object.__setattr__(self, "img_size", parse_hw(self.img_size, "--img-size"))
         if self.input_protocol == "native":
             if self.img_size is not None:
-                raise ConfigError("--img-size is the student protocol's input size; with --input-protocol native use --resolution")
+                raise ConfigError("--img-size is the student protocol's input size; with --input-protocol native use --native-size")
             return
         if self.resolution is not None:
             raise ConfigError(
-                "--resolution sets a teacher's native square (--input-protocol native); the student protocol builds "
+                "--native-size sets a teacher's native square (--input-protocol native); the student protocol builds "
                 "every teacher at --img-size HxW"
             )
         if self.aug != "none":  # an augmented view is the student's input: one size for both

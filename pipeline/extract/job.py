@@ -27,14 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 
 from ...manifests.errors import ConfigError
 from ...manifests.schemas import STATUS_OK, label_column
-from ..data.datasets import index_dataset, list_datasets, open_dataset, write_dataset_index
+from ..data.datasets import FORMAT_KEY, Dataset, index_dataset, list_datasets, open_dataset, write_dataset_index
 from ..devices import resolve_device
 from ..storage import Location
-from ..store.feature_store import FeatureStore
+from ..store.arrays import sample_arrays
+from ..store.claims import CLAIMS_DIR
+from ..store.feature_store import SPEC_FILE, FeatureStore
 from ..store.quant import DEFAULT_QUANT
 from ..store.repair import repair_before_extract
 from ..store.spec import FeatureSpec
@@ -96,6 +99,7 @@ class ExtractReport:
     images: int  # distinct images considered (after dedup and limit)
     samples: int  # (image, view) samples run in this job
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (teacher, sample_id, error)
+    datasets: list[str] = field(default_factory=list)  # names of the datasets the run read
 
     @property
     def failed(self) -> int:
@@ -127,12 +131,18 @@ def spec_for(teacher, cfg: ExtractConfig) -> FeatureSpec:
     )
 
 
-def _open_datasets(cfg: ExtractConfig) -> list:
+def _open_datasets(cfg: ExtractConfig, *, write: bool = True) -> list:
+    """The datasets of the run; ``cfg.data`` is indexed into the cache first (``write=False``: in memory only)."""
     names = list(cfg.datasets)
+    fresh: Dataset | None = None
     if cfg.data is not None:
         table = index_dataset(cfg.data, name=cfg.data_name, workers=cfg.io_threads)
         name = table.column("source")[0].as_py() if table.num_rows else (cfg.data_name or Path(cfg.data).name)
-        write_dataset_index(cfg.cache, name, table, cfg.data, replace=cfg.replace)
+        if write:
+            write_dataset_index(cfg.cache, name, table, cfg.data, replace=cfg.replace)
+        else:
+            fmt = (table.schema.metadata or {}).get(FORMAT_KEY, b"folder").decode()
+            fresh = Dataset(name=name, root=Path(cfg.data).resolve(), table=table, format=fmt)
         names = names + [name] if name not in names else names
     if not names:
         names = list_datasets(cfg.cache)
@@ -141,7 +151,7 @@ def _open_datasets(cfg: ExtractConfig) -> list:
             f"no datasets indexed in {cfg.cache}: pass --data <folder> (indexed on the fly) or run "
             f"`sak-cache index <folder> --cache {cfg.cache}` first"
         )
-    return [open_dataset(cfg.cache, n) for n in names]
+    return [fresh if fresh is not None and n == fresh.name else open_dataset(cfg.cache, n) for n in names]
 
 
 def student_size(datasets: list) -> tuple[int, int]:
@@ -238,24 +248,44 @@ def plan_samples(cfg: ExtractConfig, datasets: list, stores: list[FeatureStore],
 def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractReport:
     """Run the extraction described by ``cfg``; returns per-teacher counts and throughput.
 
-    ``progress(advance, **info)`` is called with ``total=`` once, then per batch with ``failed=`` and
+    ``progress(advance, **info)`` is called with ``total=`` and ``plan=`` (:func:`plan_record`: samples and bytes
+    per teacher) once, with ``decoded=n`` (advance 0) as images are decoded, then per batch with ``failed=`` and
     ``bytes=`` (feature bytes handed to the writers; per segment, without ``bytes``, when a dask
     cluster runs the tasks). int8 stores stop with :class:`.forward.FidelityError` when a batch's
     codes fall below ``min_cosine`` (unless ``force_quant``), before that batch is written.
     """
     t0 = time.perf_counter()
     device = str(resolve_device(cfg.device))  # a plain name travels to dask workers
+    cfg, teachers, specs, datasets = resolve_run(cfg)
+    created = [not (FeatureStore.path_for(cfg.cache, spec) / SPEC_FILE).exists() for spec in specs]
+    stores = []
+    try:
+        for spec in specs:
+            _warn_raw_twin(cfg, spec)
+            stores.append(FeatureStore.create(cfg.cache, spec))
+        return _run(cfg, t0, device, teachers, specs, stores, datasets, progress)
+    except BaseException:  # a run that fails before its first commit leaves no empty store behind
+        for store, new in zip(stores, created, strict=False):
+            if new:
+                remove_if_empty(store.path)
+        raise
+
+
+def resolve_run(cfg: ExtractConfig, *, write: bool = True) -> tuple[ExtractConfig, list, list[FeatureSpec], list]:
+    """Build the teachers, derive their specs and open the datasets (``write=False``: nothing is written, as
+    ``--dry-run`` needs); ``cfg`` comes back with the student size filled in. Fails on a bad teacher, weights
+    file or dataset before any image is read and before any store is created."""
     datasets = None
     if cfg.input_protocol == "student" and cfg.img_size is None:  # the images decide the student size
         for i, name in enumerate(cfg.teachers):  # an unknown teacher or weights file fails before any image is read
             teacher_info(name)
             if cfg.weights and not Path(cfg.weights[i]).is_file():
                 raise ConfigError(f"weights file {cfg.weights[i]} does not exist; pass the path of a .safetensors file")
-        datasets = _open_datasets(cfg)
+        datasets = _open_datasets(cfg, write=write)
         size = student_size(datasets)
         log.info("student input %dx%d (the largest image; pass --img-size to choose)", *size)
         cfg = replace(cfg, img_size=size, aug_crop=size if cfg.aug != "none" else None)
-    teachers, specs, stores = [], [], []
+    teachers, specs = [], []
     for i, name in enumerate(cfg.teachers):  # fail on a bad teacher before touching any image
         weights = cfg.weights[i] if cfg.weights else None
         teacher = create_teacher(name, weights=weights, random_init=cfg.random_init, seed=cfg.seed, resolution=cfg.resolution,
@@ -263,11 +293,42 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
         teachers.append(teacher)
         specs.append(spec_for(teacher, cfg))
     if datasets is None:
-        datasets = _open_datasets(cfg)
+        datasets = _open_datasets(cfg, write=write)
     _check_fits(cfg, datasets)  # before any store is created
-    for spec in specs:
-        _warn_raw_twin(cfg, spec)
-        stores.append(FeatureStore.create(cfg.cache, spec))
+    return cfg, teachers, specs, datasets
+
+
+def remove_if_empty(store_path: Location) -> None:
+    """Remove a store folder that holds no segment and no commit part (then ``features/`` if that is empty)."""
+    if any((store_path / sub).is_dir() and (store_path / sub).list_names() for sub in ("segments", "manifest", CLAIMS_DIR)):
+        return
+    store_path.remove_tree()
+    log.info("removed the empty store %s (the run failed before its first commit)", store_path)
+    features = store_path.parent
+    if features.is_dir() and not features.list_names():
+        features.remove_tree()
+
+
+def sample_bytes(spec: FeatureSpec) -> int:
+    """Bytes one sample takes in the store's arrays: grid x width x layers x dtype (int8: codes + scales; plus the
+    prefix tokens when kept). Exact: the sum over :func:`..store.arrays.sample_arrays`."""
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in sample_arrays(spec))
+
+
+def plan_record(specs: list[FeatureSpec], stores: list, reports: list[TeacherReport], samples: list[Sample], n_images: int) -> dict:
+    """The planned size of a run, per teacher: samples to extract, bytes per sample and in total."""
+    teachers = []
+    for t, spec in enumerate(specs):
+        n = sum(t in s.teachers for s in samples)
+        per = sample_bytes(spec)
+        teachers.append({"teacher": spec.teacher, "store": spec.store_name, "path": str(stores[t]), "samples": n,
+                         "reused": reports[t].skipped_cached, "bytes_per_sample": per, "bytes": n * per,
+                         "shape": f"{spec.grid[0]}x{spec.grid[1]} x {spec.width} x {len(spec.layers)} layers x {spec.dtype}"})
+    return {"images": n_images, "samples": len(samples), "bytes": sum(t["bytes"] for t in teachers), "teachers": teachers}
+
+
+def _run(cfg: ExtractConfig, t0: float, device: str, teachers: list, specs: list[FeatureSpec], stores: list[FeatureStore],
+         datasets: list, progress: Progress | None) -> ExtractReport:
     if cfg.repair:
         for store in stores:
             repair_before_extract(store)
@@ -281,14 +342,16 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
     if in_process:  # reuse the teachers built above instead of building them again
         for t, teacher in enumerate(teachers):
             set_worker_cached(teacher_key(ctx, t), teacher.to(device))
-    del teachers
+    teachers.clear()  # the caller's list too: dask workers build their own
     def make_tasks(todo: list[Sample], first: int) -> list[SegmentTask]:  # whole blocks packed (claims), else chunks
         return [SegmentTask(index=first + i, samples=tuple(g)) for i, g in enumerate(task_groups(todo, cfg.segment_size, cfg.claims))]
 
     tasks = make_tasks(samples, 0)
-    log.info("extracting %d samples of %d images in %d segment(s) for %s", len(samples), n_images, len(tasks), ", ".join(cfg.teachers))
+    plan = plan_record(specs, [st.path for st in stores], reports, samples, n_images)
+    log.info("extracting %d samples of %d images in %d segment(s) for %s: %s", len(samples), n_images, len(tasks), ", ".join(cfg.teachers),
+             "; ".join(f"{t['teacher']} {t['bytes_per_sample']:,} bytes per sample, {t['bytes'] / 1e6:,.1f} MB" for t in plan["teachers"]))
     if progress is not None:
-        progress(0, total=len(samples))
+        progress(0, total=len(samples), plan=plan)
 
     def on_result(res: SegmentResult) -> None:
         if progress is not None and not in_process:
@@ -321,4 +384,5 @@ def extract(cfg: ExtractConfig, progress: Progress | None = None) -> ExtractRepo
         failures += [(cfg.teachers[t], sid, err) for t, sid, err in res.failures]
     for rep in reports:
         rep.seconds = seconds
-    return ExtractReport(teachers=reports, seconds=seconds, images=n_images, samples=len(samples), failures=failures)
+    return ExtractReport(teachers=reports, seconds=seconds, images=n_images, samples=len(samples), failures=failures,
+                         datasets=[ds.name for ds in datasets])

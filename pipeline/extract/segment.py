@@ -232,7 +232,8 @@ def _group_bytes(group: list[Sample]) -> int:
     return 3 * group[0].pixels  # decoded RGB uint8; views and teacher inputs are sized by the spec, not the image
 
 
-def _prepared_batches(samples: list[Sample], teachers: list, cfg) -> Iterator[list[_Prepared]]:
+def _prepared_batches(samples: list[Sample], teachers: list, cfg,
+                      decoded: Callable[[int], None] | None = None) -> Iterator[list[_Prepared]]:
     """Prepared samples in plan order, ``batch_size`` at a time, decoded ahead in a thread pool.
 
     Ahead of the consumer: at most ``ahead`` samples, and at most :data:`DECODE_AHEAD_BYTES` of
@@ -261,6 +262,8 @@ def _prepared_batches(samples: list[Sample], teachers: list, cfg) -> Iterator[li
             queued -= n
             queued_bytes -= nbytes
             batch.extend(fut.result())
+            if decoded is not None:  # image granularity: a CPU batch can take minutes
+                decoded(n)
             while len(batch) >= cfg.batch_size:
                 yield batch[: cfg.batch_size]
                 batch = batch[cfg.batch_size :]
@@ -355,7 +358,8 @@ def _run_samples(samples: list[Sample], stores: list[FeatureStore], ctx: RunCont
     writers = [stores[t].writer(counts[t], encode_threads=threads[t]) if counts[t] else None for t in range(len(specs))]
     t_start = time.perf_counter()
     try:
-        for batch in _prepared_batches(samples, teachers, cfg):
+        on_decoded = None if progress is None else (lambda n: progress(0, decoded=n))
+        for batch in _prepared_batches(samples, teachers, cfg, on_decoded):
             n_failed, n_bytes = 0, 0
             for t, spec in enumerate(specs):
                 writer = writers[t]

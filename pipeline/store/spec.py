@@ -204,7 +204,7 @@ class FeatureSpec(Config):
 
 #: Which command-line flag sets each spec field, for SpecMismatch messages.
 _FLAG = {
-    "layers": "--layers", "resolution": "--resolution", "dtype": "--dtype", "views": "--views", "aug": "--aug",
+    "layers": "--layers", "resolution": "--native-size", "dtype": "--dtype", "views": "--views", "aug": "--aug",
     "keep_prefix": "--keep-prefix", "weights": "--weights / --random-init", "aug_seed": "--seed", "teacher": "--teacher",
     "input_protocol": "--input-protocol", "img_size": "--img-size", "resize": "--input-protocol", "aug_version": "--aug sak|sak-v1",
     "quant": "--quant", "orientation": "--orientation",
@@ -236,7 +236,7 @@ def extract_command(spec: FeatureSpec, cache: object, datasets: Sequence[str]) -
     if spec.quant:
         args += ["--quant", spec.quant]
     if spec.input_protocol == "native":
-        args += ["--input-protocol", "native", "--resolution", str(spec.resolution[0])]
+        args += ["--input-protocol", "native", "--native-size", str(spec.resolution[0])]
         if spec.aug_crop is not None:
             args += ["--aug-crop", f"{spec.aug_crop[0]}x{spec.aug_crop[1]}"]
     elif spec.img_size is not None:

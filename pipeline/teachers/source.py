@@ -30,7 +30,7 @@ class TeacherRequest(Config):
 
     def __post_init__(self) -> None:
         if self.img_size is not None and self.resolution is not None:
-            raise ConfigError("--resolution is the native protocol's teacher size; with --img-size (student protocol) leave it out")
+            raise ConfigError("--native-size is the native protocol's teacher size; with --img-size (student protocol) leave it out")
 
 
 TeacherFactory = Callable[[str, TeacherRequest], Teacher]

@@ -86,7 +86,7 @@ class TimmTeacher(Teacher):
         if preprocess.frame is None and (h % self.patch_size or w % self.patch_size):
             raise ConfigError(
                 f"{name}: resolution {h}x{w} is not a multiple of the patch size {self.patch_size}; "
-                f"pass --resolution {max(1, round(h / self.patch_size)) * self.patch_size}."
+                f"pass --native-size {max(1, round(h / self.patch_size)) * self.patch_size}."
             )
 
     def forward_layers(

@@ -59,7 +59,7 @@ def _flat(text: str) -> str:
 
 
 def test_ls_lists_stores_and_flags_random_init(app, store) -> None:
-    res = _run(app, "ls", "--cache", store.path.parent.parent)
+    res = _run(app, "ls", "--cache", store.path.parent.parent, "--wide")
     assert res.exit_code == 0, res.output
     text = _flat(res.output)
     assert re.search(rf"{store.name} test:tiny random-init:0 \(RANDOM-INIT\) 1,3 8x10 x 32 float16 none 1 \(none\) 9 1 ", text), text
@@ -95,7 +95,7 @@ def test_info_and_ls_show_int8_quant_codec_and_fidelity(app, tmp_path) -> None:
     assert "dtype int8" in text and "quant token-channel-offset" in text and "codec lz4" in text
     assert "per-layer fidelity" in text and " 1 128 0.999950 0.999870 0.999990 0.999910 " in text, text
     assert " 3 0 - - - - " not in text  # layers without a record are left out
-    text = _flat(_run(app, "ls", "--cache", tmp_path / "cache").output)
+    text = _flat(_run(app, "ls", "--cache", tmp_path / "cache", "--wide").output)
     assert "int8 (token-channel-offset) lz4" in text
 
 
@@ -140,7 +140,7 @@ def test_ls_lists_healthy_stores_and_marks_each_damaged_one(app, store) -> None:
     (bad_spec / "spec.json").write_text("{not json")
     bad_part = _copy_store(store, "tiny-badpart")
     next((bad_part / "manifest").glob("part-*.parquet")).write_bytes(b"garbage")
-    res = _run(app, "ls", "--cache", cache)
+    res = _run(app, "ls", "--cache", cache, "--wide")
     assert res.exit_code == 1, res.output
     text = _flat(res.output)
     assert re.search(rf"{store.name} test:tiny .* 9 1 ", text), text  # the healthy store is still listed

@@ -1,5 +1,5 @@
 """`sak-cache extract` reuses content already in a shared cache; `ls` shows who created a store;
-`compact` and `export` through the CLI."""
+`compact` and `copy` (old name `export`) through the CLI."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _run(app, *args):
     return result
 
 
-EXTRACT = ("extract", "-t", "test:tiny", "--random-init", "--device", "cpu", "--segment-size", "4", "--io-threads", "1")
+EXTRACT = ("extract", "-t", "test:tiny", "--random-init", "--device", "cpu", "--segment-size", "4", "--threads", "1")
 
 
 def test_same_images_under_a_second_dataset_are_reused_not_extracted(app, demo_cache, demo_nyud) -> None:
@@ -59,11 +59,14 @@ def test_same_images_under_a_second_dataset_are_reused_not_extracted(app, demo_c
     sample_file = cache.parent / "samples.txt"
     sample_file.write_text("# two samples\n" + "\n".join(store.commits().column("sample_id").to_pylist()[:2]) + "\n")
     target = cache.parent / "laptop-cache"
-    exported = _run(app, "export", store.name, "--cache", cache, "--to", target, "--samples", sample_file)
+    exported = _run(app, "copy", store.name, "--cache", cache, "--to", target, "--samples", sample_file)
     assert exported.exit_code == 0, exported.output
-    assert "exported 2 rows" in exported.output and "reused 0" in exported.output
-    again = _run(app, "export", store.name, "--cache", cache, "--to", target)
-    assert "exported 10 rows" in again.output and "reused 2" in again.output
+    assert "copied 2 rows" in exported.output and "reused 0" in exported.output
+    assert "dataset index nyud: 2 image(s)" in exported.output
+    again = _run(app, "export", store.name, "--cache", cache, "--to", target)  # the old name: still works, warned
+    assert again.exit_code == 0, again.output
+    assert "sak-cache export is deprecated and will be removed: use sak-cache copy" in again.output
+    assert "copied 10 rows" in again.output and "reused 2" in again.output and "dataset index nyud: 12 image(s)" in again.output
     (copy,) = list_stores(target)
     assert copy.name == store.name and copy.commits().num_rows == 12 and copy.verify().ok
 
@@ -81,7 +84,7 @@ def test_an_unopenable_layer_array_is_store_corrupt_naming_the_file(app, demo_ca
         data = json.loads(meta.read_text())
         data["codecs"][0]["configuration"]["codecs"].append({"name": "zfoo"})
         meta.write_text(json.dumps(data))
-    res = _run(app, "export", store.name, "--cache", cache, "--to", cache.parent / "copy")
+    res = _run(app, "copy", store.name, "--cache", cache, "--to", cache.parent / "copy")
     assert res.exit_code == 2, res.output
     text = re.sub(r"\s+", " ", res.output)
     assert "Traceback" not in res.output and res.exception is not None and isinstance(res.exception, SystemExit)

@@ -203,9 +203,9 @@ def test_extract_config_protocol_options() -> None:
     assert ExtractConfig(**base, aug="sak", views=2, img_size=(64, 80)).aug_crop == (64, 80)
     with pytest.raises(ConfigError, match="differs from --img-size"):
         ExtractConfig(**base, aug="sak", aug_crop=(64, 64), img_size=(64, 80))
-    with pytest.raises(ConfigError, match="with --input-protocol native use --resolution"):
+    with pytest.raises(ConfigError, match="with --input-protocol native use --native-size"):
         ExtractConfig(**base, input_protocol="native", img_size=(64, 80))
-    with pytest.raises(ConfigError, match="--resolution sets a teacher's native square"):
+    with pytest.raises(ConfigError, match="--native-size sets a teacher's native square"):
         ExtractConfig(**base, resolution=224)
     with pytest.raises(ConfigError, match="--input-protocol must be one of student, native"):
         ExtractConfig(**base, input_protocol="official")

@@ -115,7 +115,7 @@ def test_extract_command_names_the_flags_that_reach_the_same_store(st) -> None:
     spec = st.make_spec(dtype="int8", quant="token-channel", keep_prefix=True)
     assert extract_command(spec, "/c c", ["nyud", "pascal"]) == (
         "sak-cache extract --cache '/c c' --teacher test:tiny --layers 1,3 --dataset nyud --dataset pascal --dtype int8 "
-        "--quant token-channel --input-protocol native --resolution 64 --orientation raw --keep-prefix --random-init --repair"
+        "--quant token-channel --input-protocol native --native-size 64 --orientation raw --keep-prefix --random-init --repair"
     )
 
 

@@ -97,7 +97,7 @@ def test_resolution_override_changes_grid():
     assert t.grid == (4, 4) and t.preprocess.resolution == (32, 32)
     maps, _ = t.forward_layers(_x((1, 3, 32, 32)), (0,))
     assert maps[0].shape == (1, 4, 4, 32)
-    with pytest.raises(ConfigError, match="multiple of the patch size 8; pass --resolution 40"):
+    with pytest.raises(ConfigError, match="multiple of the patch size 8; pass --native-size 40"):
         create_teacher("test:tiny", resolution=42)
 
 
