@@ -14,6 +14,7 @@ app = typer.Typer(
         "Typical use:\n\n"
         "  sak-cache demo-data ./demo            # a small procedural NYUD-v2-format dataset\n\n"
         "  sak-cache index ./demo --cache ./cache --name nyud\n\n"
+        "  sak-cache datasets --cache ./cache     # every indexed dataset: layout, root, splits, labels\n\n"
         "  sak-cache extract --teacher dinov2 --dataset nyud --cache ./cache\n\n"
         "  sak-cache ls --cache ./cache           # --json for scripts, --wide for one row per store\n\n"
         "  sak-cache teachers                    # every teacher name -t accepts, built-in and plugins\n\n"

@@ -24,12 +24,12 @@ from ..pipeline.extract.job import ExtractReport
 from ..pipeline.extract.job import extract as run_extract
 from .common import (
     console,
-    deprecated,
     exit_code_for,
     friendly_errors,
     out,
     parse_hw_option,
     parse_int_list,
+    renamed,
 )
 from .render import NAME, NUMERIC, cell, emit_json, line, table
 
@@ -120,7 +120,7 @@ def extract(
     img_size: str | None = typer.Option(None, "--img-size", help="The student's input size HxW (e.g. 448x576 NYUD, 512x512 PASCAL, 384 stage 1): with the student protocol every teacher is built at it and fed the student's tensor. Default: --aug-crop, else the largest image (smaller images are centre-padded)."),
     input_protocol: str = typer.Option("student", "--input-protocol", help="student (official SAK, default): teachers take the student's own ImageNet-normalized tensor at --img-size, SAM resized to 1024; native: each image squashed to the teacher's native square with its own mean/std."),
     native_size: int | None = typer.Option(None, "--native-size", min=8, help="Native protocol only: square input size of the teachers. Default: each teacher's native size."),
-    resolution: int | None = typer.Option(None, "--resolution", min=8, hidden=True, help="Old name of --native-size."),
+    resolution_old: int | None = renamed("--resolution", "--native-size"),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 (default), bfloat16 (kept as uint16 bits), float32, or int8 (codes + float32 scales, quantized on the GPU: half the bytes of float16 on disk, over PCIe and in the loader; use it at the paper's sizes, e.g. SAM's 64x64x768 maps = 25 MB per sample in float16). int8 is fidelity-gated: see --min-cosine."),
     quant: str | None = typer.Option(None, "--quant", help="int8 scales: token-channel-offset (default: each channel centred on its mean and scaled by its std, then a scale per token; real teachers have outlier channels, channels with large constant offsets and high-norm tokens), token-channel, channel, or token (faster to decode, lower fidelity on real features; benchmarks/storage.py measures all four)."),
     orientation: str = typer.Option(None, "--orientation", help="Image orientation on decode, recorded in the spec: exif (the default: the EXIF Orientation tag applied, the image as a viewer shows it) or raw (stored pixel order: stores before EXIF support, and --input-protocol native)."),
@@ -136,7 +136,7 @@ def extract(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Dask worker processes (e.g. one per GPU). 1 runs in this process."),
     threads: int = typer.Option(4, "--threads", min=1, help="Decode/augment threads per worker."),
-    io_threads: int | None = typer.Option(None, "--io-threads", min=1, hidden=True, help="Old name of --threads."),
+    io_threads_old: int | None = renamed("--io-threads", "--threads"),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Address of an existing dask scheduler, e.g. tcp://host:8786; each task is one segment."),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N images (after de-duplication by content)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run images whose earlier attempt failed again (they are skipped and counted otherwise)."),
@@ -172,12 +172,6 @@ def extract(
 
       sak-cache extract -t dinov2 --dataset nyud --cache ./cache --img-size 448x576 --dry-run   # bytes and time first
     """
-    if resolution is not None:
-        deprecated("--resolution", "--native-size")
-        native_size = native_size if native_size is not None else resolution
-    if io_threads is not None:
-        deprecated("--io-threads", "--threads")
-        threads = io_threads if threads == 4 else threads
     teachers = [name.strip() for value in teacher for name in value.split(",") if name.strip()]
     cfg = ExtractConfig(
         cache=str(cache), teachers=tuple(teachers), datasets=tuple(dataset or ()), data=str(data) if data else None, replace=replace,

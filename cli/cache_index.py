@@ -90,12 +90,12 @@ def index(
     source = table.column("source")[0].as_py()
     path = write_dataset_index(cache, source, table, root, replace=replace)
     out.print(_summary(table))
-    out.print(f"index written to [bold]{path}[/] (dataset '{source}')", soft_wrap=True, highlight=False)
+    out.print(f"index written to [bold]{escape(str(path))}[/] (dataset '{escape(source)}')", soft_wrap=True, highlight=False)
     failed = [r for r in table.to_pylist() if r["status"] != STATUS_OK]
     if failed:
         console.print(f"[bold red]{len(failed)} image(s) failed[/]; first {min(len(failed), MAX_LISTED_FAILURES)}:")
         for r in failed[:MAX_LISTED_FAILURES]:
-            console.print(f"  [bold]{r['path']}[/]: {r['error']}", highlight=False, soft_wrap=True)
+            console.print(f"  [bold]{escape(str(r['path']))}[/]: {escape(str(r['error']))}", highlight=False, soft_wrap=True)
         console.print("Failed rows are kept in the index (status 'failed') and skipped by extract and train. "
                       "Fix the files and run the same command again.")
     out.print(f"next: sak-cache extract -t <teacher> -d {source} --cache {shlex.quote(str(cache))}   "

@@ -11,8 +11,8 @@ from rich.table import Table
 from ..pipeline.cache import scan_stores
 from ..pipeline.store.catalog import resolve_store
 from . import cache_verify
-from .cache_verify import MAX_LISTED, STORE_HELP
-from .common import EXIT_PARTIAL, console, friendly_errors, out
+from .cache_verify import MAX_LISTED
+from .common import EXIT_PARTIAL, STORE_HELP, console, friendly_errors, out
 from .render import NAME, NUMERIC, TEXT, block, cell, emit_json, fits, line, mb, table
 
 

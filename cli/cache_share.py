@@ -19,10 +19,9 @@ from ..pipeline.cache import copy_store, remove_store, store_folder
 from ..pipeline.store.catalog import resolve_store
 from ..pipeline.store.feature_store import FeatureStore
 from ..pipeline.store.transfer import compact_store
-from .common import console, deprecated, friendly_errors
+from .common import STORE_HELP, console, deprecated, friendly_errors
 from .render import line, mb
 
-STORE_HELP = "A store directory or URL, or a store name (or unique prefix, or teacher name) inside --cache."
 CACHE_HELP = "Cache root, a directory or an fsspec URL (s3://bucket/cache), to find STORE by name."
 
 

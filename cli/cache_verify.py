@@ -20,11 +20,10 @@ from ..pipeline.store.catalog import list_stores, resolve_store
 from ..pipeline.store.feature_store import FEATURES_DIR, SPEC_FILE
 from ..pipeline.store.maintenance import FIXES
 from ..pipeline.store.repair import repair_store
-from .common import EXIT_PARTIAL, console, friendly_errors, out
+from .common import EXIT_PARTIAL, STORE_HELP, console, friendly_errors, out
 from .render import NAME, NUMERIC, TEXT, cell, emit_json, line, mb, table
 
 MAX_LISTED = 20
-STORE_HELP = "A store directory, or a store name (or unique prefix, or teacher name) inside --cache."
 
 
 def report_record(s, report) -> dict[str, Any]:

@@ -239,16 +239,9 @@ def friendly_errors(fn: F) -> F:
     return cast(F, wrapper)  # functools.wraps keeps fn's signature
 
 
-def version_option() -> Any:
-    """``--version`` for a tool's callback: prints ``<tool> <version>`` (the installed distribution's) and exits 0."""
-    return typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                        help="Print the installed sak version and exit.")
-
-
-def _print_version(ctx: typer.Context, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        out.print(f"{ctx.find_root().info_name or 'sak'} {__version__}", highlight=False)
-        raise typer.Exit(0)
+#: the help of every STORE argument: what the one resolver (sak.pipeline.store.catalog.resolve_store) accepts
+STORE_HELP = ("A store directory or URL, or inside --cache: a store name, a teacher name as extract -t took it (dinov2, "
+              "timm:vit_tiny_patch16_224), NAME@RES to pick an input size, or a unique store-name prefix.")
 
 
 #: attribute marking an OptionInfo made by renamed(): (old spelling, new spelling)
@@ -306,7 +299,7 @@ def accept_renamed(fn: F) -> F:
             default = getattr(defaults[target], "default", defaults[target])
             if kwargs.get(target) not in (default, None, [], ()):
                 raise typer.BadParameter(f"pass {new} only ({old} is its old spelling)", param_hint=old)
-            logging.getLogger("sak.cli").warning("%s is deprecated: use %s (same values)", old, new)
+            deprecated(old, new)
             kwargs[target] = [value] if kind == "list" else value
         return fn(*args, **kwargs)
 

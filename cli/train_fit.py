@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path | None = typer.Option(D("out"), "--out", help="Run dir (default runs/<UTC time>)."),
         device: str = typer.Option(D("device"), "--device", help="auto, cpu, cuda or cuda:N."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging; an internal error also prints its traceback (as SAK_DEBUG=1 does)."),
-        version: bool = version_option(),
+        version: bool = version_option("sak-train"),
     ) -> None:
         """With --cache and no command: fit with defaults (the cache's only dataset, every teacher store that
         covers it, multitask when it has labels else distill)."""

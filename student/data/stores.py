@@ -27,6 +27,17 @@ from ...pipeline.store.commits import commit_keys
 
 log = logging.getLogger(__name__)
 
+_WARNED: set[tuple[str, str]] = set()  # (kind, store path) warned about in this process
+
+
+def _first_warning(key: tuple[str, str]) -> bool:
+    """True the first time ``key`` is seen in this process: a run joins each store several times (train and val of
+    every dataset), and says a store holds random-init features once."""
+    if key in _WARNED:
+        return False
+    _WARNED.add(key)
+    return True
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -147,7 +158,7 @@ def protocol_options(spec: Any, img_size: tuple[int, int] | None = None) -> str:
     if spec.input_protocol == "student" or img_size is not None:
         h, w = img_size or spec.img_size
         return f"--img-size {h}x{w} --input-protocol student"
-    return f"--input-protocol native --resolution {spec.resolution[0]}"
+    return f"--input-protocol native --native-size {spec.resolution[0]}"
 
 
 def extract_hint(spec: Any, dataset: str, cache: str, img_size: tuple[int, int] | None = None) -> str:
@@ -268,7 +279,7 @@ class StoreJoin:
             return
         self._check_specs(aug)
         for s in self.stores:
-            if s.spec.random_init:
+            if s.spec.random_init and _first_warning(("random-init", str(s.path))):
                 log.warning("store %s holds RANDOM-INIT %s features (%s): fine for tests and demos, "
                             "not a foundation model's knowledge", s.name, s.spec.teacher, s.spec.weights)
         views = self.stores[0].spec.views

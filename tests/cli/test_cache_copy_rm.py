@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from typer.testing import CliRunner
 
 from sak.cli import common
@@ -18,14 +17,6 @@ from sak.pipeline.store.catalog import list_stores
 from sak.pipeline.store.claims import BlockClaims
 
 EXTRACT = ["extract", "-t", "test:tiny", "--random-init", "--device", "cpu", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _console_widths():
-    """_run sets the widths of the module consoles: give other tests theirs back."""
-    saved = (common.out._width, common.console._width)
-    yield
-    common.out._width, common.console._width = saved
 
 
 def _run(app, *args, **kw):

@@ -141,7 +141,7 @@ def test_object_classes_are_nyud_classes():
 def test_fast_enough(tmp_path):
     start = time.perf_counter()
     make_demo_dataset(tmp_path / "d", n=96, size=(H, W), seed=3)
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0  # about 1 s on an idle core: a guard against a pathological slowdown
 
 
 @pytest.mark.parametrize("kw", [{"n": 1}, {"size": (4, 80)}])
