@@ -28,7 +28,7 @@ from ..pipeline.data.demo import make_demo_dataset
 from ..pipeline.data.demo_pascal import make_demo_folder, make_demo_pascal
 from ..pipeline.data.formats import LayoutsInFolder
 from ..pipeline.data.listing import DatasetInfo, describe_datasets, table_counts
-from .common import console, exit_code_for, friendly_errors, out
+from .common import console, exit_code_for, friendly_errors, out, renamed
 
 MAX_LISTED_FAILURES = 10
 
@@ -58,7 +58,8 @@ def index(
     cache: str = typer.Option("./cache", "--cache", "-c", help="Cache root; the index goes to <cache>/datasets/<name>.parquet."),
     name: str | None = typer.Option(None, "--name", "-n", help="Dataset name (and the 'source' column). Default: nyud / pascal for those layouts, else the folder name."),
     fmt: str = typer.Option("auto", "--format", "-f", help="auto | folder | nyud | pascal. auto: gt_sets/ means nyud, ImageSets/Context means pascal, else folder."),
-    workers: int = typer.Option(8, "--workers", "-w", min=1, help="Threads hashing files and reading image headers."),
+    threads: int = typer.Option(8, "--threads", min=1, help="Threads hashing files and reading image headers."),
+    workers_old: int | None = renamed("--workers", "--threads", "-w"),
     replace: bool = typer.Option(False, "--replace", help="Replace an index of the same name that comes from another folder, or whose images were removed or changed (refused otherwise; added images are always fine)."),
 ) -> None:
     """Index a dataset folder: one manifest row per image with its sha256, size, split and label files.
@@ -84,7 +85,7 @@ def index(
             bar.advance(task, advance)
 
         try:
-            table = index_dataset(root, name=name, fmt=fmt, workers=workers, progress=progress)
+            table = index_dataset(root, name=name, fmt=fmt, workers=threads, progress=progress)
         except LayoutsInFolder as exc:  # its commands must name this cache too
             raise exc.with_options(f"--cache {shlex.quote(str(cache))}") from None
     source = table.column("source")[0].as_py()

@@ -180,7 +180,7 @@ def handoff(model: nn.Module, state: Mapping[str, torch.Tensor], source_teachers
     if source_teachers and teachers and not set(source_teachers) & set(teachers):
         raise HandoffError(
             f"--init {source} distilled teachers {list(source_teachers)}, this run distills {list(teachers)}: no adapter "
-            "path to load. Train with the same teacher names (--teachers) as the source run"
+            "path to load. Train with the same teacher names (--teacher) as the source run"
         )
     src = {_named(k, source_teachers): v for k, v in state.items()}
     own = model.state_dict()

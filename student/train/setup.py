@@ -178,7 +178,7 @@ def _dataset_names(cache: str, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _select_stores(cache: str, datasets: list, refs: tuple[str, ...], split: str, *,
-                   img_size: tuple[int, ...] | None = None) -> list:
+                   img_size: tuple[int, int] | None = None) -> list:
     """The run's stores: those named, else every store covering any of the datasets (in catalog order).
 
     Every store must then hold every dataset's samples: the join refuses a gap and names its extract command."""

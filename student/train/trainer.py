@@ -97,7 +97,7 @@ def compute_losses(out: Any, batch: Batch, targets: dict[str, list[torch.Tensor]
         parts["task"] = tl["total"]
         total = tl["total"] if total is None else total + tl["total"]
     if total is None:
-        raise ConfigError("nothing to train: the distill stage needs teacher stores (--teachers)")
+        raise ConfigError("nothing to train: the distill stage needs teacher stores (--teacher)")
     parts["total"] = total
     return total, parts
 

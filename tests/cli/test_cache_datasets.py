@@ -59,7 +59,7 @@ def test_demo_data_formats_then_index_then_datasets(app, tmp_path):
         assert f"({size}, seed 0)" in res.output
         assert f"next: sak-cache index {tmp_path / f'd_{fmt}'} --cache ./cache {tail.replace('photos', f'd_{fmt}')}" \
             in res.output
-    res = _run(app, "index", tmp_path / "d_pascal", "--cache", cache, "--workers", 1)
+    res = _run(app, "index", tmp_path / "d_pascal", "--cache", cache, "--threads", 1)
     assert res.exit_code == 0, res.output
     assert "semseg 4, normals 4, edge 4, parts 4, saliency 4" in res.output
     assert res.output.splitlines()[-1] == (f"next: sak-cache extract -t <teacher> -d pascal --cache {cache}   "

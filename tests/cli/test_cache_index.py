@@ -29,7 +29,7 @@ def test_demo_data_then_index(app, tmp_path):
     assert "wrote 8 scenes (32x40, seed 3)" in res.output
     assert Image.open(tmp_path / "demo" / "images" / "000007.png").size == (40, 32)
 
-    res = _run(app, "index", tmp_path / "demo", "--cache", tmp_path / "cache", "--workers", 2)
+    res = _run(app, "index", tmp_path / "demo", "--cache", tmp_path / "cache", "--threads", 2)
     assert res.exit_code == 0, res.output
     for text in ("images ok", "8", "train 6, val 2", "semseg 8, depth 8, normals 8, edge 8",
                  f"index written to {tmp_path / 'cache' / 'datasets' / 'nyud.parquet'}"):

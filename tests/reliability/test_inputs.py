@@ -51,7 +51,7 @@ def test_index_with_a_fifo_named_jpg_finishes_and_records_it(tmp_path):
     root, cache = tmp_path / "photos", tmp_path / "cache"
     _images(root)
     os.mkfifo(root / "x.jpg")
-    res = _cli("index", root, "--cache", cache, "--workers", 2)
+    res = _cli("index", root, "--cache", cache, "--threads", 2)
     assert res.returncode == 1, res.stdout + res.stderr  # 1: some items failed
     rows = _rows(cache, "photos")
     assert [rows[f"im{i}"]["status"] for i in range(3)] == ["ok"] * 3

@@ -73,8 +73,8 @@ def _assert_same_run(got: Path, want: Path) -> None:
 def test_sigint_checkpoints_the_last_step_and_the_printed_command_resumes_bit_for_bit(cache, reference, tmp_path) -> None:
     run = tmp_path / "run"
     cmd = _sak_train("fit", "--cache", str(cache), "--iters", str(ITERS), "--ckpt-every", "1000", "--out", str(run),
-                     "--backbone", "test_vit", "--batch-size", "4", "--lr", "1e-3", "--workers", "0", "--device", "cpu",
-                     "--log-every", "1", "--eval-samples", "2")
+                     "--backbone", "test_vit", "--batch-size", "4", "--lr", "1e-3", "--threads", "0", "--device", "cpu",
+                     "--log-every", "1", "--eval-limit", "2")
     proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while proc.poll() is None and _logged_steps(run) < 2 and time.monotonic() < deadline:
@@ -87,7 +87,7 @@ def test_sigint_checkpoints_the_last_step_and_the_printed_command_resumes_bit_fo
     assert 2 <= step < ITERS and step == _logged_steps(run)  # the last finished step, none lost
     assert f"interrupted: SIGINT after step {step}; its checkpoint is in {run}/ckpt; continue with:" in stderr
     resume = stdout.strip().splitlines()[-1].strip()
-    assert resume == f"sak-train fit --out {run} --resume --iters {ITERS} --device cpu --workers 0 --eval-samples 2 " \
+    assert resume == f"sak-train fit --out {run} --resume --iters {ITERS} --device cpu --threads 0 --eval-limit 2 " \
                      "--log-every 1 --ckpt-every 1000"
     assert f"SIGINT: checkpoint of step {step} written" in (run / "run.log").read_text()
 
