@@ -203,16 +203,19 @@ class RunDir:
                            "pass --cache DIR (its new place)")
         hw = (img_size[0], img_size[1])
         fit = "resize" if cfg.eval.eval_resize else "pad"
+        # each dataset's task -> head, as training scored it (runs before multi-dataset training: every head)
+        recorded = {d["name"]: d.get("tasks", {}) for d in self.read_record().get("datasets", [])}
         if len(names) == 1:
+            # an extension trained on another dataset scores only the heads that dataset's labels fit
+            tasks = tuple(recorded[names[0]]) if names[0] in recorded else scfg.task_names
             dataset = open_dataset(root, names[0], root_override=data_root)
-            data = CachedTargets(dataset, (), split, hw, tasks=scfg.task_names, seed=cfg.runtime.seed, fit=fit)
-            heads = {names[0]: {t: t for t in scfg.task_names}}
+            data = CachedTargets(dataset, (), split, hw, tasks=tasks, seed=cfg.runtime.seed, fit=fit)
+            heads = {names[0]: {t: t for t in tasks}}
             return LoadedRun(self, cfg, scfg, data, {names[0]: data}, heads, root)
         if data_root is not None:
             raise SakError(f"--data-root moves the images of one dataset, but run {self.path} trained on "
                            f"{', '.join(names)}: re-index a moved dataset under its name instead (sak-cache index "
                            "NEWDIR --name NAME --replace)")
-        recorded = {d["name"]: d.get("tasks", {}) for d in self.read_record().get("datasets", [])}
         heads = {n: dict(recorded.get(n, {})) for n in names}
         parts = {}
         for n in names:

@@ -128,3 +128,23 @@ def test_extension_refusals(cache, source, tmp_path) -> None:
     with pytest.raises(ConfigError, match="pass it with --init RUN"):
         TrainConfig(cache="c", add_teachers=("sam",))
     assert not any((tmp_path / n / "config.json").exists() for n in "abcde")
+
+
+def test_an_extension_on_another_format_trains_and_scores_only_the_heads_its_labels_fit(demo_nyud, tmp_path) -> None:
+    from sak.pipeline.data.demo_pascal import make_demo_pascal
+    from sak.student.evaluate.datasets import evaluate_run
+
+    cache = indexed_cache(tmp_path, demo_nyud)
+    pascal = make_demo_pascal(tmp_path / "pascal", n=8, size=(64, 80))
+    write_dataset_index(cache, "pascal", index_dataset(pascal, name="pascal", fmt="pascal", workers=1), pascal)
+    extract_store(cache, "test:tiny")
+    source, ext = tmp_path / "src", tmp_path / "ext"
+    fit(_cfg(cache, source, dataset="nyud", iters=2))
+    fit(_cfg(cache, ext, dataset="pascal", init=str(source), add_tasks=("parts",), iters=2))
+    record = json.loads((ext / "config.json").read_text())
+    # NYUD's 40-class semseg head never sees PASCAL's 21-class labels (nor depth, which PASCAL lacks); the frozen
+    # normals and edge heads are scored on PASCAL's labels, the new parts head learns them
+    assert record["datasets"][0]["tasks"] == {"normals": "normals", "edge": "edge", "parts": "parts"}
+    res = evaluate_run(ext, device="cpu")
+    assert {k.split("/")[0] for k in res["metrics"]} == {"normals", "edge", "parts", "distill"}
+    assert res["metrics"] == pytest.approx(json.loads((ext / "eval" / "step_2.json").read_text())["metrics"], rel=1e-5)
