@@ -93,7 +93,7 @@ def _run_fit(cfg: TrainConfig, resume: bool, given: dict[str, str] | None = None
 
 #: TrainConfig fields whose fit option has another name
 OPTION_OF = {"out": "out_dir", "student": "levels", "datasets": "dataset", "teachers": "teacher", "workers": "threads",
-             "eval_samples": "eval_limit"}
+             "eval_samples": "eval_limit", "sync_bn": "no_sync_bn"}
 
 
 def _typed(ctx: typer.Context, renames: Mapping[str, tuple[str, ...]]) -> set[str]:
@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         teacher: list[str] | None = typer.Option(None, "--teacher", "-t", help="Teacher to distill (repeatable, or a comma list): a store name, a teacher name or alias as given to sak-cache extract -t, or a unique store name prefix; NAME@RES picks an input size (dinov2@448x576). Default: every store covering the dataset."),
         teachers_old: str | None = renamed("--teachers", "--teacher"),
         backbone: str = typer.Option(D("backbone"), "--backbone", help="timm ViT of the student."),
-        backbone_weights: str = typer.Option(D("backbone_weights"), "--backbone-weights", help="Student backbone start: hub (timm's pretrained weights of --backbone, as official: vit_base_patch16_384.augreg_in21k_ft_in1k), none (random init, flagged) or FILE.safetensors."),
+        backbone_weights: str = typer.Option(D("backbone_weights"), "--backbone-weights", help="Student backbone start: hub (timm's pretrained weights of --backbone; official: the augreg_in21k_ft_in1k tag of vit_base_patch16_384), none (random init, flagged) or FILE.safetensors."),
         img_size: str | None = typer.Option(None, "--img-size", help="Student input HxW (e.g. 448x576). Default: the stored views' or images' size."),
         levels: str | None = typer.Option(None, "--levels", help="Student feature levels (block indices), e.g. 2,5,8,11."),
         stage: str = typer.Option(D("stage"), "--stage", help="distill (paper stage 1: distillation only) | multitask (stage 2: tasks + alpha * distill) | auto."),
@@ -181,13 +181,14 @@ def register(app: typer.Typer) -> None:
         add_tasks: list[str] = typer.Option(D("add_tasks"), "--add-task", help="Extend the --init student with this task (new routers and head; repeatable, comma lists ok)."),
         unfreeze: bool = typer.Option(D("unfreeze"), "--unfreeze", help="Extension: train the parts loaded from --init too (default frozen: the old tasks' outputs stay exactly the same)."),
         online: bool = typer.Option(D("online"), "--online", help="Run the teachers every step instead of reading the cache (the official SAK way; slow)."),
-        teacher_weights: str | None = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: 'dinov2=/w/dino.safetensors,...'."),
+        teacher_weights: str | None = typer.Option(None, "--teacher-weights", help="--online with file-weight stores: NAME=FILE,... e.g. dinov2=d.safetensors."),
         aug: str = typer.Option(D("aug"), "--aug", help="auto: replay the stored views exactly (identity for --aug none stores) | none: refuse augmented stores."),
-        standardize: bool = typer.Option(D("standardize"), "--standardize/--no-standardize", help="Z-score the teacher targets with the stores' stats (default off: official distills raw block outputs)."),
+        standardize: bool = typer.Option(D("standardize"), "--standardize", help="Z-score the teacher targets with the stores' stats (default off: official distills raw block outputs)."),
         feature_flip: bool = typer.Option(D("feature_flip"), "--feature-flip", help="APPROXIMATE: also mirror the cached target maps with the image. A ViT's features of a mirrored image are not mirrored features; extract --views K --aug sak for exact augmentation."),
         allow_missing: bool = typer.Option(D("allow_missing"), "--allow-missing", help="Train on the covered samples when a store lacks some."),
         eval_every: int = typer.Option(D("eval_every"), "--eval-every", min=0, help="Evaluate every N steps (0: at the start and the end only)."),
         eval_limit: int | None = typer.Option(D("eval_samples"), "--eval-limit", help="At most N val samples per evaluation."),
+        val_split: str = typer.Option(D("val_split"), "--val-split", help="The split evaluations score (task metrics and val cosines of every dataset that has it); none: no evaluation. The s1-* recipes set none (ImageNet train only): index a held-out folder split to watch the cosines."),
         eval_samples_old: int | None = renamed("--eval-samples", "--eval-limit"),
         log_every: int = typer.Option(D("log_every"), "--log-every", min=1, help="metrics.jsonl record every N steps."),
         ckpt_every: int = typer.Option(D("ckpt_every"), "--ckpt-every", min=0, help="Checkpoint every N steps (and at the end)."),
@@ -198,7 +199,7 @@ def register(app: typer.Typer) -> None:
         targets: str = typer.Option(D("targets"), "--targets", help="Where the teacher targets live: auto (gpu if they fit in half the free GPU memory, else ram if in half of MemAvailable, else stream; the log says why) | ram (loaded once into pinned host memory) | gpu (loaded once onto the GPU) | stream (read per batch)."),
         targets_budget: float | None = typer.Option(D("targets_budget"), "--targets-budget", min=0.0, help="auto: resident targets may take at most this many GB."),
         amp: str = typer.Option(D("amp"), "--amp", help="Training: auto (bf16 autocast on cuda) | bf16 | off. Evaluation runs in float32 unless bf16."),
-        sync_bn: bool = typer.Option(D("sync_bn"), "--sync-bn/--no-sync-bn", help="SyncBatchNorm in the heads under torchrun on cuda (official)."),
+        no_sync_bn: bool = typer.Option(not D("sync_bn"), "--no-sync-bn", help="Plain BatchNorm in the heads under torchrun (default: SyncBatchNorm on cuda, as official)."),
     ) -> None:
         """Train the SAK student from cached teacher targets.
 
@@ -225,8 +226,8 @@ def register(app: typer.Typer) -> None:
             init=str(init) if init else None, add_teachers=parse_names(add_teachers), add_tasks=parse_names(add_tasks),
             unfreeze=unfreeze, online=online, teacher_weights=parse_str_list(teacher_weights) or (),
             aug=aug, standardize=standardize, feature_flip=feature_flip, allow_missing=allow_missing,
-            eval_every=eval_every, eval_samples=eval_limit, log_every=log_every, ckpt_every=ckpt_every, device=device,
-            workers=threads, block_size=block_size, amp=amp, sync_bn=sync_bn, targets=targets,
+            eval_every=eval_every, eval_samples=eval_limit, val_split=None if val_split.lower() == "none" else val_split, log_every=log_every, ckpt_every=ckpt_every, device=device,
+            workers=threads, block_size=block_size, amp=amp, sync_bn=not no_sync_bn, targets=targets,
             targets_budget=targets_budget,
         )
         renames = renamed_options(fit_cmd)

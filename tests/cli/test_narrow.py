@@ -15,11 +15,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from sak.cli import common
 from sak.cli.cache import app as cache_app
 from sak.cli.render import mb
+from sak.cli.train import app as train_app
 from sak.pipeline.store.catalog import list_stores
 from sak.pipeline.teachers import test_teacher
 
@@ -197,3 +199,19 @@ def test_every_command_is_covered() -> None:
     covered = {"index", "extract", "ls", "info", "verify", "gc", "compact", "teachers", "copy", "rm", "datasets", "demo-data"}
     visible = {c.name for c in cache_app.registered_commands if not c.hidden}
     assert visible <= covered, f"add {sorted(visible - covered)} to test_narrow.py"
+
+
+def _commands(app: typer.Typer) -> list[str]:
+    group = typer.main.get_command(app)
+    return ["", *(name for name, cmd in group.commands.items() if not cmd.hidden)]
+
+
+@pytest.mark.parametrize(("tool", "command"), [(t, c) for t, app in (("sak-cache", cache_app), ("sak-train", train_app))
+                                               for c in _commands(app)])
+def test_every_help_fits_80_columns_without_cutting_a_word(tool: str, command: str) -> None:
+    app = cache_app if tool == "sak-cache" else train_app
+    args = [command, "--help"] if command else ["--help"]
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "80"}, terminal_width=80)
+    text = _ok(res)
+    assert ELLIPSIS not in text, f"{tool} {command} --help cuts a word at 80 columns:\n{text}"
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -75,7 +75,8 @@ def test_refusals_exit_2_with_the_fix(demo_cache, tmp_path) -> None:
 
 
 #: fit options that are not a TrainConfig field of the same name, and what they set
-NOT_A_FIELD = {"out_dir": "out", "levels": "student", "resume": None, "threads": "workers", "eval_limit": "eval_samples"}
+NOT_A_FIELD = {"out_dir": "out", "levels": "student", "resume": None, "threads": "workers", "eval_limit": "eval_samples",
+               "no_sync_bn": None}  # --no-sync-bn is sync_bn negated (checked below)
 
 
 def _fit_options() -> dict[str, object]:
@@ -86,6 +87,7 @@ def _fit_options() -> dict[str, object]:
 def test_every_fit_option_is_a_config_field_with_the_same_default() -> None:
     options = _fit_options()
     assert len(options) >= 30
+    assert options["no_sync_bn"] is (not field_default("sync_bn"))
     for name, default in options.items():
         field = NOT_A_FIELD.get(name, name)
         if field is None or name in ("cache", "teacher", "teacher_weights", "img_size", "levels"):
@@ -112,7 +114,7 @@ def test_recipe_values_with_explicit_flags_on_top(monkeypatch) -> None:
     seen = []
     monkeypatch.setattr(train_fit, "_run_fit", lambda cfg, resume: seen.append(cfg))
     _ok(runner.invoke(train_app, ["fit", "--recipe", "nyud-vitb", "--cache", "c", "--iters", "10", "--levels", "1,3,5,7",
-                                  "--no-standardize", "--out", "r"]))
+                                  "--out", "r"]))
     cfg = seen[-1]
     from sak.student.runs.recipes import get_recipe
 
@@ -122,6 +124,15 @@ def test_recipe_values_with_explicit_flags_on_top(monkeypatch) -> None:
     _ok(runner.invoke(train_app, ["fit", "--cache", "c", "--standardize", "--backbone-weights", "w.safetensors"]))
     assert (seen[-1].data.standardize, seen[-1].model.backbone_weights, seen[-1].runtime.recipe) == (
         True, "w.safetensors", None)
+    assert seen[-1].runtime.sync_bn is True  # official SyncBatchNorm unless --no-sync-bn
+    _ok(runner.invoke(train_app, ["fit", "--cache", "c", "--no-sync-bn"]))
+    assert seen[-1].runtime.sync_bn is False
+    _ok(runner.invoke(train_app, ["fit", "--recipe", "s1-vitb", "--cache", "c"]))
+    assert seen[-1].eval.val_split is None  # stage 1 trains on ImageNet train only
+    _ok(runner.invoke(train_app, ["fit", "--recipe", "s1-vitb", "--cache", "c", "--val-split", "val"]))
+    assert seen[-1].eval.val_split == "val"  # a held-out split: the val cosines show
+    _ok(runner.invoke(train_app, ["fit", "--cache", "c", "--val-split", "none"]))
+    assert seen[-1].eval.val_split is None
     res = runner.invoke(train_app, ["fit", "--recipe", "nope"])
     assert res.exit_code == 2 and "no recipe 'nope'" in res.output
 
