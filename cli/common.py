@@ -345,12 +345,23 @@ def exit_code_for(failed: int) -> int:
     return EXIT_PARTIAL if failed else 0
 
 
+def reflow(doc: str) -> str:
+    """A command docstring for rich help: each prose paragraph on one line (rich keeps a docstring's line breaks,
+    which then fall mid-sentence at the terminal's width); indented paragraphs (examples) stay as written."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith((" ", "\b")) else " ".join(line.strip() for line in p.splitlines())
+                       for p in paragraphs)
+
+
 def with_exit_codes(app: typer.Typer) -> None:
     """Every command of ``app`` runs under :func:`friendly_errors` (no traceback, documented exit codes) and its
     --help, like the tool's, ends with EXIT_CODES_HELP. Call it after the commands are registered."""
     app.info.epilog = EXIT_CODES_HELP
     for command in app.registered_commands:
         command.epilog = command.epilog or EXIT_CODES_HELP
+        doc = command.help or (command.callback.__doc__ if command.callback is not None else None)
+        if doc:
+            command.help = reflow(doc)
         if command.callback is not None and not getattr(command.callback, "_friendly", False):
             command.callback = friendly_errors(command.callback)
 

@@ -48,7 +48,8 @@ def recipe_table(recipe: Recipe) -> Table:
     table.add_row("GPUs", f"{recipe.gpus} (global batch {recipe.fields['batch_size'] * recipe.gpus}: "
                           f"torchrun --nproc-per-node {recipe.gpus})")
     for key in sorted(set(recipe.fields) | set(SHOWN_DEFAULTS)):
-        table.add_row(key, _value(recipe.fields[key] if key in recipe.fields else field_default(key)))
+        value = recipe.fields[key] if key in recipe.fields else field_default(key)
+        table.add_row(key, f"{value[0]}x{value[1]}" if key == "img_size" and value else _value(value))  # as --img-size
     table.add_row("task loss weights", _value(recipe.loss_weights) or "- (distillation only)")
     return table
 

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Run dir (runs/NAME)."),
         split: str = typer.Option("val", "--split", help="Dataset split to evaluate."),
         step0: bool = typer.Option(False, "--step0", help="Also evaluate the untrained student the run started from."),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples of the split only."),
         max_samples_old: int | None = renamed("--max-samples", "--limit"),
         amp: str = typer.Option("off", "--amp", help="off (fp32, as the official test.py) | auto | bf16 (autocast on cuda)."),
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Images whose routing weights decide."),
         limit: int = typer.Option(64, "--limit", min=1, help="Routing weights from the first N images of --split."),
         max_images_old: int | None = renamed("--max-images", "--limit"),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         cache: str | None = typer.Option(None, "--cache", "-c", help=CACHE_HELP),
         data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     ) -> None:

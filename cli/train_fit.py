@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
         warmup_lr: float | None = typer.Option(D("warmup_lr"), "--warmup-lr", help="Learning rate the warmup starts from (default: distill 1.25e-7, multitask 0)."),
         min_lr: float | None = typer.Option(D("min_lr"), "--min-lr", help="Learning rate at the end of the decay (default: distill 1e-5, multitask 0)."),
         schedule: str | None = typer.Option(D("schedule"), "--schedule", help="cosine | poly | constant (default: distill cosine, multitask poly 0.9)."),
-        schedule_style: str = typer.Option(D("schedule_style"), "--schedule-style", help="timm (official: warmup from --warmup-lr, timm cosine stepped per iteration) | plain (sak before issue 12)."),
+        schedule_style: str = typer.Option(D("schedule_style"), "--schedule-style", help="timm (official: warmup from --warmup-lr, timm cosine stepped per iteration) | plain (sak's first schedule: warmup from 0 as lr*(k+1)/warmup, no one-step lag)."),
         grad_clip: float | None = typer.Option(D("grad_clip"), "--grad-clip", help="Max grad norm, 0 = off (default: multitask 10)."),
         alpha: float = typer.Option(D("alpha"), "--alpha", help="Weight of the distillation loss in the multitask stage."),
         seed: int = typer.Option(D("seed"), "--seed", help="Seed of the init, the sampler and the gate noise."),
