@@ -27,16 +27,9 @@ from ...pipeline.store.commits import commit_keys
 
 log = logging.getLogger(__name__)
 
-_WARNED: set[tuple[str, str]] = set()  # (kind, store path) warned about in this process
-
-
-def _first_warning(key: tuple[str, str]) -> bool:
-    """True the first time ``key`` is seen in this process: a run joins each store several times (train and val of
-    every dataset), and says a store holds random-init features once."""
-    if key in _WARNED:
-        return False
-    _WARNED.add(key)
-    return True
+#: stores whose random-init features this process warned about: a run joins each store several times (train and
+#: val of every dataset) and says it once
+_RANDOM_INIT_WARNED: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +272,8 @@ class StoreJoin:
             return
         self._check_specs(aug)
         for s in self.stores:
-            if s.spec.random_init and _first_warning(("random-init", str(s.path))):
+            if s.spec.random_init and str(s.path) not in _RANDOM_INIT_WARNED:
+                _RANDOM_INIT_WARNED.add(str(s.path))
                 log.warning("store %s holds RANDOM-INIT %s features (%s): fine for tests and demos, "
                             "not a foundation model's knowledge", s.name, s.spec.teacher, s.spec.weights)
         views = self.stores[0].spec.views
