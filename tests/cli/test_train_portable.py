@@ -36,15 +36,15 @@ def lab(demo_cache, monkeypatch) -> Path:
     extract(ExtractConfig(cache="./cache", teachers=("test:tiny",), random_init=True, device="cpu", batch_size=16,
                           segment_size=8, io_threads=1, input_protocol="native"))
     out = _ok(runner.invoke(train_app, ["fit", "--cache", "./cache", "--backbone", "test_vit", "--iters", "2",
-                                        "--batch-size", "4", "--lr", "1e-3", "--out", "runs/a", "--workers", "0",
-                                        "--device", "cpu", "--eval-samples", "2"]))
+                                        "--batch-size", "4", "--lr", "1e-3", "--out", "runs/a", "--threads", "0",
+                                        "--device", "cpu", "--eval-limit", "2"]))
     assert "next: sak-train eval runs/a\n      sak-train predict runs/a IMAGES... --out preds" in out
     assert "covered 9/9 samples of nyud/train" in (lab / "runs" / "a" / "run.log").read_text()
     return lab
 
 
 def _eval(run: str, *extra: str):
-    return runner.invoke(train_app, ["eval", run, "--device", "cpu", "--max-samples", "2", *extra])
+    return runner.invoke(train_app, ["eval", run, "--device", "cpu", "--limit", "2", *extra])
 
 
 def test_a_run_evaluates_exports_and_predicts_from_another_directory(lab, demo_nyud, tmp_path, monkeypatch) -> None:
@@ -58,7 +58,7 @@ def test_a_run_evaluates_exports_and_predicts_from_another_directory(lab, demo_n
         out = _ok(_eval(run))
         assert "val split, step 2" in out and f"next: sak-train predict {run} IMAGES... --out preds" in out
     sub = elsewhere / "semseg.safetensors"
-    _ok(runner.invoke(train_app, ["export", os.path.relpath(lab / "runs" / "a"), "--task", "semseg", "--out", str(sub), "--device", "cpu", "--max-images", "2"]))
+    _ok(runner.invoke(train_app, ["export", os.path.relpath(lab / "runs" / "a"), "--task", "semseg", "--out", str(sub), "--device", "cpu", "--limit", "2"]))
     out = _ok(runner.invoke(train_app, ["predict", os.path.relpath(lab / "runs" / "a"), str(demo_nyud / "images"),
                                         "--out", "preds", "--limit", "2", "--device", "cpu"]))
     pngs = sorted(p.name for p in (elsewhere / "preds").iterdir())
@@ -76,7 +76,7 @@ def test_a_run_evaluates_exports_and_predicts_from_another_directory(lab, demo_n
     out = _ok(_eval(str(lab / "runs" / "a"), "--cache", str(moved)))
     assert f"{want['semseg/pixAcc']:.4g}" in out
     _ok(runner.invoke(train_app, ["export", str(lab / "runs" / "a"), "--task", "depth", "--out", str(elsewhere / "d.st"),
-                                  "--device", "cpu", "--max-images", "2", "--cache", str(moved)]))
+                                  "--device", "cpu", "--limit", "2", "--cache", str(moved)]))
 
 
 def test_a_moved_dataset_is_found_with_data_root(lab, demo_nyud, tmp_path, monkeypatch) -> None:
