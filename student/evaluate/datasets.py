@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ...pipeline.devices import resolve_device
 from ...pipeline.tasks import metric_direction
 from ..runs.rundir import RunDir
 from .distill_metric import run_targets, split_key
-from .evaluator import evaluate, evaluate_model
+from .evaluator import evaluate_model
 from .metrics import delta_m
 
 
@@ -155,26 +156,19 @@ def evaluate_run(run_dir: str | os.PathLike[str], split: str = "val", *, baselin
     run = RunDir(run_dir)
     loaded = run.load(split, cache=cache, data_root=data_root)
     names = loaded.cfg.data.names
-    if len(loaded.datasets) <= 1:
-        res = evaluate(run_dir, split, step0=step0, device=device, batch_size=batch_size, max_samples=max_samples,
-                       progress=progress, amp=amp, miou=miou, cache=cache, data_root=data_root)
-    else:
-        dev = resolve_device(device)
-        miou = miou or loaded.cfg.eval.miou
-        kw = dict(batch_size=batch_size or loaded.cfg.loader.batch_size, device=dev, max_samples=max_samples,
-                  amp=amp, miou=miou)
-        model, step = loaded.trained_model()
-        vals, targets = {}, {}
-        for ds_name, data in loaded.datasets.items():  # each with the run's stores, for the distillation metrics
-            vals[ds_name], joined, kw["stats"] = run_targets(loaded, split, dev, data=data)
-            if joined is not None:
-                targets[ds_name] = joined
-        res = {"step": step, "split": split}
-        if step0:
-            res["baseline"] = evaluate_datasets(loaded.build_model().to(dev), vals, loaded.heads, targets=targets, **kw)
-        elif split == loaded.cfg.eval.val_split and run.has_eval(0) and miou == loaded.cfg.eval.miou:
-            res["baseline"] = run.read_eval(0)
-        res["metrics"] = evaluate_datasets(model.to(dev), vals, loaded.heads, targets=targets, progress=progress, **kw)
+    dev = resolve_device(device)
+    miou = miou or loaded.cfg.eval.miou  # the run's own convention unless asked otherwise
+    model, step = loaded.trained_model()
+    vals, targets, stats = run_targets(loaded, split, dev)  # the run's stores are opened once for every dataset
+    score = partial(evaluate_datasets, vals=vals, heads=loaded.heads, targets=targets, stats=stats,
+                    batch_size=batch_size or loaded.cfg.loader.batch_size, device=dev, max_samples=max_samples,
+                    amp=amp, miou=miou)
+    res: dict[str, Any] = {"step": step, "split": split}
+    if step0:
+        res["baseline"] = score(loaded.build_model().to(dev))
+    elif split == loaded.cfg.eval.val_split and run.has_eval(0) and miou == loaded.cfg.eval.miou:  # same convention
+        res["baseline"] = run.read_eval(0)
+    res["metrics"] = score(model.to(dev), progress=progress)
     res["datasets"] = list(names)
     res["delta_m"] = delta_m_by_dataset(res["metrics"], names, baselines) if baselines else {}
     return res

@@ -127,31 +127,36 @@ def eval_splits(dataset: Any, stores: Sequence[Any], split: str, img_size: tuple
     return plain(), joined
 
 
-def run_targets(loaded: LoadedRun, split: str, device: torch.device | str, cache: str | None = None,
-                data: CachedTargets | None = None) -> tuple[CachedTargets, CachedTargets | None, dict | None]:
-    """:func:`eval_splits` for a trained run, with its stores (found again by the names and spec ids in its
-    config.json, in ``cache`` or the run's own) and target stats: ``(data, targets, stats)``. ``data``: the
-    split of one of the run's datasets (default: the first's, ``loaded.data``).
+def run_targets(loaded: LoadedRun, split: str, device: torch.device | str, cache: str | None = None
+                ) -> tuple[dict[str, CachedTargets], dict[str, CachedTargets], dict | None]:
+    """:func:`eval_splits` of every dataset of a trained run (``loaded.datasets``), with its stores (found again
+    once, by the names and spec ids in its config.json, in ``cache`` or where the run's data was found) and target
+    stats: ``(data by dataset, targets by dataset where the data carries none, stats)``.
 
     A store that is gone or changed costs the distillation metrics (logged), never the evaluation.
     """
     cfg, record = loaded.cfg, loaded.run.read_record()
     cache = cache or loaded.cache or cfg.data.cache  # where the run's data was found (it may have moved)
-    data = data if data is not None else loaded.data
-    dataset = data.dataset
+    plain = dict(loaded.datasets) or {loaded.data.dataset.name: loaded.data}
     recorded = record.get("stores") or []
     try:
-        stores = select_stores(cache, dataset, [r["name"] for r in recorded], cfg.data.train_split) if recorded else []
+        first = next(iter(plain.values())).dataset
+        stores = select_stores(cache, first, [r["name"] for r in recorded], cfg.data.train_split) if recorded else []
     except SakError as exc:
         log.warning("no distillation metrics: the run's stores cannot be opened (%s)", exc)
-        return data, None, None
+        return plain, {}, None
     keys = tuple(teacher_key(s, stores) for s in stores)
     changed = [r["name"] for r, s in zip(recorded, stores, strict=True) if r.get("spec_id") != s.spec.spec_id]
     if changed or keys != tuple(loaded.student_cfg.teacher_names):
         log.warning("no distillation metrics: the stores in %s no longer match the run's teachers %s (changed: %s)",
                     cache, list(loaded.student_cfg.teacher_names), changed or list(keys))
-        return data, None, None
+        return plain, {}, None
     fit = "resize" if cfg.eval.eval_resize else "pad"
-    data, targets = eval_splits(dataset, stores, split, data.img_size, tasks=data.tasks, fit=train_fit(stores),
-                                eval_fit=fit, aug=cfg.data.aug, seed=cfg.runtime.seed, cache_hint=cache)
-    return data, targets, target_stats(keys, stores, device) if cfg.data.standardize else None
+    datas, targets = {}, {}
+    for name, data in plain.items():
+        datas[name], joined = eval_splits(data.dataset, stores, split, data.img_size, tasks=data.tasks,
+                                          fit=train_fit(stores), eval_fit=fit, aug=cfg.data.aug, seed=cfg.runtime.seed,
+                                          cache_hint=cache)
+        if joined is not None:
+            targets[name] = joined
+    return datas, targets, target_stats(keys, stores, device) if cfg.data.standardize else None

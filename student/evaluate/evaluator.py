@@ -136,9 +136,10 @@ def evaluate(
     model, step = loaded.trained_model()
     miou = miou or loaded.cfg.eval.miou  # the run's own convention unless asked otherwise
     bs = batch_size or loaded.cfg.loader.batch_size
-    data, targets, stats = run_targets(loaded, split, dev)
-    score = partial(evaluate_model, data=data, batch_size=bs, device=dev, max_samples=max_samples, amp=amp, miou=miou,
-                    targets=targets, stats=stats)
+    datas, targets, stats = run_targets(loaded, split, dev)
+    name = loaded.data.dataset.name  # the run's (first) dataset
+    score = partial(evaluate_model, data=datas[name], batch_size=bs, device=dev, max_samples=max_samples, amp=amp,
+                    miou=miou, targets=targets.get(name), stats=stats)
     out: dict[str, Any] = {"step": step, "split": split}
     if step0:
         out["baseline"] = score(loaded.build_model().to(dev))
